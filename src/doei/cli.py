@@ -1,0 +1,57 @@
+"""The ``doei`` command line: one entry point, one module per sub-command.
+
+Each sub-command lives in ``doei.commands.<module>`` and exposes ``add_arguments(parser)`` and
+``run(args) -> int``. Modules are imported only when their command runs, so ``doei --help`` is
+fast and a broken optional dependency affects only the command that needs it.
+
+Errors: a :class:`doei.errors.DoeiError` (bad input) prints one line ``doei <cmd>: error: ...``
+to stderr and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from doei.errors import DoeiError
+
+# name -> (module under doei.commands, one-line help). Add a line here to add a command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "eval": ("eval_cmd", "score seed PNGs or CAM files against ground truth (mIoU, FP, FN, beta sweep)"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="doei",
+        description="DOEI and the weakly supervised semantic segmentation pipeline.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items()),
+    )
+    p.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="see below")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv[:1] or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(f"doei.commands.{module_name}")
+    parser = argparse.ArgumentParser(prog=f"doei {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except DoeiError as e:
+        print(f"doei {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"doei {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
