@@ -1,0 +1,59 @@
+"""DOEIConfig: the public knobs of DOEI (names fixed by docs/doei-method.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+
+@dataclass
+class DOEIConfig:
+    """Configuration of DOEI's three parts: PPDO (patch tokens), CPDO (class tokens), HFA.
+
+    ``st_*`` are the selection steps of Eq. 9/14 (share of candidates selected per block below the
+    last), ``af_*`` the amplification factors (> 0), ``sf_*`` the suppression factors (<= 0),
+    ``alpha`` the HFA blend (0 = off), ``layers`` the 1-based blocks DOEI acts after (None = all),
+    ``suppress`` which candidates are suppressed: ``"rest"`` (all not confident) or ``"bottom"``
+    (the bottom-k, symmetric with the top-k). The numeric defaults are the values chosen by this
+    project's sweep on its benchmark (see docs/results.md); the paper prints none.
+    """
+
+    enabled: bool = False
+    ppdo: bool = True
+    cpdo: bool = True
+    hfa: bool = True
+    layers: Optional[list[int]] = None
+    st_p2c: float = 0.02
+    af_p2c: float = 1.0
+    sf_p2c: float = -0.5
+    st_c2c: float = 0.05
+    af_c2c: float = 1.0
+    sf_c2c: float = -0.5
+    alpha: float = 0.35
+    suppress: Literal["rest", "bottom"] = "rest"
+
+    def __post_init__(self) -> None:
+        if self.suppress not in ("rest", "bottom"):
+            raise ValueError(f"suppress must be 'rest' or 'bottom', got {self.suppress!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        for name in ("st_p2c", "st_c2c"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.layers is not None:
+            if any((not isinstance(i, int)) or i < 1 for i in self.layers):
+                raise ValueError(f"layers must be 1-based block indices, got {self.layers}")
+
+    def applies_to(self, block: int, depth: int) -> bool:
+        """Whether DOEI acts after 1-based ``block`` of a ``depth``-block network."""
+        if not self.enabled or not (self.ppdo or self.cpdo):
+            return False
+        return block in self.layers if self.layers is not None else 1 <= block <= depth
+
+    def validate_depth(self, depth: int) -> None:
+        """Raise if ``layers`` names a block the network does not have."""
+        if self.layers is not None and any(i > depth for i in self.layers):
+            raise ValueError(f"layers {self.layers} name blocks beyond the network's depth {depth}")
+
+    @property
+    def uses_hfa(self) -> bool:
+        return self.enabled and self.ppdo and self.hfa and self.alpha > 0

@@ -1,0 +1,31 @@
+"""CPDO, class-wise dual optimisation (Eq. 12-16): move class tokens toward/away from each other.
+
+Scores ``S_c = A_cc + A_ccᵀ`` [B, C, C]; the diagonal is never a candidate (a class with itself
+carries no cross-class information), so n = C - 1 per row:
+``X_c' = X_c + ((AF·Mc_cs + SF·Mc_ns) ⊙ S_c) @ X_c``. Undefined (skipped) for C = 1.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from doei.core.selection import num_selected, rank_desc, selection_weights
+
+
+def class_scores(attn: Tensor, num_cls: int) -> Tensor:
+    """S_c [B, C, C] from head-mean attention [B, T, T] (float32)."""
+    a = attn[:, :num_cls, :num_cls].float()
+    return a + a.transpose(1, 2)
+
+
+def cpdo_delta(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, step: float, amplify: float,
+               suppress: float, mode: str) -> tuple[Tensor, int]:
+    """Update of the class tokens, [B, C, D] float32, and k_i. x [B, T, D], attn [B, T, T]."""
+    n = num_cls - 1
+    k = num_selected(block, depth, step, n)
+    scores = class_scores(attn, num_cls)
+    with torch.no_grad():
+        eye = torch.eye(num_cls, dtype=torch.bool, device=scores.device)
+        ranks = rank_desc(scores.masked_fill(eye, float("-inf")))  # the diagonal ranks last (= n)
+        factor = selection_weights(ranks, n, k, amplify, suppress, mode)
+    return (scores * factor) @ x[:, :num_cls].float(), k

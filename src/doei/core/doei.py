@@ -1,0 +1,57 @@
+"""DOEI between two transformer blocks: X_i' = X_i + Δ_i (PPDO on patch tokens, CPDO on class tokens).
+
+The block computes X_i and its attention A_i unchanged; :func:`doei_update` returns the tokens the
+next block receives. Parameter-free, label-free, active in training and inference.
+Scores and updates are computed in float32 (also under autocast) and cast back to X's dtype.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from doei.core.config import DOEIConfig
+from doei.core.cpdo import cpdo_delta
+from doei.core.ppdo import ppdo_delta
+
+
+def doei_update(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, cfg: DOEIConfig,
+                g_hat: Tensor | None = None, stats: dict | None = None) -> Tensor:
+    """Apply DOEI after 1-based ``block`` of ``depth``.
+
+    x [B, T, D] tokens (C class tokens first), attn [B, T, T] head-mean softmax attention of the
+    block, g_hat [B, P, P] HFA affinity or None. If ``stats`` is a dict, it receives ``k_p2c``,
+    ``k_c2c`` and the ratios ``delta_ratio_patch`` / ``delta_ratio_cls`` = ‖Δ‖/‖X‖ (batch means).
+    Returns x itself (the same object) when DOEI does not act here.
+    """
+    if not cfg.applies_to(block, depth):
+        return x
+    do_p = cfg.ppdo and (cfg.af_p2c != 0 or cfg.sf_p2c != 0) and x.shape[1] > num_cls
+    do_c = cfg.cpdo and num_cls > 1 and (cfg.af_c2c != 0 or cfg.sf_c2c != 0)
+    if not (do_p or do_c):
+        return x
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x_cls, x_patch = x[:, :num_cls], x[:, num_cls:]
+        if do_p:
+            alpha = cfg.alpha if cfg.hfa else 0.0
+            d_p, k_p = ppdo_delta(x, attn, num_cls, block, depth, cfg.st_p2c, cfg.af_p2c, cfg.sf_p2c,
+                                  cfg.suppress, g_hat, alpha)
+            new_patch = (x_patch.float() + d_p).to(x.dtype)
+        else:
+            new_patch, d_p, k_p = x_patch, None, None
+        if do_c:
+            d_c, k_c = cpdo_delta(x, attn, num_cls, block, depth, cfg.st_c2c, cfg.af_c2c, cfg.sf_c2c,
+                                  cfg.suppress)
+            new_cls = (x_cls.float() + d_c).to(x.dtype)
+        else:
+            new_cls, d_c, k_c = x_cls, None, None
+    if stats is not None:
+        stats.update(k_p2c=k_p, k_c2c=k_c,
+                     delta_ratio_patch=_ratio(d_p, x_patch), delta_ratio_cls=_ratio(d_c, x_cls))
+    return torch.cat([new_cls, new_patch], dim=1)
+
+
+def _ratio(delta: Tensor | None, x: Tensor) -> float | None:
+    if delta is None:
+        return None
+    with torch.no_grad():
+        return float((delta.norm(dim=(-2, -1)) / x.float().norm(dim=(-2, -1)).clamp_min(1e-12)).mean())

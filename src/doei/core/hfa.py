@@ -1,0 +1,43 @@
+"""HFA, hybrid feature alignment (Eq. 17): appearance affinity that makes patch scores reliable.
+
+``Ĝ = rownorm(relu(cos(RGB patches)) * relu(cos(patch embeddings)))`` [B, P, P], computed once per
+forward pass without gradient; the hybrid scores blend each patch's score with those of the patches
+that look like it: ``S̃ = (1 - α) S + α S Ĝᵀ``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def patch_pixels(image: Tensor, grid: tuple[int, int], patch: int) -> Tensor:
+    """Flatten the pixels of each patch: image [B, 3, H, W] -> [B, P, 3·patch²] (row-major patches).
+
+    Pixels beyond ``grid * patch`` (the remainder a stride-``patch`` conv drops) are ignored.
+    """
+    b, c = image.shape[:2]
+    h, w = grid
+    x = image[:, :, : h * patch, : w * patch].reshape(b, c, h, patch, w, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * patch * patch)
+
+
+def cosine_affinity(features: Tensor) -> Tensor:
+    """max(0, cos) between all rows: [B, P, F] -> [B, P, P] (a zero row gives zero affinities)."""
+    f = F.normalize(features.float(), dim=-1, eps=1e-12)
+    return torch.relu(f @ f.transpose(1, 2))
+
+
+@torch.no_grad()
+def hfa_affinity(image: Tensor, embed: Tensor, grid: tuple[int, int], patch: int, eps: float = 1e-6) -> Tensor:
+    """Ĝ [B, P, P] float32 from the normalised input image [B, 3, H, W] and the patch-embedding
+    output ``embed`` [B, P, D] (before position encoding). Rows sum to 1 (or are all zero)."""
+    g = cosine_affinity(patch_pixels(image, grid, patch)) * cosine_affinity(embed)
+    return g / g.sum(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def hybrid_scores(scores: Tensor, g_hat: Tensor | None, alpha: float) -> Tensor:
+    """``(1 - α) S + α S Ĝᵀ`` for scores [B, C, P]; returns ``scores`` itself when HFA is off."""
+    if g_hat is None or alpha == 0:
+        return scores
+    return (1.0 - alpha) * scores + alpha * (scores @ g_hat.transpose(1, 2))

@@ -1,0 +1,31 @@
+"""PPDO, patch-wise dual optimisation (Eq. 7-11): move patch tokens toward/away from class tokens.
+
+Scores ``S_p = A_cp + A_pcᵀ`` [B, C, P] rank every patch as a candidate for each class token; per
+class the top-k_i patches are confident (amplified by AF), the rest (or bottom-k_i) suppressed by SF:
+``X_p' = X_p + ((AF·M_cs + SF·M_ns) ⊙ S̃_p)ᵀ @ X_c``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from doei.core.hfa import hybrid_scores
+from doei.core.selection import num_selected, rank_desc, selection_weights
+
+
+def patch_scores(attn: Tensor, num_cls: int) -> Tensor:
+    """S_p [B, C, P] from head-mean attention [B, T, T] (float32)."""
+    a = attn.float()
+    return a[:, :num_cls, num_cls:] + a[:, num_cls:, :num_cls].transpose(1, 2)
+
+
+def ppdo_delta(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, step: float, amplify: float,
+               suppress: float, mode: str, g_hat: Tensor | None, alpha: float) -> tuple[Tensor, int]:
+    """Update of the patch tokens, [B, P, D] float32, and k_i. x [B, T, D], attn [B, T, T]."""
+    num_patches = x.shape[1] - num_cls
+    k = num_selected(block, depth, step, num_patches)
+    scores = hybrid_scores(patch_scores(attn, num_cls), g_hat, alpha)
+    with torch.no_grad():
+        factor = selection_weights(rank_desc(scores), num_patches, k, amplify, suppress, mode)
+    weights = scores * factor                                    # [B, C, P]
+    return weights.transpose(1, 2) @ x[:, :num_cls].float(), k  # [B, P, D]

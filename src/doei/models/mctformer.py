@@ -1,0 +1,106 @@
+"""MCTformer-V2 (Xu et al., CVPR 2022): one class token per class + a conv head on patch tokens.
+
+Matches the official model (../shared/reference/README §5.1, gotchas 1-5): tokens =
+[C class tokens ; patches] + position embedding, pre-norm blocks, NO final LayerNorm (``norm`` is kept
+only so checkpoints load), class logits = mean over channels of each class token, patch logits =
+global average of the 3×3 conv head on the patch-token map, CAM = SUM (not mean) of the last
+``n_layers`` blocks' class→patch attention × ReLU(head map), and patch→patch attention of ALL blocks
+for the affinity refinement.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from doei.core import DOEIConfig
+from doei.models.registry import register_model
+from doei.models.vit import VisionTransformer
+
+
+class CamOutput(NamedTuple):
+    cls_logits: Tensor    # [B, C]
+    patch_logits: Tensor  # [B, C]
+    cams: Tensor          # [B, C, h, w] (fused / patchcam / mtatt, before any refinement)
+    patch_attn: Tensor    # [L, B, P, P] head-mean patch→patch attention of every block
+
+
+class MCTformerV2(VisionTransformer):
+    """MCTformer-V2 on a ViT backbone; ``doei`` switches DOEI on between blocks."""
+
+    def __init__(self, num_classes: int = 20, **kwargs) -> None:
+        super().__init__(num_cls_tokens=num_classes, **kwargs)
+        self.num_classes = num_classes
+        self.head = nn.Conv2d(self.embed_dim, num_classes, kernel_size=3, stride=1, padding=1)
+        self.head.apply(_init_head)
+
+    def _heads(self, x: Tensor):
+        feats = self.forward_features(x)
+        c = self.num_classes
+        b, _, d = feats.tokens.shape
+        h, w = feats.grid
+        x_cls = feats.tokens[:, :c]
+        x_patch = feats.tokens[:, c:].reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous()
+        head_out = self.head(x_patch)                                 # [B, C, h, w]
+        return feats, x_cls.mean(dim=-1), head_out.mean(dim=(2, 3)), head_out
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Training forward: (class-token logits [B, C], patch-token logits [B, C])."""
+        _, cls_logits, patch_logits, _ = self._heads(x)
+        return cls_logits, patch_logits
+
+    def forward_cams(self, x: Tensor, n_layers: int = 3, kind: str = "fused") -> CamOutput:
+        """Logits and raw CAMs. ``kind``: 'fused' (attention × ReLU(head)), 'patchcam' (ReLU(head)),
+        'mtatt' (attention only). The attention term sums the last ``n_layers`` blocks."""
+        feats, cls_logits, patch_logits, head_out = self._heads(x)
+        c = self.num_classes
+        b = x.shape[0]
+        h, w = feats.grid
+        feature_map = F.relu(head_out.detach())
+        attn = torch.stack(feats.attn)                                # [L, B, T, T]
+        mtatt = attn[-n_layers:].sum(0)[:, :c, c:].reshape(b, c, h, w)
+        if kind == "fused":
+            cams = mtatt * feature_map
+        elif kind == "patchcam":
+            cams = feature_map
+        elif kind == "mtatt":
+            cams = mtatt
+        else:
+            raise ValueError(f"unknown CAM kind {kind!r} (fused, patchcam, mtatt)")
+        return CamOutput(cls_logits, patch_logits, cams, attn[:, :, c:, c:])
+
+
+def refine_with_patch_affinity(cams: Tensor, patch_attn: Tensor) -> Tensor:
+    """MCTformer's affinity refinement: ``refined[c, i] = Σ_j A[i, j] · cams[c, j]`` with A the
+    patch→patch attention summed over ALL blocks. cams [B, C, h, w], patch_attn [L, B, P, P]."""
+    b, c, h, w = cams.shape
+    a = patch_attn.sum(0)                                             # [B, P, P]
+    return (a.unsqueeze(1) @ cams.reshape(b, c, h * w, 1)).reshape(b, c, h, w)
+
+
+def _init_head(m: nn.Module) -> None:
+    if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        nn.init.zeros_(m.bias)
+
+
+@register_model
+def mctformer_v2_deit_small(num_classes: int = 20, doei: DOEIConfig | None = None, img_size: int = 224,
+                            drop_rate: float = 0.0, drop_path_rate: float = 0.1) -> MCTformerV2:
+    """The paper's MCTformer-V2 on DeiT-S (patch 16, width 384, depth 12, 6 heads)."""
+    return MCTformerV2(num_classes=num_classes, img_size=img_size, patch_size=16, embed_dim=384, depth=12,
+                       num_heads=6, mlp_ratio=4.0, qkv_bias=True, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, doei=doei)
+
+
+@register_model
+def mctformer_v2_tiny_conv(num_classes: int = 10, doei: DOEIConfig | None = None, img_size: int = 64,
+                           depth: int = 6, embed_dim: int = 192, num_heads: int = 3, patch_size: int = 8,
+                           drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> MCTformerV2:
+    """Small from-scratch variant for the synthetic benchmark on CPU: conv stem, depth 6, width 192."""
+    return MCTformerV2(num_classes=num_classes, img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
+                       depth=depth, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True, drop_rate=drop_rate,
+                       drop_path_rate=drop_path_rate, stem="conv", doei=doei)

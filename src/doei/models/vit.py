@@ -1,0 +1,201 @@
+"""A Vision Transformer whose blocks expose their attention, with DOEI between blocks.
+
+Parameter names equal timm/DeiT's (``cls_token``, ``pos_embed``, ``patch_embed.proj``,
+``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``), so DeiT and official
+MCTformer/TS-CAM checkpoints load. ``num_cls_tokens`` class tokens come first in the sequence (1 for
+DeiT/TS-CAM, one per class for MCTformer). Attention is computed eagerly (softmax(q kᵀ·scale)) because
+CAMs and DOEI need the probabilities.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import Tensor
+
+from doei.core import DOEIConfig, doei_update, hfa_affinity
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention returning its softmax probabilities [B, heads, T, T]."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        b, t, d = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, t, d)
+        return self.proj_drop(self.proj(out)), attn
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: returns (tokens [B, T, D], attention [B, heads, T, T])."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out, attn = self.attn(self.norm1(x))
+        x = x + self.drop_path(out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, attn
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection (a stride-``patch`` conv); any input size, remainder dropped."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        x = self.proj(x)
+        return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
+
+
+class ConvStem(nn.Module):
+    """Convolutional stem for small from-scratch models: log2(patch) stride-2 3×3 conv+BN+ReLU, then 1×1.
+
+    A ViT trained from scratch on a few thousand small images learns far faster with a conv stem than
+    with a linear patch projection (docs/demo.md); paper-scale models keep ``PatchEmbed``.
+    """
+
+    def __init__(self, patch_size: int = 8, in_chans: int = 3, embed_dim: int = 192) -> None:
+        super().__init__()
+        n = int(math.log2(patch_size))
+        if 2 ** n != patch_size:
+            raise ValueError(f"conv stem needs a power-of-two patch size, got {patch_size}")
+        self.patch_size = patch_size
+        layers: list[nn.Module] = []
+        ch = in_chans
+        for i in range(n):
+            out = embed_dim // 2 ** (n - i) if embed_dim // 2 ** (n - i) >= 16 else 16
+            layers += [nn.Conv2d(ch, out, 3, 2, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            ch = out
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(ch, embed_dim, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        h, w = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
+        x = self.proj(self.stem(x[:, :, : h * self.patch_size, : w * self.patch_size]))
+        return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
+
+
+class Features(NamedTuple):
+    tokens: Tensor          # [B, C + P, D] output of the last block (after DOEI, before any final norm)
+    attn: list[Tensor]      # per block [B, T, T] head-mean softmax attention
+    grid: tuple[int, int]   # (h, w) patch grid
+
+
+def interpolate_pos_embed(pos_embed: Tensor, num_extra: int, base_grid: tuple[int, int],
+                          grid: tuple[int, int]) -> Tensor:
+    """Resize the patch part of ``pos_embed`` [1, E + gh·gw, D] to ``grid`` (the MCTformer convention).
+
+    Bicubic with ``scale_factor = (h + 0.1) / gh, (w + 0.1) / gw`` (not ``size=``: the official
+    models do it this way and the two differ), identity only when ``grid == base_grid`` and square.
+    Extra (class) token positions are kept as they are.
+    """
+    gh, gw = base_grid
+    h, w = grid
+    if (h, w) == (gh, gw) and h == w:
+        return pos_embed
+    extra, patch = pos_embed[:, :num_extra], pos_embed[:, num_extra:]
+    dim = pos_embed.shape[-1]
+    patch = patch.reshape(1, gh, gw, dim).permute(0, 3, 1, 2)
+    patch = F.interpolate(patch, scale_factor=((h + 0.1) / gh, (w + 0.1) / gw), mode="bicubic",
+                          align_corners=False)
+    if patch.shape[-2:] != (h, w):  # pragma: no cover - guards float surprises
+        raise RuntimeError(f"position interpolation gave {tuple(patch.shape[-2:])}, wanted {(h, w)}")
+    return torch.cat([extra, patch.permute(0, 2, 3, 1).reshape(1, h * w, dim)], dim=1)
+
+
+class VisionTransformer(nn.Module):
+    """ViT backbone with exposed attention and DOEI; subclasses add the heads of each baseline."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 384,
+                 depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 num_cls_tokens: int = 1, stem: str = "patch", norm_eps: float = 1e-6,
+                 doei: DOEIConfig | None = None) -> None:
+        super().__init__()
+        self.num_cls_tokens = num_cls_tokens
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.patch_size = patch_size
+        self.base_grid = (img_size // patch_size, img_size // patch_size)
+        if stem == "patch":
+            self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        elif stem == "conv":
+            self.patch_embed = ConvStem(patch_size, in_chans, embed_dim)
+        else:
+            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
+        num_patches = self.base_grid[0] * self.base_grid[1]
+        self.cls_token = nn.Parameter(torch.zeros(1, num_cls_tokens, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_cls_tokens + num_patches, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_eps)
+            for i in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.doei = doei or DOEIConfig(enabled=False)
+        self.doei.validate_depth(depth)
+        self.doei_stats: list[dict] | None = None  # set to [] to record per-block DOEI statistics
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
+        """Position embedding [1, C + h·w, D] for a patch grid (interpolated as MCTformer does)."""
+        return interpolate_pos_embed(self.pos_embed, self.num_cls_tokens, self.base_grid, grid)
+
+    def forward_features(self, x: Tensor) -> Features:
+        """Image [B, 3, H, W] -> tokens of the last block, per-block head-mean attention, grid."""
+        b = x.shape[0]
+        embed, grid = self.patch_embed(x)
+        tokens = torch.cat([self.cls_token.expand(b, -1, -1), embed], dim=1)
+        tokens = self.pos_drop(tokens + self.pos_embed_for(grid))
+        g_hat = None
+        if self.doei.uses_hfa:
+            g_hat = hfa_affinity(x, embed, grid, self.patch_embed.patch_size)
+        attns: list[Tensor] = []
+        for i, blk in enumerate(self.blocks, start=1):
+            tokens, attn = blk(tokens)
+            attn = attn.mean(dim=1)
+            attns.append(attn)
+            stats = {} if self.doei_stats is not None else None
+            tokens = doei_update(tokens, attn, self.num_cls_tokens, i, self.depth, self.doei, g_hat, stats)
+            if stats:
+                self.doei_stats.append({"block": i, **stats})
+        return Features(tokens, attns, grid)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
