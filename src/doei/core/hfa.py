@@ -32,12 +32,13 @@ def cosine_affinity(features: Tensor) -> Tensor:
 def hfa_affinity(image: Tensor, embed: Tensor, grid: tuple[int, int], patch: int, eps: float = 1e-6) -> Tensor:
     """Ĝ [B, P, P] float32 from the normalised input image [B, 3, H, W] and the patch-embedding
     output ``embed`` [B, P, D] (before position encoding). Rows sum to 1 (or are all zero)."""
-    g = cosine_affinity(patch_pixels(image, grid, patch)) * cosine_affinity(embed)
-    return g / g.sum(dim=-1, keepdim=True).clamp_min(eps)
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        g = cosine_affinity(patch_pixels(image.float(), grid, patch)) * cosine_affinity(embed.float())
+        return g / g.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
 def hybrid_scores(scores: Tensor, g_hat: Tensor | None, alpha: float) -> Tensor:
     """``(1 - α) S + α S Ĝᵀ`` for scores [B, C, P]; returns ``scores`` itself when HFA is off."""
     if g_hat is None or alpha == 0:
         return scores
-    return (1.0 - alpha) * scores + alpha * (scores @ g_hat.transpose(1, 2))
+    return (1.0 - alpha) * scores + alpha * (scores @ g_hat.transpose(1, 2).to(scores.dtype))

@@ -56,21 +56,24 @@ class MCTformerV2(VisionTransformer):
         """Logits and raw CAMs. ``kind``: 'fused' (attention × ReLU(head)), 'patchcam' (ReLU(head)),
         'mtatt' (attention only). The attention term sums the last ``n_layers`` blocks."""
         feats, cls_logits, patch_logits, head_out = self._heads(x)
-        c = self.num_classes
-        b = x.shape[0]
-        h, w = feats.grid
-        feature_map = F.relu(head_out.detach())
         attn = torch.stack(feats.attn)                                # [L, B, T, T]
-        mtatt = attn[-n_layers:].sum(0)[:, :c, c:].reshape(b, c, h, w)
-        if kind == "fused":
-            cams = mtatt * feature_map
-        elif kind == "patchcam":
-            cams = feature_map
-        elif kind == "mtatt":
-            cams = mtatt
-        else:
-            raise ValueError(f"unknown CAM kind {kind!r} (fused, patchcam, mtatt)")
+        cams = mctformer_cams(attn, head_out, n_layers, kind)
+        c = self.num_classes
         return CamOutput(cls_logits, patch_logits, cams, attn[:, :, c:, c:])
+
+
+def mctformer_cams(attn: Tensor, head_out: Tensor, n_layers: int = 3, kind: str = "fused") -> Tensor:
+    """MCTformer-V2 CAMs [B, C, h, w] from stacked head-mean attention [L, B, T, T] and head map [B, C, h, w]."""
+    b, c, h, w = head_out.shape
+    feature_map = F.relu(head_out.detach())
+    if kind == "patchcam":
+        return feature_map
+    mtatt = attn[-n_layers:].sum(0)[:, :c, c:].reshape(b, c, h, w)
+    if kind == "fused":
+        return mtatt * feature_map
+    if kind == "mtatt":
+        return mtatt
+    raise ValueError(f"unknown CAM kind {kind!r} (fused, patchcam, mtatt)")
 
 
 def refine_with_patch_affinity(cams: Tensor, patch_attn: Tensor) -> Tensor:
