@@ -51,9 +51,8 @@ def foreground_max(classes: np.ndarray, cams: np.ndarray, num_classes: int) -> t
         m = cams[0]
         a = np.full((h, w), classes[0] + 1, dtype=np.int64)
     else:
-        idx = np.argmax(cams, axis=0)
-        m = np.take_along_axis(cams, idx[None], axis=0)[0]
-        a = classes[idx] + 1
+        m = cams.max(axis=0)
+        a = classes[_first_max_index(cams, m)] + 1
     if k < num_classes - 1:  # the lowest absent label competes with value 0
         present = np.zeros(num_classes, dtype=bool)
         present[classes + 1] = True
@@ -63,6 +62,22 @@ def foreground_max(classes: np.ndarray, cams: np.ndarray, num_classes: int) -> t
             m = np.where(take, np.float32(0), m)
             a = np.where(take, z, a)
     return m, a
+
+
+def _first_max_index(cams: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Index [H, W] of the FIRST of the K maps equal to the max ``m`` (what ``argmax(axis=0)`` gives).
+
+    numpy's axis-0 argmax is a slow strided reduction; instead bit ``K-1-j`` of an integer code is
+    set where map j attains the max, so the highest set bit (an exact ``frexp`` exponent while
+    K <= 53) names the lowest such j. About 3x faster than argmax for the usual K = 1..3.
+    """
+    k = cams.shape[0]
+    if k > 53:
+        return np.argmax(cams, axis=0)
+    weights = np.left_shift(np.int64(1), np.arange(k - 1, -1, -1, dtype=np.int64))
+    code = (cams == m) * weights[:, None, None]
+    exponent = np.frexp(code.sum(axis=0).astype(np.float64))[1]  # code in [2^(e-1), 2^e)
+    return k - exponent
 
 
 def predict_labels(classes: np.ndarray, cams: np.ndarray, beta: float, num_classes: int) -> np.ndarray:
@@ -107,24 +122,28 @@ def sweep_counts(
     c = num_classes
     nb = betas32.shape[0]
     b1 = nb + 1
-    valid = gt != IGNORE
-    if valid.all():
-        mv, av, gv = m.reshape(-1), a.reshape(-1), gt.reshape(-1).astype(np.intp)
-    else:
-        mv, av, gv = m[valid], a[valid], gt[valid].astype(np.intp)
+    mv, av, gv = m.reshape(-1), a.reshape(-1), gt.reshape(-1)
     # i = number of thresholds strictly below m: the pixel is foreground for sorted betas[:i]
     i = np.searchsorted(betas32, mv, side="left")
-    key = av * b1 + i
-    hist_p = np.bincount(key, minlength=c * b1).reshape(c, b1)
-    hit = av == gv
-    hist_tp = np.bincount(key[hit], minlength=c * b1).reshape(c, b1)
+    # state: 1 correct foreground (a == gt; a >= 1 so never background or 255), 2 gt background,
+    # 3 ignore (gt 255), 0 otherwise; one bincount over (label a, bin i, state)
+    state = (av == gv).astype(np.intp)
+    state += 2 * (gv == 0)
+    state += 3 * (gv == IGNORE)
+    key = av * b1
+    key += i
+    key *= 4
+    key += state
+    hist = np.bincount(key, minlength=c * b1 * 4).reshape(c, b1, 4)
+    hist_p = hist[:, :, :3].sum(axis=2)  # valid pixels by (a, i)
+    hist_tp = hist[:, :, 1]
+    bg_i = hist[:, :, 2].sum(axis=0)  # background-GT pixels by i
     # foreground count for beta index j = pixels with i > j = suffix sum from j+1
     p_fg = np.cumsum(hist_p[:, ::-1], axis=1)[:, ::-1][:, 1:]  # [C, B]
     tp_fg = np.cumsum(hist_tp[:, ::-1], axis=1)[:, ::-1][:, 1:]
-    bg_i = np.bincount(i[gv == 0], minlength=b1)  # background GT pixels by i
-    tp = tp_fg.T.astype(np.int64)  # [B, C]
-    p = p_fg.T.astype(np.int64)
+    tp = np.ascontiguousarray(tp_fg.T, dtype=np.int64)  # [B, C]
+    p = np.ascontiguousarray(p_fg.T, dtype=np.int64)
     tp[:, 0] = np.cumsum(bg_i)[:nb]  # background predicted where i <= j
-    p[:, 0] = mv.size - p[:, 1:].sum(axis=1)
-    t = np.bincount(gv, minlength=c)[:c].astype(np.int64)
+    p[:, 0] = hist_p.sum() - p[:, 1:].sum(axis=1)
+    t = np.bincount(gv, minlength=256)[:c].astype(np.int64)
     return tp, p, t
