@@ -17,7 +17,7 @@ FIXTURE_BETAS = "0,0.05,0.1,0.2,0.25,0.3,0.4,0.5,0.6,0.8,1"
 
 
 def _write_png(path: Path, arr: np.ndarray) -> None:
-    Image.fromarray(np.asarray(arr, dtype=np.uint8), mode="L").save(path)
+    Image.fromarray(np.asarray(arr, dtype=np.uint8)).save(path)
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +272,31 @@ def test_bad_options(capsys, bad_setup):
     _expect_error(capsys, bad_setup, "--betas applies to CAM predictions only", pred="png", extra=["--betas", "0.3"])
     _expect_error(capsys, bad_setup, "num_classes 300", extra=["--num-classes", "300"])
     _expect_error(capsys, bad_setup, "prediction directory not found", pred="nodir")
+
+
+def test_parse_betas():
+    from doei.commands.eval_cmd import parse_betas
+
+    b = parse_betas("0.05:0.95:0.05")
+    assert len(b) == 19 and b[5] == 0.3 and b[-1] == 0.95
+    assert parse_betas("0:0.6:0.01") == [i / 100 for i in range(61)]  # the official curve's i/100
+    assert parse_betas("0.3") == [0.3] and parse_betas("0.2,0.1,0.2") == [0.1, 0.2]
+
+
+def test_cam_without_classes_and_ambiguous_type(fixture_dirs, tmp_path, capsys):
+    root, z = fixture_dirs
+    name = str(z["names"][0])
+    (tmp_path / "p").mkdir()
+    save_cam(tmp_path / "p" / f"{name}.npz", np.zeros(0, np.int64), np.zeros((0, 40, 50)))
+    (tmp_path / "l.txt").write_text(name + "\n")
+    out = tmp_path / "o" / "m.json"
+    rc, _, err = _run(capsys, "--pred", tmp_path / "p", "--gt", root / "gt", "--list", tmp_path / "l.txt",
+                      "--out", out, "--betas", "0.5")
+    assert rc == 0, err
+    rep = json.loads(out.read_text())
+    gt = z["gt"][0]
+    assert rep["per_class"][0]["P"] == int(np.sum(gt != 255)) and rep["per_class"][0]["TP"] == int(np.sum(gt == 0))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.json"]  # nothing else left behind
+    _write_png(tmp_path / "p" / f"{name}.png", gt)
+    rc, _, err = _run(capsys, "--pred", tmp_path / "p", "--gt", root / "gt", "--list", tmp_path / "l.txt")
+    assert rc == 2 and "--pred-type" in err
