@@ -1,0 +1,103 @@
+"""Training checkpoints: plain dicts of tensors/numbers/strings, written atomically, read weights-only.
+
+Layout of ``checkpoint.pt`` (``format`` = ``doei-train-ckpt-v1``)::
+
+    model       state dict (tensors)
+    optimizer   AdamW state dict (tensors, numbers, lists)
+    scaler      GradScaler state dict ({} without AMP)
+    epoch       last COMPLETED epoch (0-based)
+    step        optimiser steps taken so far
+    config      the TrainConfig as a nested dict (str/int/float/bool/None/list/dict)
+    rng         {"torch": uint8 tensor, "cuda": [uint8 tensors], "numpy": int64 [626], "python": int64 [627], ...}
+    metrics     the epoch's summary numbers
+
+Everything is a type ``torch.load(weights_only=True)`` accepts, so opening a checkpoint cannot run code.
+The file is written to a temporary name and renamed (:func:`doei.utils.io.atomic_path`): a run killed
+while saving leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from doei.errors import DoeiError
+from doei.utils.io import atomic_path
+
+FORMAT = "doei-train-ckpt-v1"
+
+
+# ------------------------------------------------------------------------------------ RNG states
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (Python, NumPy, torch CPU/CUDA) as tensors only."""
+    version, internal, gauss = random.getstate()
+    py = torch.tensor([version, *internal, -1 if gauss is None else 1], dtype=torch.int64)
+    py_gauss = torch.tensor([0.0 if gauss is None else gauss], dtype=torch.float64)
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    npy = torch.from_numpy(np.concatenate([keys.astype(np.int64), [pos, has_gauss]]).astype(np.int64))
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": py, "python_gauss": py_gauss,
+        "numpy": npy, "numpy_gauss": torch.tensor([cached], dtype=torch.float64),
+        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (CUDA states only when as many devices exist)."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"].tolist()
+    gauss = None if py[-1] == -1 else float(state["python_gauss"][0])
+    random.setstate((py[0], tuple(py[1:-1]), gauss))
+    npy = state["numpy"].numpy()
+    np.random.set_state(("MT19937", npy[:-2].astype(np.uint32), int(npy[-2]), int(npy[-1]),
+                         float(state["numpy_gauss"][0])))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# ------------------------------------------------------------------------------------ save / load
+def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    epoch: int, step: int, config: dict, scaler: Any = None,
+                    metrics: dict | None = None) -> None:
+    """Write a training checkpoint atomically (see the module docstring for the layout)."""
+    obj = {
+        "format": FORMAT,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+        "epoch": int(epoch),
+        "step": int(step),
+        "config": config,
+        "rng": rng_state(),
+        "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str)) or v is None},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint with ``weights_only=True``; a one-line DoeiError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DoeiError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DoeiError(f"{path}: not a readable weights-only checkpoint ({first})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise DoeiError(f"{path}: not a doei training checkpoint (format {got!r}, expected {FORMAT!r})")
+    for key in ("model", "optimizer", "epoch", "step", "config", "rng"):
+        if key not in obj:
+            raise DoeiError(f"{path}: checkpoint lacks {key!r}")
+    return obj

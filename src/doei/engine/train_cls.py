@@ -1,0 +1,330 @@
+"""Training the WSSS classifier (MCTformer-V2 and friends): one plain, linear loop.
+
+Objective (MCTformer-V2, official engine.py): ``multilabel_soft_margin_loss(cls_logits, y) +
+multilabel_soft_margin_loss(patch_logits, y)`` with ``cls_logits`` from the class tokens and
+``patch_logits`` from the conv head on the patch tokens; a model returning one tensor uses the first
+term only. AdamW + warm-up + cosine (:mod:`doei.engine.optim`), AMP (fp16 autocast + GradScaler) on
+CUDA only, DOEI on or off from the config's ``doei`` section (it acts inside the forward pass, in
+training as in inference).
+
+Reproducibility: every epoch reseeds all RNGs and the loader order from ``(seed, epoch)``
+(:mod:`doei.engine.seed`), the checkpoint written atomically at the end of every epoch holds
+model/optimiser/scaler/step, so ``resume=True`` continues bit for bit (CPU; CUDA with
+``train.deterministic``). Outputs in ``train.out_dir``: ``checkpoint.pt``, ``config.yaml``,
+``metrics.jsonl`` (``{"kind": "step"|"epoch", ...}`` records).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from doei.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from doei.engine.optim import build_optimizer, lr_at, set_lr
+from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_deterministic
+from doei.errors import DoeiError
+from doei.train_config import TrainConfig, train_config_from_dict
+from doei.utils.io import append_jsonl, atomic_write_text
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+# Config sections that must not change when resuming (they change what the epochs compute).
+_RESUME_FIXED = ("model", "data", "optim", "doei")
+_RESUME_FIXED_TRAIN = ("batch_size", "seed", "epochs", "num_workers", "amp")
+
+
+# ------------------------------------------------------------------------------- building blocks
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available else CPU; ``cuda*`` without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DoeiError(f"train.device = {name!r} but CUDA is not available (use cpu or auto)")
+    return torch.device(name)
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The configured network (weights from ``model.pretrained`` when set)."""
+    from doei.models.registry import create_model
+
+    m = cfg.model
+    try:
+        model = create_model(m.name, num_classes=m.num_classes, doei=cfg.doei_config(), img_size=m.img_size,
+                             drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate, **m.options)
+    except (TypeError, ValueError) as e:
+        raise DoeiError(f"model {m.name!r}: {e}") from None
+    if m.pretrained:
+        from doei.engine.pretrained import load_pretrained
+
+        load_pretrained(model, m.pretrained)
+    return model
+
+
+def train_transform(cfg: TrainConfig) -> Callable:
+    """The training augmentation named by ``data.transform`` (the data module's implementations)."""
+    from doei.data import transforms as T
+
+    d, size = cfg.data, cfg.model.img_size
+    if d.transform == "mctformer":
+        return T.mctformer_train_transform(size)
+    if d.transform == "simple":
+        return T.simple_train_transform(size, scale=tuple(d.crop_scale), hflip=d.hflip, color_jitter=d.color_jitter)
+    return T.resize_transform(size)
+
+
+def build_dataset(cfg: TrainConfig, split: str, transform: Callable | None) -> Dataset:
+    """A :class:`doei.data.dataset.ClassificationDataset` for ``split`` of the configured source
+    (through :func:`doei.data.build.build_dataset`)."""
+    from doei.data.build import build_dataset as build
+
+    d = cfg.data
+    kw: dict = {}
+    if d.kind in ("voc", "synth"):
+        kw = {"labels": d.labels, "labels_file": d.labels_file, "mask_dir": d.mask_dir}
+    elif d.kind == "folder":
+        kw = {"labels_file": d.labels_file, "classes_file": d.classes_file, "mask_dir": d.mask_dir}
+    return build(d.kind, d.root, split, transform=transform, **{k: v for k, v in kw.items() if v is not None})
+
+
+def mctformer_loss(outputs: Tensor | tuple[Tensor, ...], target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(total, class-token term, patch-token term) of MCTformer-V2's objective; float32 logits."""
+    if isinstance(outputs, Tensor):
+        cls = F.multilabel_soft_margin_loss(outputs.float(), target)
+        return cls, cls, torch.zeros_like(cls)
+    cls = F.multilabel_soft_margin_loss(outputs[0].float(), target)
+    pat = F.multilabel_soft_margin_loss(outputs[1].float(), target)
+    return cls + pat, cls, pat
+
+
+def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
+    """AP per column: scores, targets [N, K] → [K] (NaN for a column without positives).
+
+    Non-interpolated AP = mean over positives of the precision at their rank (ranks by descending
+    score, ties in index order; scikit-learn groups tied scores instead, which differs only on ties).
+    """
+    n = scores.shape[0]
+    order = scores.argsort(dim=0, descending=True, stable=True)
+    t = targets.gather(0, order).double()
+    hits = t.cumsum(0)
+    precision = hits / torch.arange(1, n + 1, dtype=torch.float64, device=scores.device)[:, None]
+    pos = t.sum(0)
+    return torch.where(pos > 0, (precision * t).sum(0) / pos.clamp_min(1), torch.full_like(pos, float("nan")))
+
+
+def classification_metrics(logits: Tensor, targets: Tensor) -> dict[str, float]:
+    """``mAP`` (per-class AP averaged over classes with a positive), ``mAP_img`` (per-image AP averaged
+    over images with a label: the number MCTformer's evaluate() prints), micro ``F1`` / ``precision`` /
+    ``recall`` at sigmoid ≥ 0.5. logits, targets [N, C]; percent."""
+    probs = logits.float().sigmoid()
+    ap_c = average_precision(probs, targets)
+    ap_i = average_precision(probs.T, targets.T)
+    pred = probs >= 0.5
+    tp = (pred & (targets > 0)).sum().item()
+    p, t = pred.sum().item(), (targets > 0).sum().item()
+    prec = tp / p if p else 0.0
+    rec = tp / t if t else 0.0
+    f1 = 2 * tp / (p + t) if p + t else 0.0
+    nanmean = lambda v: float(v[~v.isnan()].mean()) if (~v.isnan()).any() else float("nan")  # noqa: E731
+    return {"mAP": 100 * nanmean(ap_c), "mAP_img": 100 * nanmean(ap_i), "F1": 100 * f1,
+            "precision": 100 * prec, "recall": 100 * rec}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
+                   progress: bool = False) -> tuple[Tensor, Tensor]:
+    """Class-token logits and targets of a whole loader: ([N, C], [N, C]) float32 on the CPU."""
+    from tqdm import tqdm
+
+    model.eval()
+    outs, ys = [], []
+    for x, y, *_ in tqdm(loader, desc="val", leave=False, disable=not progress, dynamic_ncols=True):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+            out = model(x.to(device))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        outs.append(out.float().cpu())
+        ys.append(y.float())
+    return torch.cat(outs), torch.cat(ys)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves behind."""
+
+    out_dir: Path
+    checkpoint: Path
+    epochs_run: int          # epochs trained by THIS call (0 when the run was already complete)
+    final: dict              # the last epoch record
+    seconds: float
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """Rebuild the network of a training checkpoint from its stored config and load its weights."""
+    ckpt = load_checkpoint(path)
+    cfg = train_config_from_dict(ckpt["config"], where=f"{path}:config")
+    cfg.model.pretrained = None
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), cfg
+
+
+def _check_resume_config(saved: dict, now: dict, path: Path) -> None:
+    for sec in _RESUME_FIXED:
+        if saved.get(sec) != now.get(sec):
+            keys = sorted(k for k in set(saved.get(sec, {})) | set(now.get(sec, {}))
+                          if saved.get(sec, {}).get(k) != now.get(sec, {}).get(k))
+            raise DoeiError(f"{path}: cannot resume: config {sec}.{keys[0] if keys else '?'} differs from the "
+                            f"checkpoint's ({saved.get(sec, {}).get(keys[0]) if keys else '?'!r})")
+    for k in _RESUME_FIXED_TRAIN:
+        if saved["train"].get(k) != now["train"].get(k):
+            raise DoeiError(f"{path}: cannot resume: config train.{k} = {now['train'].get(k)!r} differs from the "
+                            f"checkpoint's {saved['train'].get(k)!r}")
+
+
+def _drop_log_records_from(path: Path, first_epoch: int) -> None:
+    """Remove log records of epochs ≥ ``first_epoch`` (a run killed mid-epoch left some) before resuming."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line
+        if rec.get("epoch", -1) < first_epoch:
+            keep.append(line)
+    atomic_write_text(path, "".join(f"{ln}\n" for ln in keep))
+
+
+# ------------------------------------------------------------------------------------ the loop
+def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], None] = print) -> TrainResult:
+    """Train the classifier of ``cfg``. ``resume``: True = continue from ``out_dir/checkpoint.pt``
+    (error if absent), ``"auto"`` = continue if it exists, False = start afresh (overwrites)."""
+    t_start = time.time()
+    from tqdm import tqdm
+
+    tc = cfg.train
+    out_dir = Path(tc.out_dir)
+    ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
+    device = resolve_device(tc.device)
+    use_amp = bool(tc.amp and device.type == "cuda")
+    set_deterministic(tc.deterministic)
+    cfg_dict = cfg.to_dict()
+
+    # -- model and optimiser (init seeded from the run seed, not from whatever ran before)
+    seed_everything(epoch_seed(tc.seed, -1, "init"))
+    model = build_model(cfg).to(device)
+    peak_lr = cfg.peak_lr()
+    optimizer = build_optimizer(model, peak_lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    # -- data: per-epoch seeded order; workers seeded from the same generator
+    train_ds = build_dataset(cfg, cfg.data.train_split, train_transform(cfg))
+    val_ds = None
+    if cfg.data.val_split:
+        from doei.data.transforms import resize_transform
+
+        val_ds = build_dataset(cfg, cfg.data.val_split, resize_transform(cfg.model.img_size))
+    n_classes = getattr(train_ds, "num_classes", cfg.model.num_classes)
+    if n_classes != cfg.model.num_classes:
+        raise DoeiError(f"model.num_classes = {cfg.model.num_classes} but {cfg.data.root} has {n_classes} classes")
+    drop_last = len(train_ds) > tc.batch_size
+    steps_per_epoch = len(train_ds) // tc.batch_size if drop_last else 1
+    total_steps = steps_per_epoch * tc.epochs
+
+    # -- resume
+    start_epoch, step, last = 0, 0, {}
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resume_config(ckpt["config"], cfg_dict, ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if use_amp and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, step, last = ckpt["epoch"] + 1, ckpt["step"], dict(ckpt.get("metrics", {}))
+        _drop_log_records_from(log_path, start_epoch)
+        log(f"resuming from {ckpt_path} after epoch {ckpt['epoch'] + 1}/{tc.epochs} (step {step})")
+    elif resume is True:
+        raise DoeiError(f"{ckpt_path}: no checkpoint to resume from (run without --resume first)")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt_path.exists() or log_path.exists():
+            log(f"note: starting afresh in {out_dir} (overwriting its checkpoint and metrics log)")
+        atomic_write_text(log_path, "")
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"{cfg.model.name}: {n_params / 1e6:.2f} M parameters, DOEI {'on' if cfg.doei_config().enabled else 'off'}, "
+        f"device {device}{' (AMP fp16)' if use_amp else ''}; {len(train_ds)} training images, "
+        f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs, peak lr {peak_lr:.3g}")
+
+    for epoch in range(start_epoch, tc.epochs):
+        seed_everything(epoch_seed(tc.seed, epoch, "global"))
+        loader = DataLoader(train_ds, batch_size=tc.batch_size, drop_last=drop_last, num_workers=tc.num_workers,
+                            sampler=RandomSampler(train_ds, generator=loader_generator(tc.seed, epoch)),
+                            generator=loader_generator(tc.seed, epoch, "workers"), pin_memory=device.type == "cuda",
+                            persistent_workers=False)
+        model.train()
+        t0 = time.time()
+        sums = torch.zeros(3, dtype=torch.float64)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not tc.progress, dynamic_ncols=True,
+                   leave=False)
+        n = 0
+        for x, y, *_ in bar:
+            lr = lr_at(step / steps_per_epoch, peak_lr, tc.epochs, cfg.optim.warmup_epochs, cfg.optim.warmup_lr,
+                       cfg.optim.min_lr)
+            set_lr(optimizer, lr)
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True).float()
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                outputs = model(x)
+            loss, l_cls, l_pat = mctformer_loss(outputs, y)
+            if not math.isfinite(loss.item()):
+                raise DoeiError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                                f"(lr {lr:.3g}): lower optim.lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.optim.clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            n += 1
+            vals = torch.tensor([loss.item(), l_cls.item(), l_pat.item()], dtype=torch.float64)
+            sums += vals
+            bar.set_postfix(loss=f"{vals[0]:.4f}", lr=f"{lr:.2e}")
+            if step % tc.log_every == 0:
+                append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step, "lr": lr,
+                                        "loss": vals[0].item(), "loss_cls": vals[1].item(),
+                                        "loss_patch": vals[2].item()})
+        bar.close()
+        means = (sums / max(n, 1)).tolist()
+        record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr, "loss": means[0], "loss_cls": means[1],
+                  "loss_patch": means[2], "train_seconds": round(time.time() - t0, 3)}
+        if val_ds is not None and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
+            vloader = DataLoader(val_ds, batch_size=2 * tc.batch_size, shuffle=False, num_workers=tc.num_workers)
+            logits, targets = predict_logits(model, vloader, device, use_amp, tc.progress)
+            record.update({f"val_{k}": v for k, v in classification_metrics(logits, targets).items()})
+        save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scaler=scaler, epoch=epoch, step=step,
+                        config=cfg_dict, metrics=record)
+        append_jsonl(log_path, record)
+        last = record
+        msg = f"epoch {epoch + 1}/{tc.epochs}: loss {means[0]:.4f} (cls {means[1]:.4f}, patch {means[2]:.4f}), lr {lr:.2e}"
+        if "val_mAP" in record:
+            msg += f", val mAP {record['val_mAP']:.1f} F1 {record['val_F1']:.1f}"
+        log(msg + f" [{record['train_seconds']:.0f} s]")
+    return TrainResult(out_dir, ckpt_path, tc.epochs - start_epoch, last, time.time() - t_start)
+
+
+__all__ = ["train", "TrainResult", "build_model", "build_dataset", "train_transform", "load_trained_model",
+           "classification_metrics", "average_precision", "mctformer_loss", "predict_logits", "resolve_device"]
