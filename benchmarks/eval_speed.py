@@ -43,7 +43,7 @@ def _make_one(args: tuple[Path, str, int]) -> None:
     cams = np.empty((k, h, w), dtype=np.float32)
     for j in range(k):  # smooth blob map: a coarse random field upsampled bilinearly, squashed to [0, 1]
         coarse = rng.random((int(rng.integers(3, 9)), int(rng.integers(3, 9)))).astype(np.float32)
-        up = np.asarray(Image.fromarray(coarse, mode="F").resize((w, h), Image.BILINEAR))
+        up = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR))
         cams[j] = np.clip((up - up.min()) / (up.max() - up.min() + 1e-6), 0, 1)
     save_cam(root / "cams" / f"{name}.npz", classes, cams, dtype=np.float16)
     cams16 = cams.astype(np.float16).astype(np.float32)
@@ -52,7 +52,7 @@ def _make_one(args: tuple[Path, str, int]) -> None:
     noise = rng.random((h, w)) < 0.05
     gt[noise] = rng.choice(np.append(classes + 1, 0), size=int(noise.sum()))
     gt[:, :3] = 255  # an ignore band
-    Image.fromarray(gt, mode="L").save(root / "gt" / f"{name}.png")
+    Image.fromarray(gt).save(root / "gt" / f"{name}.png")
 
 
 def generate(root: Path, n: int, workers: int) -> list[str]:
