@@ -1,0 +1,70 @@
+"""Settings of ``doei cam`` as a strict dataclass (YAML keys = field names; unknown keys are errors).
+
+Example ``cam.yaml``::
+
+    model: mctformer_v2_deit_small
+    num_classes: 20
+    dataset: voc
+    data_root: data/VOCdevkit/VOC2012
+    split: train
+    scales: [1.0]            # MCTformer's psa run; its --scales option takes e.g. [1.0, 0.5, 1.5]
+    crf_alphas: [1, 12]      # PSA affinity labels (low/high background exponent)
+
+Command-line flags override the file; the file overrides the defaults below (the official MCTformer-V2
+settings: scale 1.0 + flip, the last 3 blocks, fused maps, patch-affinity refinement).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from doei.errors import DoeiError
+
+
+@dataclass
+class CamConfig:
+    # model
+    model: str = "mctformer_v2_deit_small"
+    num_classes: int = 20
+    model_kwargs: dict = field(default_factory=dict)   # extra factory arguments (depth, embed_dim, ...)
+    # data
+    dataset: Literal["voc", "synth", "coco", "folder"] = "voc"
+    data_root: str = ""
+    split: str = "train"
+    # CAM pipeline
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = True
+    n_layers: int = 3
+    kind: Literal["fused", "patchcam", "mtatt"] = "fused"
+    patch_refine: bool = True
+    amp: bool = False
+    # outputs
+    cam_dtype: Literal["float16", "float32"] = "float16"
+    save_seeds: bool = False
+    seed_beta: float = 0.4
+    crf_alphas: list[float] = field(default_factory=list)
+    crf_image: Literal["official", "original"] = "official"
+    save_overlays: bool = False
+    # running
+    device: str = "cpu"
+    batch_size: int = 1
+    num_workers: int = 0
+
+    def validate(self) -> "CamConfig":
+        if self.num_classes < 1:
+            raise DoeiError(f"num_classes: expected >= 1, got {self.num_classes}")
+        if not self.scales or any(not (s > 0) for s in self.scales):
+            raise DoeiError(f"scales: expected positive numbers, got {self.scales}")
+        if self.n_layers < 1:
+            raise DoeiError(f"n_layers: expected >= 1, got {self.n_layers}")
+        if self.batch_size < 1 or self.num_workers < 0:
+            raise DoeiError(f"batch_size/num_workers: expected >= 1 / >= 0, got {self.batch_size}/{self.num_workers}")
+        if not 0.0 <= self.seed_beta <= 1.0:
+            raise DoeiError(f"seed_beta: expected a background threshold in [0, 1], got {self.seed_beta}")
+        if any(not (a > 0) for a in self.crf_alphas):
+            raise DoeiError(f"crf_alphas: expected positive exponents, got {self.crf_alphas}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise DoeiError(f"device {self.device!r}: expected cpu, cuda or cuda:N")
+        if not self.data_root:
+            raise DoeiError("data_root: no dataset folder given (--data-root or data_root in the config)")
+        return self
