@@ -1,0 +1,79 @@
+"""TS-CAM (Gao et al., ICCV 2021) on DeiT: one cls token, 3×3 conv semantic head on patch tokens.
+
+Matches the official model (../shared/reference/README §5.6, gotcha 7): standard DeiT with its
+final LayerNorm, logits = global average of the head map, CAM = (cls→patch attention summed over ALL
+blocks) × head map, with NO ReLU on the head map. Unlike the official code (224² only), any input
+size works: position embeddings are interpolated as MCTformer does.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from doei.core import DOEIConfig
+from doei.models.registry import register_model
+from doei.models.vit import VisionTransformer
+
+
+class TSCAMOutput(NamedTuple):
+    logits: Tensor        # [B, K]
+    cams: Tensor          # [B, K, h, w] semantic-aware maps
+    head_out: Tensor      # [B, K, h, w]
+    patch_attn: Tensor    # [L, B, P, P] head-mean patch→patch attention of every block
+
+
+class TSCAM(VisionTransformer):
+    """TS-CAM; ``doei`` (PPDO + HFA, C = 1) switches DOEI on between blocks."""
+
+    def __init__(self, num_classes: int = 20, **kwargs) -> None:
+        super().__init__(num_cls_tokens=1, **kwargs)
+        self.num_classes = num_classes
+        self.head = nn.Conv2d(self.embed_dim, num_classes, kernel_size=3, stride=1, padding=1)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def _heads(self, x: Tensor):
+        feats = self.forward_features(x)
+        tokens = self.norm(feats.tokens)
+        b, _, d = tokens.shape
+        h, w = feats.grid
+        head_out = self.head(tokens[:, 1:].reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous())
+        return feats, head_out.mean(dim=(2, 3)), head_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Training forward: logits [B, K]."""
+        return self._heads(x)[1]
+
+    def forward_cams(self, x: Tensor) -> TSCAMOutput:
+        feats, logits, head_out = self._heads(x)
+        attn = torch.stack(feats.attn)                                # [L, B, T, T]
+        cams = tscam_cams(attn, head_out)
+        return TSCAMOutput(logits, cams, head_out, attn[:, :, 1:, 1:])
+
+
+def tscam_cams(attn: Tensor, head_out: Tensor) -> Tensor:
+    """TS-CAM maps [B, K, h, w]: Σ over all blocks of cls→patch attention [L, B, T, T] × head map (no ReLU)."""
+    b, _, h, w = head_out.shape
+    cls_attn = attn.sum(0)[:, 0, 1:].reshape(b, 1, h, w)
+    return cls_attn * head_out.detach()
+
+
+@register_model
+def tscam_deit_small(num_classes: int = 20, doei: DOEIConfig | None = None, img_size: int = 224,
+                     drop_rate: float = 0.0, drop_path_rate: float = 0.1) -> TSCAM:
+    """The paper's TS-CAM on DeiT-S (patch 16, width 384, depth 12, 6 heads)."""
+    return TSCAM(num_classes=num_classes, img_size=img_size, patch_size=16, embed_dim=384, depth=12, num_heads=6,
+                 mlp_ratio=4.0, qkv_bias=True, drop_rate=drop_rate, drop_path_rate=drop_path_rate, doei=doei)
+
+
+@register_model
+def tscam_tiny_conv(num_classes: int = 10, doei: DOEIConfig | None = None, img_size: int = 64, depth: int = 6,
+                    embed_dim: int = 192, num_heads: int = 3, patch_size: int = 8, drop_rate: float = 0.0,
+                    drop_path_rate: float = 0.0) -> TSCAM:
+    """Small from-scratch variant for the synthetic benchmark on CPU (conv stem, depth 6, width 192)."""
+    return TSCAM(num_classes=num_classes, img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
+                 depth=depth, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True, drop_rate=drop_rate,
+                 drop_path_rate=drop_path_rate, stem="conv", doei=doei)
