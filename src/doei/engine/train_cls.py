@@ -206,9 +206,12 @@ def _drop_log_records_from(path: Path, first_epoch: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ the loop
-def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], None] = print) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], None] = print,
+          stop_after: int | None = None) -> TrainResult:
     """Train the classifier of ``cfg``. ``resume``: True = continue from ``out_dir/checkpoint.pt``
-    (error if absent), ``"auto"`` = continue if it exists, False = start afresh (overwrites)."""
+    (error if absent), ``"auto"`` = continue if it exists, False = start afresh (overwrites).
+    ``stop_after``: return after at most that many epochs in this call (the schedule still spans
+    ``train.epochs``; a later ``resume`` continues), as an interrupted run would."""
     t_start = time.time()
     from tqdm import tqdm
 
@@ -267,7 +270,8 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
         f"device {device}{' (AMP fp16)' if use_amp else ''}; {len(train_ds)} training images, "
         f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs, peak lr {peak_lr:.3g}")
 
-    for epoch in range(start_epoch, tc.epochs):
+    end_epoch = tc.epochs if stop_after is None else min(tc.epochs, start_epoch + max(0, stop_after))
+    for epoch in range(start_epoch, end_epoch):
         seed_everything(epoch_seed(tc.seed, epoch, "global"))
         loader = DataLoader(train_ds, batch_size=tc.batch_size, drop_last=drop_last, num_workers=tc.num_workers,
                             sampler=RandomSampler(train_ds, generator=loader_generator(tc.seed, epoch)),
@@ -323,7 +327,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
         if "val_mAP" in record:
             msg += f", val mAP {record['val_mAP']:.1f} F1 {record['val_F1']:.1f}"
         log(msg + f" [{record['train_seconds']:.0f} s]")
-    return TrainResult(out_dir, ckpt_path, tc.epochs - start_epoch, last, time.time() - t_start)
+    return TrainResult(out_dir, ckpt_path, end_epoch - start_epoch, last, time.time() - t_start)
 
 
 __all__ = ["train", "TrainResult", "build_model", "build_dataset", "train_transform", "load_trained_model",
