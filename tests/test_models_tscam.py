@@ -74,3 +74,14 @@ def test_cams_definition():
     head = torch.randn(2, 4, 2, 2)
     want = attn.sum(0)[:, 0, 1:].reshape(2, 1, 2, 2) * head
     torch.testing.assert_close(tscam_cams(attn, head), want)
+
+
+def test_plugs_into_cam_extractor():
+    from doei.cam.extractor import CamExtractor
+    from doei.models.tscam import tscam_tiny_conv
+
+    m = tscam_tiny_conv(num_classes=3, img_size=32).eval()
+    labels = torch.tensor([[1.0, 0.0, 1.0]])
+    cams = CamExtractor(m, scales=(1.0, 0.5), flip=True)(torch.randn(1, 3, 32, 48), labels)
+    assert cams.shape == (1, 3, 32, 48)
+    assert cams[:, 1].abs().max() == 0 and 0 <= float(cams.min()) and float(cams.max()) <= 1

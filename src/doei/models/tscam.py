@@ -53,6 +53,27 @@ class TSCAM(VisionTransformer):
         cams = tscam_cams(attn, head_out)
         return TSCAMOutput(logits, cams, head_out, attn[:, :, 1:, 1:])
 
+    def cam_source(self, n_layers: int = 12, kind: str = "tscam", patch_refine: bool = False):
+        """Adapter for :class:`doei.cam.extractor.CamExtractor`: views [B, 3, h, w] -> ViewCams.
+
+        TS-CAM's map sums ALL blocks (``n_layers`` is ignored) and has no refinement; negative values
+        are cut (ReLU) before up-sampling, as the WSSS CAM definition in docs/doei-method.md asks
+        (the official localisation code min-max normalises the raw map instead).
+        """
+        from doei.cam.extractor import ViewCams
+
+        model = self
+
+        class _Source:
+            num_classes = self.num_classes
+
+            def __call__(self, x: Tensor) -> ViewCams:
+                out = model.forward_cams(x)
+                cams = torch.relu(out.cams)
+                return ViewCams(out.logits, cams, cams)
+
+        return _Source()
+
 
 def tscam_cams(attn: Tensor, head_out: Tensor) -> Tensor:
     """TS-CAM maps [B, K, h, w]: Σ over all blocks of cls→patch attention [L, B, T, T] × head map (no ReLU)."""
