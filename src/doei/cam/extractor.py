@@ -91,7 +91,7 @@ def normalize_image(image: np.ndarray) -> Tensor:
     """uint8 [H, W, 3] -> normalised float32 [3, H, W], exactly ``ToTensor`` + ``Normalize`` (ImageNet)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise DoeiError(f"image: expected uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
+    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div(255)
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
     return x.sub_(mean).div_(std)
