@@ -1,0 +1,27 @@
+"""AffinityNet training loss (PSA ``train_aff.py``).
+
+With sparse affinities ``aff`` ``[B,D,n_from]`` in (0,1] and the pair labels of
+:mod:`doei.refine.labels` (same shape, batched)::
+
+    bg  = sum(-bg_pos * log(aff + 1e-5)) / (sum(bg_pos) + 1e-5)
+    fg  = sum(-fg_pos * log(aff + 1e-5)) / (sum(fg_pos) + 1e-5)
+    neg = sum(-neg * log(1 + 1e-5 - aff)) / (sum(neg) + 1e-5)
+    loss = bg/4 + fg/4 + neg/2
+"""
+from __future__ import annotations
+
+import torch
+
+
+def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The scalar loss and its parts (``bg``, ``fg``, ``neg`` losses and pair counts) for logging."""
+    eps = 1e-5
+    bg_n, fg_n, neg_n = bg_pos.sum() + eps, fg_pos.sum() + eps, neg.sum() + eps
+    bg = (-bg_pos * torch.log(aff + eps)).sum() / bg_n
+    fg = (-fg_pos * torch.log(aff + eps)).sum() / fg_n
+    ng = (-neg * torch.log(1.0 + eps - aff)).sum() / neg_n
+    loss = bg / 4 + fg / 4 + ng / 2
+    parts = {"bg_loss": float(bg), "fg_loss": float(fg), "neg_loss": float(ng),
+             "bg_cnt": float(bg_n), "fg_cnt": float(fg_n), "neg_cnt": float(neg_n)}
+    return loss, parts
