@@ -159,12 +159,23 @@ def test_real_voc_shifted_prediction(shared_dir, tmp_path, capsys):
 
 
 @pytest.fixture()
-def bad_setup(fixture_dirs, tmp_path):
-    """A private copy (gt/, npz/, png/, list.txt) that a test may damage."""
-    root, _ = fixture_dirs
+def bad_setup(tmp_path):
+    """Three synthetic 40x50 images (gt/, npz/, png/, list.txt) that a test may damage; independent
+    of ../shared so that the bad-input tests always run."""
+    rng = np.random.default_rng(1)
+    names = ["2099_000100", "2099_000101", "2099_000102"]
     for d in ("gt", "npz", "png"):
-        shutil.copytree(root / d, tmp_path / d)
-    shutil.copy(root / "list.txt", tmp_path / "list.txt")
+        (tmp_path / d).mkdir()
+    for name in names:
+        gt = rng.integers(0, 21, (40, 50)).astype(np.uint8)
+        gt[:, :2] = 255
+        _write_png(tmp_path / "gt" / f"{name}.png", gt)
+        _write_png(tmp_path / "png" / f"{name}.png", np.where(gt == 255, 0, gt))
+        save_cam(tmp_path / "npz" / f"{name}.npz", np.array([2, 7]), rng.random((2, 40, 50)))
+    (tmp_path / "list.txt").write_text("\n".join(names) + "\n")
+    rc = main(["eval", "--pred", str(tmp_path / "npz"), "--gt", str(tmp_path / "gt"), "--list",
+               str(tmp_path / "list.txt"), "--no-progress"])
+    assert rc == 0  # the intact set is fine
     return tmp_path
 
 
