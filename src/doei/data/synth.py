@@ -219,7 +219,7 @@ def _background(g: Grid, rng: np.random.Generator) -> np.ndarray:
     c1 = D.hsv(rng.uniform(0, 1), rng.uniform(0.05, 0.5), rng.uniform(0.45, 0.9))
     t = (g.y if rng.random() < 0.5 else g.x) / s
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
-    return img + 18.0 * D.smooth_noise(rng, s, 4)[..., None]
+    return (img + 18.0 * D.smooth_noise(rng, s, 4)[..., None]).astype(np.float32)
 
 
 def _band(g: Grid, rng: np.random.Generator, kind: str, top: float, bottom: float) -> Part:
@@ -314,7 +314,7 @@ def render_scene(rng: np.random.Generator, p: SynthParams, grid: D.Grid | None =
         band_top = rng.uniform(0.55, 0.72) * s if band == "water" else rng.uniform(0.6, 0.78) * s
         band_bot = s + 1.0 if band == "water" else band_top + (0.12 if band == "rails" else 0.22) * s
         m, col = _band(g, rng, band, band_top, band_bot)
-        img = np.where(m[..., None], col, img)
+        np.copyto(img, col, where=m[..., None])
     # -- clutter (background): rocks = headless turtle shells, plus small random shapes
     if rng.random() < p.p_rocks:
         for _ in range(int(rng.integers(1, 3))):
@@ -323,10 +323,10 @@ def render_scene(rng: np.random.Generator, p: SynthParams, grid: D.Grid | None =
             box = (rng.uniform(w / 2, s - w / 2), rng.uniform(h / 2, s - h / 2), w, h)
             col = D.sample_colour(rng, SYNTH_CLASSES.index("turtle") / len(SYNTH_CLASSES), HUE_HALFWIDTH)
             for m, c in _shell(g, box, rng, col):
-                img = np.where(m[..., None], c, img)
+                np.copyto(img, c, where=m[..., None])
     for _ in range(int(rng.integers(0, p.max_clutter + 1))):
         m, c = _clutter(g, rng)
-        img = np.where(m[..., None], c, img)
+        np.copyto(img, c, where=m[..., None])
     # -- objects: sample boxes (context classes sit on their band), reject heavy overlaps
     boxes, placed = [], []
     for c in names:
@@ -349,9 +349,9 @@ def render_scene(rng: np.random.Generator, p: SynthParams, grid: D.Grid | None =
         c, box = placed[k], boxes[k]
         col = D.sample_colour(rng, SYNTH_CLASSES.index(c) / len(SYNTH_CLASSES), HUE_HALFWIDTH)
         for m, field_ in DRAWERS[c](g, box, rng, col):
-            img = np.where(m[..., None], field_, img)
+            np.copyto(img, field_, where=m[..., None])
             mask[m] = SYNTH_CLASSES.index(c) + 1
-    img = img + rng.normal(0.0, p.noise, size=img.shape)
+    img += np.float32(p.noise) * rng.standard_normal(img.shape, dtype=np.float32)
     out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return out, mask, {"band": band, "placed": placed}
 
@@ -359,7 +359,7 @@ def render_scene(rng: np.random.Generator, p: SynthParams, grid: D.Grid | None =
 # ------------------------------------------------------------------------------------ writing
 def _png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False, compress_level=6)
+    img.save(buf, format="PNG", optimize=False, compress_level=3)
     return buf.getvalue()
 
 

@@ -22,7 +22,6 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms as T
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -30,9 +29,30 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
+class ToNormalizedTensor:
+    """PIL RGB (or uint8 [H, W, 3] array) -> float32 [3, H, W]: ``(x / 255 - mean) / std``.
+
+    Same numbers as torchvision ``ToTensor`` + ``Normalize`` (those also divide by 255 first), in
+    plain torch so the default dataset transform does not import torchvision. Picklable (DataLoader
+    workers).
+    """
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, img) -> torch.Tensor:
+        a = np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img, dtype=np.uint8)
+        x = torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0)
+        return x.sub_(self.mean).div_(self.std)
+
+    def __repr__(self) -> str:
+        return "ToNormalizedTensor(ImageNet mean/std)"
+
+
 def cam_transform() -> Transform:
     """ToTensor + ImageNet Normalize: PIL [H, W, 3] uint8 -> float32 [3, H, W], no geometry change."""
-    return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return ToNormalizedTensor()
 
 
 def mctformer_train_transform(input_size: int = 224) -> Transform:
@@ -54,6 +74,8 @@ def simple_train_transform(input_size: int, scale: tuple[float, float] = (0.5, 1
     ``color_jitter`` > 0 jitters brightness/contrast/saturation by that factor (no hue jitter: on the
     synthetic benchmark hue ranges are part of the class design).
     """
+    from torchvision import transforms as T
+
     t: list = [T.RandomResizedCrop(input_size, scale=scale, ratio=ratio,
                                    interpolation=T.InterpolationMode.BICUBIC)]
     if hflip > 0:
@@ -66,6 +88,8 @@ def simple_train_transform(input_size: int, scale: tuple[float, float] = (0.5, 1
 
 def eval_transform(input_size: int = 224) -> Transform:
     """MCTformer's validation transform: Resize(int(256/224 * size), bicubic) + CenterCrop(size) + normalise."""
+    from torchvision import transforms as T
+
     return T.Compose([
         T.Resize(int((256 / 224) * input_size), interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(input_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -74,6 +98,8 @@ def eval_transform(input_size: int = 224) -> Transform:
 
 def resize_transform(input_size: int) -> Transform:
     """Plain resize to ``input_size`` x ``input_size`` (bicubic) + normalise (fixed-size batches)."""
+    from torchvision import transforms as T
+
     return T.Compose([T.Resize((input_size, input_size), interpolation=T.InterpolationMode.BICUBIC),
                       T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
