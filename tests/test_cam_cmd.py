@@ -61,6 +61,7 @@ def _run(voc, out, *extra):
 
 @pytest.fixture(scope="module")
 def full_run(voc, tmp_path_factory):
+    torch.set_num_threads(1)       # module fixtures run before the function-scoped autouse one
     out = tmp_path_factory.mktemp("cams") / "out"
     rc = _run(voc, out, "--scales", "1.0,0.5", "--batch-size", "2", "--save-seeds", "--seed-beta", "0.5",
               "--save-overlays", "--crf-alphas", "1,12")
