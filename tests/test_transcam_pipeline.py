@@ -88,3 +88,23 @@ def test_pipeline_on_small_model_non_square_sizes():
         transcam_sum_cam(model, image[..., 0], labels, scales=(64,))
     with pytest.raises(DoeiError, match="multiples of 8"):
         transcam_sum_cam(model, image, labels, scales=(60,))
+
+
+def test_generic_cam_extractor_uses_the_transcam_source():
+    from doei.cam.extractor import CamExtractor
+    from doei.models.conformer import transcam_maps
+
+    torch.manual_seed(0)
+    model = transcam_conformer_synth(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 96)
+    labels = torch.zeros(1, 10)
+    labels[0, 4] = 1
+    cams = CamExtractor(model, scales=(1.0, 0.5), flip=True)(x, labels)
+    assert cams.shape == (1, 10, 64, 96) and float(cams[0, 4].max()) > 0.99 and float(cams[0, 3].abs().max()) == 0
+    with torch.no_grad():
+        out = model.forward_all(x, need_attn=True)
+        view = model.cam_source()(x)
+    assert torch.equal(view.refined, transcam_maps(out.x_conv, out.attn_sum)[:, 1:])
+    assert torch.equal(view.logits, (out.logits_conv + out.logits_trans)[:, 1:])
+    with pytest.raises(DoeiError, match="kind"):
+        model.cam_source(kind="mtatt")

@@ -379,10 +379,40 @@ class Conformer(nn.Module):
             return hook
         return hook_for
 
+    def cam_source(self, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> "ConformerCamSource":
+        """The adapter :class:`doei.cam.extractor.CamExtractor` uses (``n_layers`` is ignored)."""
+        return ConformerCamSource(self, kind=kind, patch_refine=patch_refine)
+
     def cam_forward(self, x: Tensor, method: CamMethod = "transcam") -> tuple[Tensor, Tensor, Tensor]:
         """The official ``Net.forward(method, x)``: (logits_conv [B,K], logits_trans [B,K], cams [B,K,h,w])."""
         out = self.forward_all(x, need_attn=method in ("transcam", "clsattn", "attnagg"))
         return out.logits_conv, out.logits_trans, transcam_maps(out.x_conv, out.attn_sum, method)
+
+
+class ConformerCamSource:
+    """Adapter for :class:`doei.cam.extractor.CamExtractor` (the project's generic multi-scale CAM
+    step): views [B, 3, h, w] -> ``ViewCams(logits, cams, refined)`` over the FOREGROUND classes,
+    with logits = ``logits_conv + logits_trans`` (what TransCAM trains), cams = the conv head map
+    and refined = the TransCAM map (``kind`` 'fused'/'transcam', or 'clsattn'/'attnagg'/'convcam').
+    TransCAM sums the attention of ALL blocks, so ``n_layers`` is ignored. The generic extractor
+    resizes by scale factors (view sides must stay multiples of the total stride) and min-max
+    normalises without ReLU; :mod:`doei.cam.transcam` is TransCAM's own pipeline."""
+
+    def __init__(self, model: "Conformer", kind: str = "fused", patch_refine: bool = True) -> None:
+        method = "transcam" if kind == "fused" else kind
+        if method not in CAM_METHODS:
+            raise DoeiError(f"TransCAM CAM kind {kind!r}: expected fused/transcam, clsattn, attnagg or convcam")
+        self.model, self.method, self.patch_refine = model, method, patch_refine
+        self.num_classes = int(model.num_classes)
+
+    def __call__(self, x: Tensor):
+        from doei.cam.extractor import ViewCams
+
+        o = self.model.fg_offset
+        out = self.model.forward_all(x, need_attn=self.patch_refine and self.method != "convcam")
+        cams = out.x_conv[:, o:]
+        refined = transcam_maps(out.x_conv, out.attn_sum, self.method)[:, o:] if self.patch_refine else cams
+        return ViewCams((out.logits_conv + out.logits_trans)[:, o:], cams, refined)
 
 
 def transcam_maps(x_conv: Tensor, attn_sum: Tensor | None, method: CamMethod = "transcam") -> Tensor:
