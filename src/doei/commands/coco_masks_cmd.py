@@ -22,8 +22,6 @@ import argparse
 import hashlib
 from pathlib import Path
 
-import numpy as np
-
 from doei.errors import DoeiError
 
 

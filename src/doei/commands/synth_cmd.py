@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 from doei.errors import DoeiError
