@@ -207,12 +207,12 @@ class AffinityNet(ResNet38):
     def forward(self, x: torch.Tensor, to_dense: bool = False) -> torch.Tensor:
         from doei.refine.affinity import affinity_from_features, dense_affinity
 
+        if to_dense and x.shape[0] != 1:
+            raise ValueError(f"AffinityNet.forward(to_dense=True) needs batch 1, got {x.shape[0]}")
         f = self.features(x)
         aff = affinity_from_features(f, self.radius)
         if not to_dense:
             return aff
-        if aff.shape[0] != 1:
-            raise ValueError(f"AffinityNet.forward(to_dense=True) needs batch 1, got {aff.shape[0]}")
         return dense_affinity(aff[0], f.shape[2], f.shape[3], self.radius)
 
 

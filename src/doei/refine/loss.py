@@ -22,6 +22,6 @@ def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
     fg = (-fg_pos * torch.log(aff + eps)).sum() / fg_n
     ng = (-neg * torch.log(1.0 + eps - aff)).sum() / neg_n
     loss = bg / 4 + fg / 4 + ng / 2
-    parts = {"bg_loss": float(bg), "fg_loss": float(fg), "neg_loss": float(ng),
+    parts = {"bg_loss": float(bg.detach()), "fg_loss": float(fg.detach()), "neg_loss": float(ng.detach()),
              "bg_cnt": float(bg_n), "fg_cnt": float(fg_n), "neg_cnt": float(neg_n)}
     return loss, parts
