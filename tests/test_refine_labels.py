@@ -89,7 +89,7 @@ def test_affinity_loss_values_and_gradient():
     loss, parts = affinity_loss(aff, bg, fg, neg)
     eps = 1e-5
     expect = (-np.log(0.9 + eps) / (1 + eps)) / 4 + (-np.log(0.5 + eps) / (1 + eps)) / 4 + (-np.log(1 + eps - 0.2) / (1 + eps)) / 2
-    assert float(loss) == pytest.approx(expect, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(expect, rel=1e-6)
     assert parts["neg_cnt"] == pytest.approx(1 + eps)
     loss.backward()
     assert aff.grad[0, 0, 0] < 0 and aff.grad[0, 0, 1] > 0
