@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval_cmd", "score seed PNGs or CAM files against ground truth (mIoU, FP, FN, beta sweep)"),
     "cam": ("cam_cmd", "multi-scale CAMs of a split, one .npz per image (+ seed PNGs, CRF labels, overlays)"),
     "train-cls": ("train_cls_cmd", "train the classifier (MCTformer-V2 objective, DOEI on/off) from a YAML config"),
+    "demo": ("demo_cmd", "DOEI end to end on the synthetic benchmark: train twice, CAMs, beta sweep, report"),
     "synth": ("synth_cmd", "generate the synthetic WSSS benchmark (VOC layout, deterministic from --seed)"),
     "labels": ("labels_cmd", "write a dataset's image-level labels file once (VOC XML/masks/npy, COCO JSON)"),
     "coco-masks": ("coco_masks_cmd", "rasterise COCO instances JSON into ground-truth PNGs (+ checksum)"),
