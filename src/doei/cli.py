@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth_cmd", "generate the synthetic WSSS benchmark (VOC layout, deterministic from --seed)"),
     "labels": ("labels_cmd", "write a dataset's image-level labels file once (VOC XML/masks/npy, COCO JSON)"),
     "coco-masks": ("coco_masks_cmd", "rasterise COCO instances JSON into ground-truth PNGs (+ checksum)"),
+    "refine": ("refine_cmd", "AffinityNet: train on CAM-seed affinities, or random-walk CAMs into pseudo masks"),
+    "train-seg": ("train_seg_cmd", "train DeepLab-v1 ResNet38 on pseudo masks (SGD poly, resumable)"),
+    "infer-seg": ("infer_seg_cmd", "multi-scale + flip segmentation, DenseCRF in parallel, PNGs + overlays"),
+    "run": ("run_cmd", "the whole pipeline from one config, resumable stage by stage (train-cls ... eval)"),
 }
 
 

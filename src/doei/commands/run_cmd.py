@@ -1,0 +1,332 @@
+"""``doei run``: the whole WSSS pipeline from one config, resumable stage by stage and image by image.
+
+Examples::
+
+    doei run --config configs/demo_pipeline.yaml
+    doei run --config configs/demo_pipeline.yaml --set run.out_dir=demo_out/pipeline_doei --set classifier.doei.enabled=true
+    doei run --config voc.yaml --set run.cls_checkpoint=MCTformerV2.pth --set run.stages=[cam,refine,train-seg,infer-seg,eval]
+
+Stages, in order: ``train-cls`` (classifier, :mod:`doei.engine.train_cls`) → ``cam`` (CAMs of the
+train split) → ``refine`` (AffinityNet training + random-walk pseudo masks) → ``train-seg``
+(DeepLab on the pseudo masks) → ``infer-seg`` (val split, multi-scale + flip + CRF) → ``eval``
+(Seed, Mask, Segmentation with/without CRF). After a stage finishes, ``<run.out_dir>/stages/<stage>/
+stage_done.json`` is written atomically; a rerun skips every stage whose marker exists (and was
+made with the same stage settings — different settings are refused rather than silently mixed).
+Inside an unfinished stage the work resumes too: training from the last end-of-epoch checkpoint,
+per-image stages at the first image without outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from doei.errors import DoeiError
+from doei.pipeline_config import STAGES, PipelineConfig
+
+MARKER = "stage_done.json"
+# settings that do not change a stage's outputs (excluded from the stage fingerprint)
+_RUNTIME_KEYS = {"progress", "device", "num_workers", "crf_workers", "log_every", "workers", "batch_size_infer"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("Examples::")[1].split("Stages, in order")[0]
+    p.add_argument("--config", required=True, help="pipeline YAML (configs/demo_pipeline.yaml, docs/pipeline.md)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set refine.train.epochs=2 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from doei.pipeline_config import load_pipeline_config
+
+    cfg = load_pipeline_config(args.config, args.overrides)
+    res = run_pipeline(cfg)
+    if "eval" in res and res["eval"].get("table"):
+        print(format_table(res["eval"]["table"]))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ markers
+def _strip_runtime(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_runtime(v) for k, v in obj.items() if k not in _RUNTIME_KEYS}
+    if isinstance(obj, list):
+        return [_strip_runtime(v) for v in obj]
+    return obj
+
+
+def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
+    """The config parts that determine ``stage``'s outputs (runtime-only keys removed)."""
+    d = cfg.to_dict()
+    parts = {
+        "train-cls": {"classifier": d["classifier"], "data": d["data"], "cls_checkpoint": d["run"]["cls_checkpoint"],
+                      "seed": d["run"]["seed"]},
+        "cam": {"cam": d["cam"], "data": d["data"]},
+        "refine": {"refine": d["refine"]},
+        "train-seg": {"seg_train": d["seg"]["train"]},
+        "infer-seg": {"seg_infer": d["seg"]["infer"]},
+        "eval": {"eval": d["eval"]},
+    }[stage]
+    return _strip_runtime(parts)
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def marker_path(cfg: PipelineConfig, stage: str) -> Path:
+    return Path(cfg.run.out_dir) / "stages" / stage / MARKER
+
+
+def _read_marker(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # unreadable marker = stage not done (it is rewritten atomically when the stage finishes)
+
+
+# ------------------------------------------------------------------------------------ stages
+def _set_default(d: dict, path: str, value) -> None:
+    node = d
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node.setdefault(keys[-1], value)
+
+
+def classifier_config(cfg: PipelineConfig):
+    """The TrainConfig of the train-cls stage: ``classifier`` with data/out_dir/device/seed defaults from the run."""
+    from doei.train_config import train_config_from_dict
+
+    d = copy.deepcopy(cfg.classifier)
+    _set_default(d, "data.kind", cfg.data.kind)
+    _set_default(d, "data.root", cfg.data.root)
+    _set_default(d, "data.train_split", cfg.data.train_split)
+    if cfg.data.labels_file:
+        _set_default(d, "data.labels_file", cfg.data.labels_file)
+    _set_default(d, "model.num_classes", cfg.data.num_classes)
+    _set_default(d, "train.out_dir", str(Path(cfg.run.out_dir) / "cls"))
+    _set_default(d, "train.device", cfg.run.device)
+    _set_default(d, "train.seed", cfg.run.seed)
+    _set_default(d, "train.progress", cfg.run.progress)
+    return train_config_from_dict(d, where="classifier")
+
+
+def classifier_checkpoint(cfg: PipelineConfig) -> Path:
+    if cfg.run.cls_checkpoint:
+        return Path(cfg.run.cls_checkpoint)
+    return Path(classifier_config(cfg).train.out_dir) / "checkpoint.pt"
+
+
+def stage_train_cls(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    if cfg.run.cls_checkpoint:
+        if not Path(cfg.run.cls_checkpoint).is_file():
+            raise DoeiError(f"run.cls_checkpoint = {cfg.run.cls_checkpoint}: file not found")
+        log(f"train-cls: using the given classifier {cfg.run.cls_checkpoint}")
+        return {"checkpoint": cfg.run.cls_checkpoint, "trained": False}
+    from doei.engine.train_cls import train
+
+    res = train(classifier_config(cfg), resume="auto", log=log)
+    return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
+
+
+def cam_config(cfg: PipelineConfig, model_name: str):
+    """The CamConfig of the cam stage (``cam`` section + model/data/split/device from the run)."""
+    from doei.cam.config import CamConfig
+    from doei.config import from_dict
+    from doei.pipeline_config import resolve_device
+
+    d = dict(cfg.cam)
+    d.setdefault("model", model_name)
+    d.setdefault("num_classes", cfg.data.num_classes)
+    d.setdefault("dataset", cfg.data.kind)
+    d.setdefault("data_root", cfg.data.root)
+    d.setdefault("split", cfg.data.train_split)
+    d.setdefault("device", resolve_device(cfg.run.device))
+    return from_dict(CamConfig, d, where="cam").validate()
+
+
+def _cam_model(cfg: PipelineConfig, ckpt: Path):
+    """(model name, model) for CAMs: a doei training checkpoint is rebuilt from its own config (DOEI
+    included); any other weights file goes through ``doei cam``'s builder with the ``cam`` settings."""
+    from doei.engine.checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(ckpt)
+        is_ours = True
+    except DoeiError:
+        is_ours = False
+    if is_ours:
+        from doei.engine.train_cls import load_trained_model
+
+        model, tcfg = load_trained_model(ckpt)
+        return tcfg.model.name, model
+    from doei.commands import cam_cmd
+
+    ccfg = cam_config(cfg, str(cfg.cam.get("model", "mctformer_v2_deit_small")))
+    return ccfg.model, cam_cmd.build_model(ccfg, str(ckpt))
+
+
+def stage_cam(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    """CAMs of the train split into ``refine.train.cam_dir`` with ``doei cam``'s per-image, resumable writer."""
+    import torch
+    from tqdm import tqdm
+
+    from doei.cam.extractor import CamExtractor
+    from doei.commands import cam_cmd
+    from doei.utils.io import append_jsonl, atomic_write_json
+
+    ckpt = classifier_checkpoint(cfg)
+    if not ckpt.is_file():
+        raise DoeiError(f"{ckpt}: classifier checkpoint not found (run the train-cls stage first)")
+    name, model = _cam_model(cfg, ckpt)
+    ccfg = cam_config(cfg, name)
+    model = model.to(ccfg.device).eval()
+    ds = cam_cmd.open_dataset(ccfg)
+    out = Path(cfg.refine.train.cam_dir)
+    settings = {**vars(ccfg), "checkpoint": str(ckpt.resolve())}
+    cam_cmd._check_settings(out, settings)
+    todo = [i for i in range(len(ds)) if not cam_cmd._is_done(out, ds.records[i].id, ds.records[i].classes, ccfg)]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / cam_cmd.SETTINGS_FILE, settings)
+    append_jsonl(out / cam_cmd.LOG_FILE, {"event": "start", "time": time.time(), "images": len(ds), "todo": len(todo)})
+    extractor = CamExtractor(model, scales=ccfg.scales, flip=ccfg.flip, n_layers=ccfg.n_layers,
+                             patch_refine=ccfg.patch_refine, kind=ccfg.kind, amp=ccfg.amp)
+    loader = torch.utils.data.DataLoader(cam_cmd._SplitItems(ds, todo, ccfg.scales), batch_size=ccfg.batch_size,
+                                         shuffle=False, num_workers=ccfg.num_workers, collate_fn=cam_cmd._as_list)
+    t0 = time.time()
+    with tqdm(total=len(todo), desc="cam", unit="img", disable=not cfg.run.progress, dynamic_ncols=True) as bar:
+        for batch in loader:
+            for item, cams in cam_cmd._batch_cams(extractor, batch):
+                cam_cmd._write_outputs(out, item, cams, ccfg, ds.class_names)
+                append_jsonl(out / cam_cmd.LOG_FILE, {"event": "image", "id": item["id"]})
+                bar.update(1)
+    append_jsonl(out / cam_cmd.LOG_FILE, {"event": "end", "computed": len(todo), "seconds": round(time.time() - t0, 3)})
+    log(f"cam: {len(todo)} computed, {len(ds) - len(todo)} already done -> {out}")
+    return {"computed": len(todo), "skipped": len(ds) - len(todo), "out_dir": str(out)}
+
+
+def stage_refine(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    from doei.commands.refine_cmd import infer_pseudo_masks
+    from doei.engine.train_aff import train_affinity
+
+    res = train_affinity(cfg, resume="auto", log=log)
+    s = infer_pseudo_masks(cfg, log=log)
+    log(f"refine: {s['computed']} pseudo masks computed, {s['skipped']} already done -> {s['out_dir']}")
+    return {"train": {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final},
+            "infer": s}
+
+
+def stage_train_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    from doei.engine.train_seg import train_segmentation
+
+    res = train_segmentation(cfg, resume="auto", log=log)
+    return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
+
+
+def stage_infer_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    from doei.commands.infer_seg_cmd import infer_segmentation
+
+    s = infer_segmentation(cfg, log=log)
+    log(f"infer-seg: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
+    return s
+
+
+def _gt_dir(cfg: PipelineConfig, split: str) -> tuple[Path | None, list[str]]:
+    from doei.data.build import build_dataset
+    from doei.engine.train_aff import _data_kwargs
+
+    ds = build_dataset(cfg.data.kind, cfg.data.root, split, **_data_kwargs(cfg))
+    dirs = {r.mask_path.parent for r in ds.records if r.mask_path is not None}
+    if len(dirs) != 1 or not ds.has_masks:
+        return None, ds.ids
+    return dirs.pop(), ds.ids
+
+
+def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    """Seed (CAMs, best β), Mask (pseudo masks), Seg (val, without / with CRF) mIoU; ``<out>/eval.json``."""
+    from doei.eval.evaluate import evaluate_dirs
+    from doei.eval.report import build_report
+    from doei.utils.io import atomic_write_json
+
+    c = cfg.data.num_classes + 1
+    tr, si = cfg.data.train_split, cfg.seg.infer
+    rows = [("Seed", cfg.refine.train.cam_dir, tr, "cam", "all"),
+            ("Mask", cfg.refine.infer.out_dir, tr, "png", "all"),
+            ("Seg", str(Path(si.out_dir) / "pred"), si.split, "png", "present")]
+    if si.crf:
+        rows.append(("Seg+CRF", str(Path(si.out_dir) / "pred_crf"), si.split, "png", "present"))
+    results: dict = {}
+    table = []
+    for name, pred, split, ptype, mean in rows:
+        gt, ids = _gt_dir(cfg, split)
+        if gt is None:
+            log(f"eval: {name}: split {split!r} has no ground-truth masks; skipped")
+            continue
+        counts = evaluate_dirs(pred, gt, ids, num_classes=c, pred_type=ptype,
+                               betas=cfg.eval.seed_betas if ptype == "cam" else None, workers=cfg.eval.workers)
+        rep = build_report(counts, mean)
+        results[name] = {k: rep[k] for k in ("mIoU", "FP", "FN", "beta", "mean_convention", "num_images")}
+        results[name].update({"split": split, "pred": pred, "means": rep["means"]})
+        table.append({"stage": name, "split": split, "mIoU": round(rep["mIoU"], 2), "beta": rep["beta"],
+                      "mean": mean, "images": rep["num_images"]})
+    out = {"table": table, "results": results}
+    atomic_write_json(Path(cfg.run.out_dir) / "eval.json", out)
+    log(format_table(table))
+    return out
+
+
+def format_table(table: list[dict]) -> str:
+    """The Seed / Mask / Seg rows as a small text table."""
+    lines = [f"{'stage':<8} {'split':<10} {'mIoU':>6}  {'beta':>5}  mean", "-" * 42]
+    for r in table:
+        beta = "" if r["beta"] is None else f"{r['beta']:.2f}"
+        lines.append(f"{r['stage']:<8} {r['split']:<10} {r['mIoU']:>6.2f}  {beta:>5}  {r['mean']}")
+    return "\n".join(lines)
+
+
+STAGE_FUNCS: dict[str, Callable[[PipelineConfig, Callable[[str], None]], dict]] = {
+    "train-cls": stage_train_cls, "cam": stage_cam, "refine": stage_refine, "train-seg": stage_train_seg,
+    "infer-seg": stage_infer_seg, "eval": stage_eval,
+}
+
+
+def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the configured stages in order, skipping completed ones; returns ``{stage: summary}``."""
+    from doei.utils.io import atomic_write_json
+
+    out = Path(cfg.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "pipeline_config.json", cfg.to_dict())
+    results: dict = {}
+    for stage in STAGES:
+        if stage not in cfg.run.stages:
+            continue
+        marker = marker_path(cfg, stage)
+        settings = stage_settings(cfg, stage)
+        fp = fingerprint(settings)
+        done = _read_marker(marker)
+        if done is not None:
+            if done.get("fingerprint") != fp:
+                raise DoeiError(f"{marker}: stage {stage} was completed with other settings; use another run.out_dir "
+                                f"or delete {marker.parent} (and the stages after it) to redo it")
+            log(f"[{stage}] already done ({done.get('seconds', 0):.0f} s, {done.get('finished', '?')}); skipped")
+            results[stage] = done.get("summary", {})
+            continue
+        log(f"[{stage}] running")
+        t0 = time.time()
+        summary = STAGE_FUNCS[stage](cfg, log)
+        secs = time.time() - t0
+        atomic_write_json(marker, {"stage": stage, "fingerprint": fp, "seconds": round(secs, 3),
+                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                   "summary": json.loads(json.dumps(summary, default=str))})
+        log(f"[{stage}] done in {secs:.1f} s")
+        results[stage] = summary
+    return results

@@ -1,0 +1,197 @@
+"""The SGD + poly training loop shared by AffinityNet (:mod:`doei.engine.train_aff`) and DeepLab
+(:mod:`doei.engine.train_seg`): the baselines' ``PolyOptimizer`` recipe with this project's
+checkpoint/resume guarantees.
+
+Learning rate of group ``g`` at optimiser step ``t`` (0-based) of ``T = epochs * steps_per_epoch``::
+
+    lr_g(t) = base_lr * lr_mult_g * (1 - t / T) ** power
+
+(PSA/MCTformer ``PolyOptimizer``: ``power`` 0.9, applied before each step.) Reproducibility as the
+classifier engine (:mod:`doei.engine.train_cls`): every epoch reseeds all RNGs and the sample order
+from ``(seed, epoch)`` (:mod:`doei.engine.seed`), datasets draw their augmentation from
+``(seed, epoch, index)``, and the end-of-epoch checkpoint (:mod:`doei.engine.checkpoint`) holds
+model/optimiser/step, so resuming after an epoch continues bit for bit on CPU.
+Outputs in ``out_dir``: ``checkpoint.pt``, ``config.yaml``, ``metrics.jsonl``
+(``{"kind": "step"|"epoch", ...}``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import yaml
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from doei.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_deterministic
+from doei.errors import DoeiError
+from doei.utils.io import append_jsonl, atomic_write_text
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+LossFn = Callable[[nn.Module, tuple, torch.device], tuple[torch.Tensor, dict[str, float]]]
+
+
+def poly_factor(step: int, max_step: int, power: float) -> float:
+    """``(1 - step/max_step) ** power``, 0 at and after ``max_step``."""
+    if max_step <= 0 or step >= max_step:
+        return 0.0
+    return (1.0 - step / max_step) ** power
+
+
+def build_sgd(groups: Sequence[tuple[list[nn.Parameter], float, float]], base_lr: float,
+              momentum: float) -> torch.optim.SGD:
+    """SGD over ``(params, lr_mult, weight_decay)`` groups (empty groups dropped); ``foreach=False``
+    keeps the update order fixed. Each group stores its ``lr_mult`` for :func:`set_poly_lr`."""
+    pg = [{"params": p, "lr": base_lr * m, "lr_mult": m, "weight_decay": wd} for p, m, wd in groups if p]
+    if not pg:
+        raise DoeiError("the model has no trainable parameters")
+    return torch.optim.SGD(pg, lr=base_lr, momentum=momentum, foreach=False)
+
+
+def set_poly_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> float:
+    """Set every group's lr to ``base_lr * lr_mult * factor``; returns the base group's lr."""
+    for g in optimizer.param_groups:
+        g["lr"] = base_lr * g.get("lr_mult", 1.0) * factor
+    return base_lr * factor
+
+
+@dataclass
+class FitResult:
+    out_dir: Path
+    checkpoint: Path
+    epochs_run: int          # epochs trained by THIS call
+    final: dict              # last epoch record ({} when nothing ran and no checkpoint)
+    seconds: float
+
+
+def _drop_log_records_from(path: Path, first_epoch: int) -> None:
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("epoch", -1) < first_epoch:
+            keep.append(line)
+    atomic_write_text(path, "".join(f"{ln}\n" for ln in keep))
+
+
+def _check_resume(saved: dict, now: dict, fixed: Sequence[str], path: Path) -> None:
+    for k in fixed:
+        if saved.get(k) != now.get(k):
+            raise DoeiError(f"{path}: cannot resume: setting {k} = {now.get(k)!r} differs from the checkpoint's "
+                            f"{saved.get(k)!r} (use another out_dir or the same settings)")
+
+
+def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
+        groups: Sequence[tuple[list[nn.Parameter], float, float]], base_lr: float, momentum: float, power: float,
+        epochs: int, batch_size: int, seed: int, device: torch.device, out_dir: str | Path, config: dict,
+        resume_fixed: Sequence[str], resume: bool | str = "auto", num_workers: int = 0, log_every: int = 10,
+        progress: bool = True, deterministic: bool = True, stop_after: int | None = None, desc: str = "train",
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train ``model`` with SGD + poly lr; see the module docstring.
+
+    ``loss_fn(model, batch, device) -> (loss, parts)``; ``dataset`` may define ``set_epoch(epoch)``
+    (called before each epoch's loader is built). ``resume``: True = continue from
+    ``out_dir/checkpoint.pt`` (error if absent), ``"auto"`` = continue if it exists, False = start
+    afresh. ``resume_fixed``: keys of ``config`` that must equal the checkpoint's to resume.
+    ``stop_after``: return after at most that many epochs in this call (as an interrupted run).
+    """
+    from tqdm import tqdm
+
+    t_start = time.time()
+    out_dir = Path(out_dir)
+    ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
+    set_deterministic(deterministic)
+    model.to(device)
+    optimizer = build_sgd(groups, base_lr, momentum)
+    n = len(dataset)
+    drop_last = n > batch_size
+    steps_per_epoch = n // batch_size if drop_last else 1
+    max_step = steps_per_epoch * epochs
+
+    start_epoch, step, last = 0, 0, {}
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resume(ckpt["config"], config, resume_fixed, ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, step, last = ckpt["epoch"] + 1, ckpt["step"], dict(ckpt.get("metrics", {}))
+        _drop_log_records_from(log_path, start_epoch)
+        if start_epoch < epochs:
+            log(f"resuming from {ckpt_path} after epoch {start_epoch}/{epochs} (step {step})")
+    elif resume is True:
+        raise DoeiError(f"{ckpt_path}: no checkpoint to resume from")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(log_path, "")
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    if start_epoch < epochs:
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"{desc}: {n_params / 1e6:.2f} M parameters, device {device}; {n} training images, "
+            f"{steps_per_epoch} steps/epoch x {epochs} epochs, base lr {base_lr:.3g}")
+
+    end_epoch = epochs if stop_after is None else min(epochs, start_epoch + max(0, stop_after))
+    for epoch in range(start_epoch, end_epoch):
+        seed_everything(epoch_seed(seed, epoch, "global"))
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=batch_size, drop_last=drop_last, num_workers=num_workers,
+                            sampler=RandomSampler(dataset, generator=loader_generator(seed, epoch)),
+                            generator=loader_generator(seed, epoch, "workers"), pin_memory=device.type == "cuda")
+        model.train()
+        t0 = time.time()
+        sums: dict[str, float] = {}
+        k = 0
+        lr = base_lr
+        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress, dynamic_ncols=True,
+                   leave=False)
+        for batch in bar:
+            lr = set_poly_lr(optimizer, base_lr, poly_factor(step, max_step, power))
+            loss, parts = loss_fn(model, batch, device)
+            if not math.isfinite(loss.item()):
+                raise DoeiError(f"{desc}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                                f"(lr {lr:.3g}): lower the learning rate or check the labels")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            k += 1
+            vals = {"loss": loss.item(), **parts}
+            for key, v in vals.items():
+                sums[key] = sums.get(key, 0.0) + float(v)
+            bar.set_postfix(loss=f"{vals['loss']:.4f}", lr=f"{lr:.2e}")
+            if step % log_every == 0:
+                append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step, "lr": lr, **vals})
+        bar.close()
+        record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr,
+                  **{key: v / max(k, 1) for key, v in sums.items()}, "train_seconds": round(time.time() - t0, 3)}
+        save_checkpoint(ckpt_path, model=model, optimizer=optimizer, epoch=epoch, step=step, config=config,
+                        metrics=record)
+        append_jsonl(log_path, record)
+        last = record
+        log(f"{desc} epoch {epoch + 1}/{epochs}: loss {record.get('loss', float('nan')):.4f}, lr {lr:.2e} "
+            f"[{record['train_seconds']:.0f} s]")
+    return FitResult(out_dir, ckpt_path, max(0, end_epoch - start_epoch), last, time.time() - t_start)
+
+
+def is_complete(out_dir: str | Path, epochs: int) -> bool:
+    """True when ``out_dir/checkpoint.pt`` exists and records the last epoch as finished."""
+    p = Path(out_dir) / CHECKPOINT_NAME
+    if not p.is_file():
+        return False
+    try:
+        return int(load_checkpoint(p)["epoch"]) + 1 >= epochs
+    except DoeiError:
+        return False
