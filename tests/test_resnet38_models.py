@@ -21,19 +21,27 @@ def close(out: torch.Tensor, ref: np.ndarray) -> None:
     np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-4, atol=1e-5 * float(np.abs(ref).max()))
 
 
+def build(cls, post_scale=None, **kw):
+    """Construct on the meta device (skips the default initialisation of 100M+ parameters), then
+    materialise and fill with the recipe weights."""
+    with torch.device("meta"):
+        net = cls(**kw)
+    return fill_state_dict_(net.to_empty(device="cpu"), post_scale).eval()
+
+
 @pytest.fixture(scope="module")
 def cls_net():
-    return fill_state_dict_(ResNet38Cls()).eval()
+    return build(ResNet38Cls)
 
 
 @pytest.fixture(scope="module")
 def aff_net():
-    return fill_state_dict_(AffinityNet(), {"f9.weight": 30.0}).eval()
+    return build(AffinityNet, {"f9.weight": 30.0})
 
 
 @pytest.fixture(scope="module")
 def seg_net():
-    return fill_state_dict_(DeepLabResNet38(num_classes=21), {"fc8_seg_conv2.weight": 50.0}).eval()
+    return build(DeepLabResNet38, {"fc8_seg_conv2.weight": 50.0}, num_classes=21)
 
 
 @pytest.mark.parametrize("net_fixture,keys_file", [("cls_net", "keys_psa_resnet38_cls.json"),
@@ -135,7 +143,8 @@ def test_parameter_groups_follow_official_split(seg_net):
 
 
 def test_unfrozen_option_trains_batchnorm():
-    net = ResNet38Cls(num_classes=3, frozen_bn=False)
+    with torch.device("meta"):
+        net = ResNet38Cls(num_classes=3, frozen_bn=False)
     net.train()
     assert all(m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d))
     assert all(p.requires_grad for p in net.parameters())
