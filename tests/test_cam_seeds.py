@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from doei.cam.seeds import crf_label_map, crf_with_alpha, dense_crf, official_crf_image, seeds_from_cams
+from doei.cam.seeds import crf_label_map, crf_with_alpha, official_crf_image, seeds_from_cams
+from doei.seg.crf import CAM_CRF, dense_crf
 from doei.cam.visualize import cam_overlay, cam_panel, jet, save_label_png, voc_palette
 from doei.errors import DoeiError
 
@@ -61,10 +62,10 @@ def test_crf_original_pixels_differ_from_official_image(reference):
 
 def test_crf_validates_inputs():
     img = np.zeros((4, 5, 3), np.uint8)
-    with pytest.raises(DoeiError, match="do not match"):
-        dense_crf(img, np.full((2, 4, 6), 0.5, np.float32))
+    with pytest.raises(DoeiError, match="matching the image"):
+        dense_crf(img, np.full((2, 4, 6), 0.5, np.float32), CAM_CRF)
     with pytest.raises(DoeiError, match="uint8"):
-        dense_crf(img.astype(np.float32), np.full((2, 4, 5), 0.5, np.float32))
+        dense_crf(img.astype(np.float32), np.full((2, 4, 5), 0.5, np.float32), CAM_CRF)
     with pytest.raises(DoeiError, match="K>0"):
         crf_with_alpha(img, [], np.zeros((0, 4, 5), np.float32), 1)
 

@@ -26,11 +26,6 @@ from torch import Tensor
 from doei.cam.extractor import IMAGENET_MEAN, IMAGENET_STD
 from doei.errors import DoeiError
 
-CRF_GAUSSIAN = {"sxy": 3, "compat": 3}
-CRF_BILATERAL = {"sxy": 80, "srgb": 13, "compat": 10}
-CRF_ITERATIONS = 10
-
-
 def seeds_from_cams(cams: Tensor | np.ndarray, beta: float, classes: Sequence[int] | np.ndarray | None = None
                     ) -> np.ndarray:
     """Label map from CAMs and background threshold ``beta``.
@@ -69,41 +64,21 @@ def official_crf_image(normalized: Tensor | np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def dense_crf(image: np.ndarray, probs: np.ndarray, iterations: int = CRF_ITERATIONS) -> np.ndarray:
-    """Dense CRF with MCTformer/PSA's parameters. image uint8 [H, W, 3], probs float32 [n, H, W]
-    (a distribution per pixel) -> refined probabilities float32 [n, H, W]."""
-    try:
-        import pydensecrf.densecrf as dcrf
-        from pydensecrf.utils import unary_from_softmax
-    except ImportError:
-        raise DoeiError("CRF seeds need pydensecrf2 (pip install pydensecrf2)") from None
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DoeiError(f"CRF image: expected uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
-    n, h, w = probs.shape
-    if (h, w) != image.shape[:2]:
-        raise DoeiError(f"CRF: probabilities {h}x{w} do not match image {image.shape[0]}x{image.shape[1]}")
-    d = dcrf.DenseCRF2D(w, h, n)
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
-    d.addPairwiseGaussian(**CRF_GAUSSIAN)
-    d.addPairwiseBilateral(rgbim=np.ascontiguousarray(image), **CRF_BILATERAL)
-    q = d.inference(iterations)
-    return np.array(q, dtype=np.float32).reshape(n, h, w)
-
-
 def crf_with_alpha(image: np.ndarray, classes: Sequence[int] | np.ndarray, cams: np.ndarray, alpha: float
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The official ``_crf_with_alpha``: cams [K, H, W] (min–max normalised) of 0-based ``classes``.
+    """The official ``_crf_with_alpha`` as arrays: cams [K, H, W] (min–max normalised) of 0-based ``classes``.
 
     Returns ``(keys int64 [K+1], probs float32 [K+1, H, W])`` with keys ``[0, classes + 1]`` (0 =
-    background), i.e. the official saved dict as arrays. The background is ``(1 - max_k cams)^alpha``.
+    background), i.e. the official saved dict. The CRF itself is :func:`doei.seg.crf.crf_with_alpha`
+    (background ``(1 - max_k cams)^alpha``, CAM-style parameters).
     """
+    from doei.seg.crf import crf_with_alpha as crf_probs
+
     v = np.asarray(cams, dtype=np.float32)
     ids = np.asarray(classes, dtype=np.int64).reshape(-1)
     if v.ndim != 3 or v.shape[0] != ids.shape[0] or v.shape[0] == 0:
         raise DoeiError(f"CRF: expected cams [K>0, H, W] for {ids.shape[0]} classes, got {tuple(v.shape)}")
-    bg = np.power(1 - np.max(v, axis=0, keepdims=True), alpha)
-    probs = np.concatenate((bg, v), axis=0).astype(np.float32)
-    return np.concatenate([[0], ids + 1]).astype(np.int64), dense_crf(image, probs)
+    return np.concatenate([[0], ids + 1]).astype(np.int64), crf_probs(image, v, alpha)
 
 
 def crf_label_map(keys: np.ndarray, probs: np.ndarray) -> np.ndarray:

@@ -37,8 +37,11 @@ SEG_CRF = CRFParams(gauss_sxy=4, gauss_compat=3, bi_sxy=83, bi_srgb=5, bi_compat
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
     """Mean-field DenseCRF: returns the marginals ``[C,H,W]`` float32 for ``probs`` ``[C,H,W]``."""
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf.utils import unary_from_softmax
+    except ImportError:
+        raise DoeiError("DenseCRF needs pydensecrf2 (pip install pydensecrf2)") from None
 
     img = np.asarray(image)
     p = np.asarray(probs)
@@ -48,7 +51,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.nda
         raise DoeiError(f"CRF probabilities {p.shape}: expected [C,{img.shape[0]},{img.shape[1]}] matching the image")
     c, h, w = p.shape
     crf = dcrf.DenseCRF2D(w, h, c)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(p)))
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(p.astype(np.float32))))
     crf.addPairwiseGaussian(sxy=params.gauss_sxy, compat=params.gauss_compat)
     crf.addPairwiseBilateral(sxy=params.bi_sxy, srgb=params.bi_srgb, rgbim=np.ascontiguousarray(img),
                              compat=params.bi_compat)
