@@ -140,3 +140,19 @@ def test_loss_is_sum_of_both_soft_margin_terms():
     assert total.item() == pytest.approx(F.multilabel_soft_margin_loss(a, y).item()
                                          + F.multilabel_soft_margin_loss(b, y).item())
     assert mctformer_loss(a, y)[2].item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_quick.yaml", "voc_mctformer_v2.yaml", "voc_mctformer_v2_doei.yaml"])
+def test_shipped_train_configs_load(name):
+    from pathlib import Path
+
+    from doei.train_config import load_train_config
+
+    cfg = load_train_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    if name.startswith("voc"):
+        # the official recipe: 5e-4 x 64 / 512, 60 epochs, 5 warm-up epochs, DeiT-S at 224
+        assert cfg.peak_lr() == pytest.approx(6.25e-5) and cfg.train.epochs == 60
+        assert cfg.optim.warmup_epochs == 5 and cfg.model.name == "mctformer_v2_deit_small"
+        assert cfg.doei_config().enabled == name.endswith("_doei.yaml")
+    else:
+        assert cfg.model.name == "mctformer_v2_tiny_conv" and cfg.data.kind == "synth"

@@ -45,7 +45,7 @@ class DataSection:
     ``kind``: ``voc``, ``synth`` (the synthetic benchmark, VOC layout), ``coco``, ``folder``. ``transform``:
     ``mctformer`` (the official timm RandAugment recipe), ``simple`` (RandomResizedCrop with
     ``crop_scale`` + flip + ``color_jitter``; for tiny from-scratch models) or ``resize``.
-    Validation always uses a plain resize to ``model.img_size`` (square inputs, fixed-size batches).
+    Validation uses MCTformer's Resize + CenterCrop with ``mctformer``, else a plain square resize.
     """
 
     kind: Literal["voc", "synth", "coco", "folder"] = "voc"

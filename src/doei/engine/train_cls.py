@@ -234,9 +234,11 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
     train_ds = build_dataset(cfg, cfg.data.train_split, train_transform(cfg))
     val_ds = None
     if cfg.data.val_split:
-        from doei.data.transforms import resize_transform
+        from doei.data.transforms import eval_transform, resize_transform
 
-        val_ds = build_dataset(cfg, cfg.data.val_split, resize_transform(cfg.model.img_size))
+        # MCTformer validates on Resize(size·256/224) + CenterCrop(size); small models on a plain resize
+        vt = eval_transform if cfg.data.transform == "mctformer" else resize_transform
+        val_ds = build_dataset(cfg, cfg.data.val_split, vt(cfg.model.img_size))
     n_classes = getattr(train_ds, "num_classes", cfg.model.num_classes)
     if n_classes != cfg.model.num_classes:
         raise DoeiError(f"model.num_classes = {cfg.model.num_classes} but {cfg.data.root} has {n_classes} classes")
