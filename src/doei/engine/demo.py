@@ -182,7 +182,8 @@ def figure_overlays(path: Path, synth_root: Path, cam_root: Path, class_names: l
         if name not in class_names:
             continue
         k = class_names.index(name)
-        hit = next((i for i, r in enumerate(ds.records) if k in r.classes), None)
+        used = {i for _, _, i in rows}
+        hit = next((i for i, r in enumerate(ds.records) if k in r.classes and i not in used), None)
         if hit is not None:
             rows.append((name, k, hit))
     if not rows:
