@@ -53,7 +53,7 @@ def tiny_config(data_root: Path, out_dir: Path, **sections) -> "object":
                        "data": {"transform": "simple", "crop_scale": [0.6, 1.0]},
                        "optim": {"lr": 1e-3, "lr_batch_base": None, "warmup_epochs": 0.0},
                        "train": {"epochs": 1, "batch_size": 4, "amp": False, "progress": False}},
-        "cam": {"scales": [1.0], "flip": False, "cam_dtype": "float32"},
+        "cam": {"scales": [1.0], "flip": False, "cam_dtype": "float32", "n_layers": 2},
         "refine": {"train": {"model": "psa_resnet38_aff_small", "model_options": {"width": 0.0625}, "crf": False,
                              "crop_size": 72, "radius": 4, "batch_size": 2, "epochs": 2, "lr": 0.01,
                              "progress": False, "device": "cpu"},
