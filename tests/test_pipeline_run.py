@@ -51,6 +51,9 @@ def test_run_resumes_after_a_failing_stage(tmp_path, monkeypatch):
     marker = json.loads((out / "stages" / "eval" / "stage_done.json").read_text())
     assert marker["stage"] == "eval" and marker["seconds"] >= 0 and len(marker["fingerprint"]) == 16
 
+    events = [json.loads(ln) for ln in (out / "run_log.jsonl").read_text().splitlines()]
+    assert {"event": "fail", "stage": "train-seg"}.items() <= events[[e["event"] for e in events].index("fail")].items()
+    assert [e["stage"] for e in events if e["event"] == "skip"] == ["train-cls", "cam", "refine"]
     # a third run does nothing; runtime-only settings (progress, workers) do not count as changes
     logs.clear()
     run_cmd.run_pipeline(_cfg(synth, out, seg__infer__crf_workers=2), log=logs.append)

@@ -13,7 +13,8 @@ train split) → ``refine`` (AffinityNet training + random-walk pseudo masks) �
 stage_done.json`` is written atomically; a rerun skips every stage whose marker exists (and was
 made with the same stage settings — different settings are refused rather than silently mixed).
 Inside an unfinished stage the work resumes too: training from the last end-of-epoch checkpoint,
-per-image stages at the first image without outputs.
+per-image stages at the first image without outputs. Stage start/end/skip/fail events (with wall
+times) go to ``<run.out_dir>/run_log.jsonl``; the eval table to ``<run.out_dir>/eval.json``.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from doei.pipeline_config import STAGES, PipelineConfig
 
 MARKER = "stage_done.json"
 # settings that do not change a stage's outputs (excluded from the stage fingerprint)
-_RUNTIME_KEYS = {"progress", "device", "num_workers", "crf_workers", "log_every", "workers", "batch_size_infer"}
+_RUNTIME_KEYS = {"progress", "device", "num_workers", "crf_workers", "log_every", "workers"}
+RUN_LOG = "run_log.jsonl"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -300,7 +302,7 @@ STAGE_FUNCS: dict[str, Callable[[PipelineConfig, Callable[[str], None]], dict]] 
 
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
     """Run the configured stages in order, skipping completed ones; returns ``{stage: summary}``."""
-    from doei.utils.io import atomic_write_json
+    from doei.utils.io import append_jsonl, atomic_write_json
 
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -318,12 +320,20 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                 raise DoeiError(f"{marker}: stage {stage} was completed with other settings; use another run.out_dir "
                                 f"or delete {marker.parent} (and the stages after it) to redo it")
             log(f"[{stage}] already done ({done.get('seconds', 0):.0f} s, {done.get('finished', '?')}); skipped")
+            append_jsonl(out / RUN_LOG, {"event": "skip", "stage": stage, "time": time.time()})
             results[stage] = done.get("summary", {})
             continue
         log(f"[{stage}] running")
         t0 = time.time()
-        summary = STAGE_FUNCS[stage](cfg, log)
+        append_jsonl(out / RUN_LOG, {"event": "start", "stage": stage, "time": t0})
+        try:
+            summary = STAGE_FUNCS[stage](cfg, log)
+        except BaseException as e:
+            append_jsonl(out / RUN_LOG, {"event": "fail", "stage": stage, "time": time.time(),
+                                         "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+            raise
         secs = time.time() - t0
+        append_jsonl(out / RUN_LOG, {"event": "end", "stage": stage, "time": time.time(), "seconds": round(secs, 3)})
         atomic_write_json(marker, {"stage": stage, "fingerprint": fp, "seconds": round(secs, 3),
                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                    "summary": json.loads(json.dumps(summary, default=str))})
