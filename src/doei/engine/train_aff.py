@@ -12,7 +12,7 @@ four groups (backbone weights ×1 with weight decay, biases ×2, new layers ×10
 their biases ×20); BatchNorm frozen as the official net (:mod:`doei.models.resnet38`).
 
 CRF-refined stacks cost ~0.5 s per VOC image, too slow to recompute every epoch: they are computed
-once into ``<out_dir>/seed_scores/<id>.npz`` (float16, resumable) before training.
+once into ``<out_dir>/seed_scores_la<low>_ha<high>/<id>.npz`` (float16, resumable) before training.
 """
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after:
     out_dir = Path(sec.out_dir)
     score_dir = None
     if sec.crf:
-        score_dir = out_dir / "seed_scores"
+        score_dir = out_dir / f"seed_scores_la{sec.low_alpha:g}_ha{sec.high_alpha:g}"  # one cache per alpha pair
         n = precompute_crf_scores(base, cam_dir, score_dir, sec, sec.progress)
         if n:
             log(f"computed CRF seed scores of {n} images into {score_dir}")
