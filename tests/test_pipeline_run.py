@@ -58,6 +58,11 @@ def test_run_resumes_after_a_failing_stage(tmp_path, monkeypatch):
     logs.clear()
     run_cmd.run_pipeline(_cfg(synth, out, seg__infer__crf_workers=2), log=logs.append)
     assert sum("already done" in m for m in logs) == 6 and not any("running" in m for m in logs)
+    # eval alone scores what exists: rows of stages outside run.stages without outputs are skipped
+    only = _cfg(synth, tmp_path / "only_eval", run__stages=["eval"], refine__train__cam_dir=str(out / "cam"))
+    res2 = run_cmd.run_pipeline(only, log=logs.append)
+    assert [r["stage"] for r in res2["eval"]["table"]] == ["Seed"]
+    assert res2["eval"]["table"][0]["mIoU"] == table[0]["mIoU"]
     # a changed recipe for a finished stage is refused, naming the marker
     with pytest.raises(DoeiError, match="stage refine was completed with other settings"):
         run_cmd.run_pipeline(_cfg(synth, out, refine__infer__logt=4), log=logs.append)

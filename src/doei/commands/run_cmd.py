@@ -260,14 +260,17 @@ def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
 
     c = cfg.data.num_classes + 1
     tr, si = cfg.data.train_split, cfg.seg.infer
-    rows = [("Seed", cfg.refine.train.cam_dir, tr, "cam", "all"),
-            ("Mask", cfg.refine.infer.out_dir, tr, "png", "all"),
-            ("Seg", str(Path(si.out_dir) / "pred"), si.split, "png", "present")]
+    rows = [("Seed", "cam", cfg.refine.train.cam_dir, tr, "cam", "all"),
+            ("Mask", "refine", cfg.refine.infer.out_dir, tr, "png", "all"),
+            ("Seg", "infer-seg", str(Path(si.out_dir) / "pred"), si.split, "png", "present")]
     if si.crf:
-        rows.append(("Seg+CRF", str(Path(si.out_dir) / "pred_crf"), si.split, "png", "present"))
+        rows.append(("Seg+CRF", "infer-seg", str(Path(si.out_dir) / "pred_crf"), si.split, "png", "present"))
     results: dict = {}
     table = []
-    for name, pred, split, ptype, mean in rows:
+    for name, producer, pred, split, ptype, mean in rows:
+        if producer not in cfg.run.stages and not Path(pred).is_dir():
+            log(f"eval: {name}: stage {producer} is not in run.stages and {pred} does not exist; skipped")
+            continue
         gt, ids = _gt_dir(cfg, split)
         if gt is None:
             log(f"eval: {name}: split {split!r} has no ground-truth masks; skipped")
