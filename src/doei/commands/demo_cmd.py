@@ -6,7 +6,8 @@ Steps (each prints its progress; finished steps are reused when the command is r
 2. train the small MCTformer-V2 of ``configs/demo.yaml`` (``demo_quick.yaml`` with ``--quick``) from
    scratch twice: DOEI off (``OUT/runs/baseline``) and on (``OUT/runs/doei``);
 3. CAMs of the held-out ``val`` split for both (scale 1.0 + flip, fused attention of the last
-   ``--cam-layers`` blocks, patch-affinity refinement, ground-truth image labels, per-class min-max),
+   ``--cam-layers`` blocks × ReLU(conv head), no patch-affinity refinement unless ``--patch-refine``,
+   ground-truth image labels, per-class min-max),
    written as ``OUT/cams/<run>/<id>.npz``;
 4. the same evaluation (``doei eval``'s β sweep) of both and of two trivial references: every pixel
    background, and a "uniform CAM" giving each labelled class the value 1 everywhere;
@@ -45,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-val", type=int, default=None, help="synthetic held-out images (default 300; quick 100)")
     p.add_argument("--seed", type=int, default=0, help="benchmark and training seed (default 0)")
     p.add_argument("--cam-layers", type=int, default=3, help="blocks whose class attention forms the CAM (default 3)")
+    p.add_argument("--patch-refine", action="store_true",
+                   help="apply MCTformer's patch-affinity refinement to the CAMs (off: it hurts the small model)")
     p.add_argument("--fresh", action="store_true", help="retrain even if finished runs exist in --out")
 
 
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     opts = DemoOptions(
         out=Path(args.out), config=config, overrides=list(args.overrides), model=args.model,
         n_train=args.n_train or mode["n_train"], n_val=args.n_val or mode["n_val"], seed=args.seed,
-        cam_layers=args.cam_layers, fresh=args.fresh, quick=args.quick, betas=BETAS,
+        cam_layers=args.cam_layers, patch_refine=args.patch_refine, fresh=args.fresh, quick=args.quick, betas=BETAS,
         overlay_classes=OVERLAY_CLASSES,
     )
     t0 = time.time()
