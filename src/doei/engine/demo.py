@@ -157,17 +157,18 @@ def write_reference_cams(synth_root: Path, cam_root: Path) -> None:
         save_cam(cam_root / "uniform_cam" / f"{rec.id}.npz", cls, np.ones((cls.size, h, w), np.float16))
 
 
-def evaluate_cams(pred_dir: Path, synth_root: Path, ids: list[str], num_classes: int, betas: str) -> dict:
+def evaluate_cams(pred_dir: Path, synth_root: Path, ids: list[str], class_names: list[str], betas: str) -> dict:
     """``doei eval``'s numbers for one CAM folder: best-β mIoU/FP/FN (percent), β, and the sweep."""
     from doei.commands.eval_cmd import parse_betas
     from doei.eval.evaluate import evaluate_dirs
     from doei.eval.report import build_report
 
-    counts = evaluate_dirs(pred_dir, synth_root / "SegmentationClass", ids, num_classes=num_classes + 1,
+    counts = evaluate_dirs(pred_dir, synth_root / "SegmentationClass", ids, num_classes=len(class_names) + 1,
                            pred_type="cam", betas=parse_betas(betas), progress=True)
     rep = build_report(counts)
     return {"mIoU": rep["mIoU"], "FP": rep["FP"], "FN": rep["FN"], "beta": rep["beta"],
-            "per_class_IoU": {p["name"]: p["IoU"] for p in rep["per_class"]}, "sweep": rep["sweep"]}
+            "per_class_IoU": {(["background"] + list(class_names))[p["class"]]: p["IoU"] for p in rep["per_class"]},
+            "sweep": rep["sweep"]}
 
 
 # ----------------------------------------------------------------------------------- figures
@@ -345,7 +346,7 @@ def run_demo(o: DemoOptions) -> str:
     results = {}
     with clock.stage("4/5 evaluation (beta sweep)"):
         for name in (*RUNS, *REFERENCES):
-            results[name] = evaluate_cams(cam_root / name, synth_root, ids, len(class_names), o.betas)
+            results[name] = evaluate_cams(cam_root / name, synth_root, ids, class_names, o.betas)
     with clock.stage("5/5 figures and report"):
         fig_dir = o.out / "figures"
         figure_overlays(fig_dir / "cam_overlays.png", synth_root, cam_root, class_names, o.overlay_classes)
