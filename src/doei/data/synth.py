@@ -213,7 +213,7 @@ DRAWERS: dict[str, Callable] = {
 
 
 # ------------------------------------------------------------------------------ backgrounds
-def _background(g: Grid, rng: np.random.Generator) -> np.ndarray:
+def _background(g: D.Grid, rng: np.random.Generator) -> np.ndarray:
     s = g.size
     c0 = D.hsv(rng.uniform(0, 1), rng.uniform(0.05, 0.5), rng.uniform(0.45, 0.9))
     c1 = D.hsv(rng.uniform(0, 1), rng.uniform(0.05, 0.5), rng.uniform(0.45, 0.9))
@@ -222,7 +222,7 @@ def _background(g: Grid, rng: np.random.Generator) -> np.ndarray:
     return (img + 18.0 * D.smooth_noise(rng, s, 4)[..., None]).astype(np.float32)
 
 
-def _band(g: Grid, rng: np.random.Generator, kind: str, top: float, bottom: float) -> Part:
+def _band(g: D.Grid, rng: np.random.Generator, kind: str, top: float, bottom: float) -> Part:
     """A background context band spanning rows [top, bottom)."""
     m = D.rect(g, -1, top, g.size + 1, bottom)
     if kind == "water":
@@ -245,7 +245,7 @@ def _band(g: Grid, rng: np.random.Generator, kind: str, top: float, bottom: floa
     raise ValueError(kind)
 
 
-def _clutter(g: Grid, rng: np.random.Generator) -> Part:
+def _clutter(g: D.Grid, rng: np.random.Generator) -> Part:
     s = g.size
     cx, cy = rng.uniform(0, s, size=2)
     r = rng.uniform(0.05, 0.1) * s

@@ -32,7 +32,7 @@ def list_models() -> list[str]:
 def _import_all() -> None:
     import importlib
 
-    for mod in ("mctformer", "tscam", "conformer", "resnet38"):
+    for mod in ("mctformer", "tscam", "conformer", "resnet38", "resnet38_small"):
         try:
             importlib.import_module(f"doei.models.{mod}")
         except ModuleNotFoundError as e:  # a family not written yet
