@@ -1,0 +1,6 @@
+"""The DOEI study: Table-4 component ablation and one-parameter sweeps on the synthetic benchmark.
+
+``grid`` defines the runs, ``runner`` trains/evaluates one run (resumable), ``table`` aggregates seeds
+(mean ± std, paired differences, wins) and ``plot`` draws the sweep figures. The CLI commands are
+``doei ablate`` and ``doei sweep``; docs/results.md reports what they measured.
+"""

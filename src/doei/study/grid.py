@@ -1,0 +1,124 @@
+"""Which runs a study makes: the Table-4 component grid and one-parameter sweeps.
+
+A run is a DOEI setting (a dict of :class:`doei.core.config.DOEIConfig` fields) trained with one
+seed. Rows and sweep points are resolved against a base DOEI dict (the study config's ``doei``
+section) so that unset knobs keep their defaults.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+
+from doei.core.config import DOEIConfig
+from doei.errors import DoeiError
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the ablation table: ``name`` (file-safe id), ``label`` (as the paper prints it) and
+    the component flags it sets on top of the base DOEI dict (``None`` = DOEI off)."""
+
+    name: str
+    label: str
+    flags: dict | None
+
+
+# The paper's Table 4 (MCTformer-V2), in its order.
+TABLE4: tuple[Row, ...] = (
+    Row("baseline", "baseline (DOEI off)", None),
+    Row("cpdo", "CPDO", {"cpdo": True, "ppdo": False, "hfa": False}),
+    Row("ppdo", "PPDO", {"cpdo": False, "ppdo": True, "hfa": False}),
+    Row("cpdo_ppdo", "CPDO + PPDO", {"cpdo": True, "ppdo": True, "hfa": False}),
+    Row("cpdo_hfa", "CPDO + HFA", {"cpdo": True, "ppdo": False, "hfa": True}),
+    Row("ppdo_hfa", "PPDO + HFA", {"cpdo": False, "ppdo": True, "hfa": True}),
+    Row("cpdo_ppdo_hfa", "CPDO + PPDO + HFA", {"cpdo": True, "ppdo": True, "hfa": True}),
+)
+
+# Sweepable knobs: how a value given on the command line is parsed, and whether its plot uses a log x-axis.
+FLOAT_PARAMS = ("st_p2c", "af_p2c", "sf_p2c", "st_c2c", "af_c2c", "sf_c2c", "alpha")
+SWEEP_PARAMS = (*FLOAT_PARAMS, "layers", "suppress")
+LOG_AXIS = {"af_p2c", "sf_p2c", "af_c2c", "sf_c2c", "st_p2c", "st_c2c"}
+_DOEI_FIELDS = {f.name for f in fields(DOEIConfig)}
+
+
+def row_doei(row: Row, base: dict) -> dict:
+    """The DOEI dict of ``row`` on top of ``base``: ``{"enabled": False}`` for the baseline."""
+    if row.flags is None:
+        return {"enabled": False}
+    return validate_doei({**base, "enabled": True, **row.flags}, where=f"row {row.name}")
+
+
+def validate_doei(d: dict, where: str) -> dict:
+    """Check that ``d`` builds a DOEIConfig (unknown keys or bad values raise one-line DoeiErrors)."""
+    unknown = set(d) - _DOEI_FIELDS
+    if unknown:
+        raise DoeiError(f"{where}: unknown DOEI field(s) {sorted(unknown)}; expected some of {sorted(_DOEI_FIELDS)}")
+    try:
+        DOEIConfig(**d)
+    except (TypeError, ValueError) as e:
+        raise DoeiError(f"{where}: {e}") from None
+    return dict(d)
+
+
+def effective_doei(d: dict) -> dict:
+    """The DOEI dict with every field filled in and the knobs that cannot act normalised away, so that two
+    settings that compute the same network get the same run key. Off → ``{"enabled": False}``; HFA
+    without PPDO is a no-op (HFA only re-weights PPDO's patch scores, docs/doei-method.md) → hfa False;
+    alpha is irrelevant when HFA is off; a disabled part's st/af/sf are irrelevant."""
+    cfg = DOEIConfig(**d)
+    if not cfg.enabled or not (cfg.ppdo or cfg.cpdo):
+        return {"enabled": False}
+    out = {f.name: getattr(cfg, f.name) for f in fields(DOEIConfig)}
+    if not cfg.ppdo:
+        out.update(hfa=False, st_p2c=None, af_p2c=None, sf_p2c=None)
+    if not cfg.cpdo:
+        out.update(st_c2c=None, af_c2c=None, sf_c2c=None)
+    if not out["hfa"] or out["alpha"] == 0:
+        out.update(hfa=False, alpha=None)
+    return out
+
+
+def run_key(doei: dict, seed: int) -> str:
+    """Stable file-safe id of (effective DOEI setting, seed): ``off-s0`` or ``<12 hex>-s0``."""
+    eff = effective_doei(doei)
+    if eff == {"enabled": False}:
+        return f"off-s{seed}"
+    h = hashlib.sha1(json.dumps(eff, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{h}-s{seed}"
+
+
+def parse_param(spec: str) -> tuple[str, list]:
+    """``af_p2c=0.1,0.3,1`` → ("af_p2c", [0.1, 0.3, 1.0]); ``layers=1,2,4`` → ("layers", [1, 2, 4]) (K = the
+    first K blocks); ``suppress=rest,bottom`` → strings."""
+    if "=" not in spec:
+        raise DoeiError(f"--param {spec!r}: expected NAME=V1,V2,... with NAME one of {', '.join(SWEEP_PARAMS)}")
+    name, raw = spec.split("=", 1)
+    name = name.strip()
+    if name not in SWEEP_PARAMS:
+        raise DoeiError(f"--param {spec!r}: unknown parameter {name!r}; expected one of {', '.join(SWEEP_PARAMS)}")
+    items = [v.strip() for v in raw.split(",") if v.strip()]
+    if not items:
+        raise DoeiError(f"--param {spec!r}: no values")
+    try:
+        if name in FLOAT_PARAMS:
+            values: list = [float(v) for v in items]
+        elif name == "layers":
+            values = [int(v) for v in items]
+            if any(v < 1 for v in values):
+                raise ValueError
+        else:
+            values = items
+            if any(v not in ("rest", "bottom") for v in values):
+                raise ValueError
+    except ValueError:
+        kind = {"layers": "integers K >= 1", "suppress": "'rest' or 'bottom'"}.get(name, "numbers")
+        raise DoeiError(f"--param {spec!r}: values must be {kind}") from None
+    return name, values
+
+
+def sweep_doei(base: dict, name: str, value) -> dict:
+    """The DOEI dict of one sweep point: ``base`` (DOEI on) with one knob set; ``layers=K`` → [1..K]."""
+    d = {**base, "enabled": True}
+    d[name] = list(range(1, int(value) + 1)) if name == "layers" else value
+    return validate_doei(d, where=f"--param {name}={value}")

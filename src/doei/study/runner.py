@@ -1,0 +1,197 @@
+"""One study run — train a seeded classifier → CAMs of the held-out split → β-sweep evaluation — and the
+loop over many runs, resumable.
+
+Every run lives in ``OUT/runs/<key>/`` where ``key`` = :func:`doei.study.grid.run_key` (effective DOEI
+setting + seed), so settings that compute the same network (e.g. CPDO+HFA and CPDO: HFA only acts on
+PPDO's scores) share one run, and an ablation and a sweep writing to the same OUT share their runs.
+``result.json`` is written atomically last; a run whose ``result.json`` exists is skipped. An interrupted
+training resumes from its checkpoint (``train(resume="auto")``). Progress: a tqdm bar over runs and
+``OUT/study_log.jsonl`` (one record per run start / skip / end).
+
+The pieces are the project's public ones: :func:`doei.engine.train_cls.train`, and the demo's CAM
+writer and evaluator (:func:`doei.engine.demo.write_cams`, :func:`doei.engine.demo.evaluate_cams`,
+which wrap :class:`doei.cam.extractor.CamExtractor` and ``doei eval``'s sweep).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from doei.errors import DoeiError
+from doei.study.grid import run_key, validate_doei
+
+RESULT_NAME = "result.json"
+LOG_NAME = "study_log.jsonl"
+
+# --quick: a benchmark and a model tiny enough for tests (seconds per run).
+QUICK_STUDY = {"n_train": 32, "n_val": 8, "stats_images": 8}
+QUICK_OVERRIDES = ["train.epochs=1", "train.batch_size=16", "train.eval_every=1", "model.options.depth=2",
+                   "model.options.embed_dim=48", "model.options.num_heads=4", "optim.warmup_epochs=0"]
+STUDY_DEFAULTS = {"n_train": 1000, "n_val": 200, "synth_seed": 0, "cam_layers": 3, "betas": "0.05:0.95:0.05",
+                  "stats_images": 32}
+
+
+@dataclass
+class Study:
+    """A study's fixed settings: the output folder, the training config (a TrainConfig dict without the
+    per-run fields), the base DOEI dict, and the benchmark/CAM/evaluation settings."""
+
+    out: Path
+    train_dict: dict
+    base_doei: dict
+    n_train: int = 1000
+    n_val: int = 200
+    synth_seed: int = 0
+    cam_layers: int = 3
+    betas: str = "0.05:0.95:0.05"
+    stats_images: int = 32
+    config_path: str = ""
+    quick: bool = False
+    synth_meta: dict = field(default_factory=dict)
+
+    @property
+    def synth_root(self) -> Path:
+        return self.out / f"synth-{self.n_train}-{self.n_val}-s{self.synth_seed}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / LOG_NAME
+
+
+def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bool = False) -> Study:
+    """Read a study config (a TrainConfig YAML plus an optional ``study`` section) into a :class:`Study`."""
+    from doei.config import apply_overrides, load_yaml
+    from doei.train_config import train_config_from_dict
+
+    if not Path(config).is_file():
+        raise DoeiError(f"--config {config}: file not found")
+    d = load_yaml(config)
+    study = {**STUDY_DEFAULTS, **(d.pop("study", None) or {})}
+    unknown = set(study) - set(STUDY_DEFAULTS)
+    if unknown:
+        raise DoeiError(f"{config}: study: unknown key(s) {sorted(unknown)}; expected some of {sorted(STUDY_DEFAULTS)}")
+    if quick:
+        study.update(QUICK_STUDY)
+        d = apply_overrides(d, list(QUICK_OVERRIDES))
+    d = apply_overrides(d, list(overrides))
+    base = validate_doei(dict(d.pop("doei", None) or {}), where=f"{config}: doei")
+    d.setdefault("data", {})["kind"] = "synth"
+    d.setdefault("train", {})["progress"] = False
+    # validate the training part once, with placeholders for the per-run fields
+    probe = copy.deepcopy(d)
+    probe["data"]["root"], probe["train"]["out_dir"] = "unset", "unset"
+    train_config_from_dict(probe, where=str(config))
+    try:
+        s = Study(out=Path(out), train_dict=d, base_doei=base, n_train=int(study["n_train"]),
+                  n_val=int(study["n_val"]), synth_seed=int(study["synth_seed"]), cam_layers=int(study["cam_layers"]),
+                  betas=str(study["betas"]), stats_images=int(study["stats_images"]), config_path=str(config),
+                  quick=quick)
+    except (TypeError, ValueError) as e:
+        raise DoeiError(f"{config}: study: {e}") from None
+    return s
+
+
+def prepare(study: Study) -> None:
+    """Create the output folder and the benchmark (reused when present with the same parameters)."""
+    from doei.engine.demo import ensure_synth
+
+    study.out.mkdir(parents=True, exist_ok=True)
+    study.synth_meta = ensure_synth(study.synth_root, study.n_train, study.n_val, study.synth_seed)
+
+
+def run_config(study: Study, doei: dict, seed: int, run_dir: Path):
+    """The TrainConfig of one run."""
+    from doei.train_config import train_config_from_dict
+
+    d = copy.deepcopy(study.train_dict)
+    d["data"]["root"] = str(study.synth_root)
+    d["train"].update(out_dir=str(run_dir / "train"), seed=int(seed))
+    d["doei"] = dict(doei)
+    return train_config_from_dict(d, where=f"{study.config_path} (run {run_dir.name})")
+
+
+def block_stats(checkpoint: Path, synth_root: Path, n_images: int) -> list[dict]:
+    """Per-block DOEI statistics of a trained model on the first ``n_images`` held-out images (one batch,
+    the CAM transform): ``[{block, k_p2c, k_c2c, delta_ratio_patch, delta_ratio_cls}]``; [] with DOEI off."""
+    from doei.data.build import build_dataset
+    from doei.data.transforms import cam_transform
+    from doei.engine.train_cls import load_trained_model
+
+    model, _ = load_trained_model(checkpoint)
+    ds = build_dataset("synth", synth_root, "val", transform=cam_transform())
+    x = torch.stack([ds[i][0] for i in range(min(n_images, len(ds)))])
+    model.doei_stats = []
+    with torch.no_grad():
+        model(x)
+    stats = [{k: (float(v) if isinstance(v, (int, float)) and k != "block" else v) for k, v in s.items()}
+             for s in model.doei_stats]
+    model.doei_stats = None
+    return stats
+
+
+def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Train → CAMs → β sweep → DOEI block statistics for one (DOEI setting, seed); returns the result
+    (read back from ``result.json`` when the run already finished)."""
+    from doei.engine.demo import evaluate_cams, write_cams
+    from doei.engine.train_cls import train
+    from doei.utils.io import atomic_write_json
+
+    key = run_key(doei, seed)
+    run_dir = study.out / "runs" / key
+    res_path = run_dir / RESULT_NAME
+    if res_path.is_file():
+        return json.loads(res_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = run_config(study, doei, seed, run_dir)
+    t0, c0 = time.time(), time.process_time()
+    tr = train(cfg, resume="auto", log=log)
+    t1, c1 = time.time(), time.process_time()
+    class_names = list(study.synth_meta["classes"])
+    ids = write_cams(tr.checkpoint, study.synth_root, run_dir / "cams", study.cam_layers, batch=50)
+    ev = evaluate_cams(run_dir / "cams", study.synth_root, ids, class_names, study.betas)
+    stats = block_stats(tr.checkpoint, study.synth_root, study.stats_images)
+    t2, c2 = time.time(), time.process_time()
+    result = {
+        "key": key, "seed": int(seed), "doei": dict(doei), **{k: ev[k] for k in ("mIoU", "FP", "FN", "beta")},
+        "sweep": ev["sweep"], "per_class_IoU": ev["per_class_IoU"],
+        "cls_mAP": tr.final.get("val_mAP"), "cls_F1": tr.final.get("val_F1"), "block_stats": stats,
+        "timing": {"train_wall_s": round(t1 - t0, 1), "train_cpu_s": round(c1 - c0, 1),
+                   "cam_eval_wall_s": round(t2 - t1, 1), "total_wall_s": round(t2 - t0, 1),
+                   "total_cpu_s": round(c2 - c0, 1), "epochs_trained_now": tr.epochs_run,
+                   "threads": torch.get_num_threads()},
+    }
+    atomic_write_json(res_path, result)
+    return result
+
+
+def run_all(study: Study, runs: Sequence[tuple[dict, int]], desc: str) -> dict[str, dict]:
+    """Run (or reuse) every (DOEI dict, seed) in order, deduplicated by run key; returns key → result.
+    A tqdm bar counts runs; ``study_log.jsonl`` gets ``start``/``skip``/``end`` records with wall times."""
+    from tqdm import tqdm
+
+    from doei.utils.io import append_jsonl
+
+    todo: dict[str, tuple[dict, int]] = {}
+    for doei, seed in runs:
+        todo.setdefault(run_key(doei, seed), (doei, seed))
+    out: dict[str, dict] = {}
+    with tqdm(total=len(todo), desc=desc, unit="run", dynamic_ncols=True) as bar:
+        for key, (doei, seed) in todo.items():
+            done = (study.out / "runs" / key / RESULT_NAME).is_file()
+            append_jsonl(study.log_path, {"event": "skip" if done else "start", "key": key, "seed": seed,
+                                          "doei": doei, "time": time.time()})
+            bar.set_postfix_str(key)
+            res = run_one(study, doei, seed)
+            if not done:
+                append_jsonl(study.log_path, {"event": "end", "key": key, "seed": seed, "mIoU": res["mIoU"],
+                                              "FP": res["FP"], "FN": res["FN"], "beta": res["beta"],
+                                              **res["timing"], "time": time.time()})
+            out[key] = res
+            bar.update(1)
+    return out

@@ -1,0 +1,126 @@
+"""Seed statistics of a study: mean ± std, paired differences to the baseline, wins, fixed-β scores.
+
+Inputs are run results as written by :mod:`doei.study.runner`: dicts with ``mIoU``, ``FP``, ``FN``
+(percent, at the run's best β), ``beta`` and ``sweep`` (``[{beta, mIoU, FP, FN}]``), plus
+``block_stats`` (``[{block, k_p2c, k_c2c, delta_ratio_patch, delta_ratio_cls}]``). Everything here is
+pure arithmetic so that it can be tested on hand-made numbers.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+METRICS = ("mIoU", "FP", "FN")
+# A "win" is a seed on which the row beats the baseline: higher mIoU, lower FP / FN.
+HIGHER_IS_BETTER = {"mIoU": True, "FP": False, "FN": False}
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    """``{"mean", "std", "n"}`` with the sample standard deviation (ddof 1; 0 for a single value)."""
+    a = np.asarray(list(values), dtype=np.float64)
+    if a.size == 0:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0, "n": int(a.size)}
+
+
+def at_beta(result: Mapping, beta: float) -> dict:
+    """mIoU/FP/FN of one run at a given β of its sweep (the nearest swept β, within 1e-6)."""
+    for p in result["sweep"]:
+        if abs(p["beta"] - beta) < 1e-6:
+            return {m: p[m] for m in METRICS}
+    raise KeyError(f"beta {beta} not in the run's sweep")
+
+
+def fixed_beta(baseline_runs: Sequence[Mapping]) -> float:
+    """The β that maximises the baseline's seed-mean mIoU over the shared sweep (lowest β on ties)."""
+    betas = [p["beta"] for p in baseline_runs[0]["sweep"]]
+    means = np.array([[at_beta(r, b)["mIoU"] for b in betas] for r in baseline_runs]).mean(axis=0)
+    return float(betas[int(np.argmax(means))])
+
+
+def paired(row: Mapping[int, float], base: Mapping[int, float], higher_is_better: bool) -> dict:
+    """Row − baseline per shared seed: ``{"mean", "std", "n", "wins", "diffs"}``; a win is a strict
+    improvement (higher, or lower when ``higher_is_better`` is False)."""
+    seeds = sorted(set(row) & set(base))
+    d = [row[s] - base[s] for s in seeds]
+    wins = sum(1 for x in d if (x > 0 if higher_is_better else x < 0))
+    return {**mean_std(d), "wins": wins, "diffs": d}
+
+
+def block_stats_mean(runs: Sequence[Mapping]) -> list[dict]:
+    """Per-block means over runs (seeds) of k_p2c, k_c2c and the two ‖Δ‖/‖X‖ ratios (None stays None)."""
+    by_block: dict[int, list[dict]] = {}
+    for r in runs:
+        for s in r.get("block_stats") or []:
+            by_block.setdefault(int(s["block"]), []).append(s)
+    out = []
+    for b in sorted(by_block):
+        rec: dict = {"block": b}
+        for key in ("k_p2c", "k_c2c", "delta_ratio_patch", "delta_ratio_cls"):
+            vals = [s[key] for s in by_block[b] if s.get(key) is not None]
+            rec[key] = float(np.mean(vals)) if vals else None
+        out.append(rec)
+    return out
+
+
+def summarize(runs: Mapping[int, Mapping], base_runs: Mapping[int, Mapping], beta_fixed: float) -> dict:
+    """One row of a table: per metric, at the best β and at ``beta_fixed``, the seed mean ± std and the
+    paired difference to the baseline with the same seed (with wins), plus per-block DOEI statistics."""
+    out: dict = {"seeds": sorted(runs), "best_beta": {}, "fixed_beta": {}}
+    for mode in ("best_beta", "fixed_beta"):
+        def val(r: Mapping, m: str) -> float:
+            return r[m] if mode == "best_beta" else at_beta(r, beta_fixed)[m]
+
+        for m in METRICS:
+            row = {s: val(r, m) for s, r in runs.items()}
+            base = {s: val(r, m) for s, r in base_runs.items()}
+            out[mode][m] = {**mean_std(row.values()), "per_seed": row,
+                            "vs_baseline": paired(row, base, HIGHER_IS_BETTER[m])}
+    out["best_beta"]["beta"] = mean_std([r["beta"] for r in runs.values()])
+    out["block_stats"] = block_stats_mean(list(runs.values()))
+    out["wall_s"] = mean_std([r.get("timing", {}).get("total_wall_s", math.nan) for r in runs.values()])
+    out["classifier_mAP"] = mean_std([r.get("cls_mAP", math.nan) for r in runs.values()])
+    return out
+
+
+def fmt_ms(d: Mapping, digits: int = 1) -> str:
+    """``12.3 ± 0.4`` (or ``12.3`` for one seed)."""
+    if d["n"] == 0:
+        return "–"
+    return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}" if d["n"] > 1 else f"{d['mean']:.{digits}f}"
+
+
+def fmt_diff(d: Mapping, digits: int = 1) -> str:
+    """``+1.2 ± 0.8 (2/3)``: paired mean ± std and wins/seeds."""
+    if d["n"] == 0:
+        return "–"
+    return f"{d['mean']:+.{digits}f} ± {d['std']:.{digits}f} ({d['wins']}/{d['n']})"
+
+
+def fmt_blocks(stats: Sequence[Mapping]) -> str:
+    """Compact per-block DOEI statistics: ``k p/c`` and ``‖Δ‖/‖X‖`` of patch/class tokens in percent."""
+    if not stats:
+        return "–"
+    parts = []
+    for s in stats:
+        k = "/".join("–" if s[key] is None else f"{s[key]:.0f}" for key in ("k_p2c", "k_c2c"))
+        r = "/".join("–" if s[key] is None else f"{100 * s[key]:.0f}" for key in ("delta_ratio_patch", "delta_ratio_cls"))
+        parts.append(f"b{s['block']} k {k}, Δ {r}%")
+    return "; ".join(parts)
+
+
+def markdown_table(rows: Sequence[tuple[str, Mapping]], mode: str, beta_fixed: float) -> str:
+    """The ablation table (one line per row) for ``mode`` = "best_beta" or "fixed_beta"."""
+    head = ("best β of each run" if mode == "best_beta" else f"fixed β = {beta_fixed:.2f} (the baseline's best)")
+    lines = [f"Seed mean ± std, {head}; Δ = paired difference to the baseline with the same seed ± std "
+             "(wins/seeds: higher mIoU, lower FP/FN).", "",
+             "| row | mIoU | FP | FN | Δ mIoU (wins) | Δ FP (wins) | Δ FN (wins) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, s in rows:
+        m = s[mode]
+        lines.append(f"| {label} | {fmt_ms(m['mIoU'])} | {fmt_ms(m['FP'])} | {fmt_ms(m['FN'])} | "
+                     f"{fmt_diff(m['mIoU']['vs_baseline'])} | {fmt_diff(m['FP']['vs_baseline'])} | "
+                     f"{fmt_diff(m['FN']['vs_baseline'])} |")
+    return "\n".join(lines)
