@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-seg": ("train_seg_cmd", "train DeepLab-v1 ResNet38 on pseudo masks (SGD poly, resumable)"),
     "infer-seg": ("infer_seg_cmd", "multi-scale + flip segmentation, DenseCRF in parallel, PNGs + overlays"),
     "run": ("run_cmd", "the whole pipeline from one config, resumable stage by stage (train-cls ... eval)"),
+    "ablate": ("ablate_cmd", "Table-4 DOEI component ablation x seeds: train, CAMs, beta sweep, mean/std table"),
+    "sweep": ("sweep_cmd", "one-parameter DOEI sweeps x seeds (st/af/sf, alpha, layers, suppress): JSON + plots"),
 }
 
 

@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per row (default 3)")
     p.add_argument("--first-seed", type=int, default=0, help="first training seed (default 0)")
     p.add_argument("--quick", action="store_true", help="tiny benchmark and model (seconds per run; tests)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: tabulate the runs already finished in --out (e.g. while a study runs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value for every run, e.g. --set train.epochs=3 or doei.af_p2c=0.3")
 
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         raise DoeiError(f"--seeds {args.seeds}: expected at least 1")
     study = load_study(Path(args.config), Path(args.out), args.overrides, quick=args.quick)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    doc = run_ablation(study, seeds)
+    doc = run_ablation(study, seeds, report_only=args.report_only)
     print((Path(args.out) / "ablation.md").read_text())
     print(f"ablation finished ({doc['wall_s_this_call']:.0f} s this call): {Path(args.out) / 'ablation.md'}")
     return 0

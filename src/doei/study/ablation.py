@@ -5,27 +5,37 @@ import time
 from typing import Sequence
 
 from doei.study.grid import TABLE4, Row, run_key, row_doei
-from doei.study.runner import Study, prepare, run_all
+from doei.errors import DoeiError
+from doei.study.runner import Study, finished_results, prepare, run_all
 from doei.study.table import fixed_beta, fmt_blocks, fmt_ms, markdown_table, summarize
 
 
-def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] = TABLE4) -> dict:
-    """Train and evaluate every row × seed (finished runs reused), then write the table files."""
+def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] = TABLE4, report_only: bool = False) -> dict:
+    """Train and evaluate every row × seed (finished runs reused), then write the table files.
+    ``report_only``: train nothing; tabulate the runs that have finished (a row lists the seeds it has)."""
     from doei.utils.io import atomic_write_json, atomic_write_text
 
     t0 = time.time()
     prepare(study)
     plan = [(row, row_doei(row, study.base_doei), s) for row in rows for s in seeds]
-    # the baseline first, then the rows seed by seed, so an early stop leaves complete paired comparisons
-    order = sorted(plan, key=lambda p: (p[0].flags is not None, p[2]))
-    results = run_all(study, [(d, s) for _, d, s in order], desc="ablate")
-    per_row = {row.name: {s: results[run_key(d, s)] for r2, d, s in plan if r2.name == row.name} for row in rows}
+    # baseline and full DOEI (first and last row) seed by seed first, then the other rows seed by seed, so
+    # that an early stop leaves complete paired comparisons of the two that matter most
+    ends = {rows[0].name, rows[-1].name}
+    order = sorted(plan, key=lambda p: (p[0].name not in ends, p[2], rows.index(p[0])))
+    if report_only:
+        results = finished_results(study, [(d, s) for _, d, s in order])
+    else:
+        results = run_all(study, [(d, s) for _, d, s in order], desc="ablate")
+    per_row = {row.name: {s: results[run_key(d, s)] for r2, d, s in plan
+                          if r2.name == row.name and run_key(d, s) in results} for row in rows}
     base = per_row[rows[0].name]
+    if not base:
+        raise DoeiError(f"{study.out}: no finished baseline run yet; nothing to tabulate")
     beta_fixed = fixed_beta(list(base.values()))
     summary = {row.name: {"label": row.label, "doei": row_doei(row, study.base_doei),
                           "run_keys": [run_key(row_doei(row, study.base_doei), s) for s in seeds],
                           **summarize(per_row[row.name], base, beta_fixed)} for row in rows}
-    doc = {"config": study.config_path, "quick": study.quick, "seeds": list(seeds), "base_doei": study.base_doei,
+    doc = {"config": study.config_path, "quick": study.quick, "seeds": list(seeds), "report_only": report_only, "base_doei": study.base_doei,
            "benchmark": {"root": str(study.synth_root), "n_train": study.n_train, "n_val": study.n_val,
                          "synth_seed": study.synth_seed},
            "cam_layers": study.cam_layers, "betas": study.betas, "fixed_beta": beta_fixed, "rows": summary,
@@ -37,7 +47,8 @@ def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] = TABLE
 
 def render(doc: dict) -> str:
     """The ablation report: both tables, per-row DOEI statistics and run cost."""
-    rows = [(r["label"], r) for r in doc["rows"].values()]
+    rows = [(f"{r['label']}" + (f" [seeds {r['seeds']}]" if r["seeds"] != doc["seeds"] else ""), r)
+            for r in doc["rows"].values()]
     b = doc["benchmark"]
     lines = [f"# DOEI component ablation (Table 4 grid), seeds {doc['seeds']}", "",
              f"Config `{doc['config']}`{' (--quick)' if doc['quick'] else ''}; benchmark {b['n_train']} train / "

@@ -30,9 +30,9 @@ RESULT_NAME = "result.json"
 LOG_NAME = "study_log.jsonl"
 
 # --quick: a benchmark and a model tiny enough for tests (seconds per run).
-QUICK_STUDY = {"n_train": 32, "n_val": 8, "stats_images": 8}
+QUICK_STUDY = {"n_train": 16, "n_val": 4, "stats_images": 4, "betas": "0.1:0.9:0.2"}
 QUICK_OVERRIDES = ["train.epochs=1", "train.batch_size=16", "train.eval_every=1", "model.options.depth=2",
-                   "model.options.embed_dim=48", "model.options.num_heads=4", "optim.warmup_epochs=0"]
+                   "model.options.embed_dim=32", "model.options.num_heads=2", "optim.warmup_epochs=0"]
 STUDY_DEFAULTS = {"n_train": 1000, "n_val": 200, "synth_seed": 0, "cam_layers": 3, "betas": "0.05:0.95:0.05",
                   "stats_images": 32}
 
@@ -194,4 +194,14 @@ def run_all(study: Study, runs: Sequence[tuple[dict, int]], desc: str) -> dict[s
                                               **res["timing"], "time": time.time()})
             out[key] = res
             bar.update(1)
+    return out
+
+
+def finished_results(study: Study, runs: Sequence[tuple[dict, int]]) -> dict[str, dict]:
+    """key → result of the runs among ``runs`` whose ``result.json`` exists (nothing is trained)."""
+    out = {}
+    for doei, seed in runs:
+        path = study.out / "runs" / run_key(doei, seed) / RESULT_NAME
+        if path.is_file():
+            out[run_key(doei, seed)] = json.loads(path.read_text())
     return out

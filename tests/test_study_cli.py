@@ -1,0 +1,104 @@
+"""``doei ablate --quick`` and ``doei sweep --quick`` end to end through ``doei.cli.main``, and resume."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from doei.cli import main as cli_main
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ablate.yaml")
+
+
+@pytest.fixture(scope="module")
+def ablate_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "out"
+    assert cli_main(["ablate", "--config", CONFIG, "--out", str(out), "--quick", "--seeds", "2"]) == 0
+    return out
+
+
+def test_ablate_writes_the_table_for_seven_rows_and_two_seeds(ablate_dir):
+    doc = json.loads((ablate_dir / "ablation.json").read_text())
+    assert list(doc["rows"]) == ["baseline", "cpdo", "ppdo", "cpdo_ppdo", "cpdo_hfa", "ppdo_hfa", "cpdo_ppdo_hfa"]
+    runs = sorted(p.name for p in (ablate_dir / "runs").iterdir())
+    assert len(runs) == 12 and all((ablate_dir / "runs" / r / "result.json").is_file() for r in runs)
+    base = doc["rows"]["baseline"]
+    assert base["seeds"] == [0, 1] and base["block_stats"] == []
+    assert base["best_beta"]["mIoU"]["vs_baseline"]["diffs"] == [0, 0]
+    full = doc["rows"]["cpdo_ppdo_hfa"]
+    assert full["doei"]["enabled"] and len(full["block_stats"]) == 2           # quick model: depth 2
+    assert all(s["delta_ratio_patch"] > 0 and s["delta_ratio_cls"] > 0 for s in full["block_stats"])
+    assert doc["rows"]["cpdo_hfa"]["run_keys"] == doc["rows"]["cpdo"]["run_keys"]
+    for row in doc["rows"].values():
+        for mode in ("best_beta", "fixed_beta"):
+            m = row[mode]["mIoU"]
+            assert m["n"] == 2 and 0 <= m["mean"] <= 100
+            assert m["vs_baseline"]["mean"] == pytest.approx(m["mean"] - base[mode]["mIoU"]["mean"])
+    md = (ablate_dir / "ablation.md").read_text()
+    assert "| CPDO + PPDO + HFA |" in md and "fixed β" in md
+    log = [json.loads(x) for x in (ablate_dir / "study_log.jsonl").read_text().splitlines()]
+    assert sum(r["event"] == "end" for r in log) == 12
+
+
+def test_rerun_skips_finished_runs(ablate_dir, monkeypatch):
+    import doei.engine.train_cls as tc
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(tc, "train", no_training)
+    stamp = {p: p.stat().st_mtime_ns for p in (ablate_dir / "runs").glob("*/result.json")}
+    assert cli_main(["ablate", "--config", CONFIG, "--out", str(ablate_dir), "--quick", "--seeds", "2"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (ablate_dir / "runs").glob("*/result.json")} == stamp
+    log = [json.loads(x) for x in (ablate_dir / "study_log.jsonl").read_text().splitlines()]
+    assert sum(r["event"] == "skip" for r in log) == 12
+
+
+def test_missing_result_is_rerun_and_report_only_trains_nothing(ablate_dir, monkeypatch):
+    victim = next(p for p in (ablate_dir / "runs").glob("*-s1") if not p.name.startswith("off"))
+    os.remove(victim / "result.json")
+    import doei.engine.train_cls as tc
+
+    monkeypatch.setattr(tc, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    assert cli_main(["ablate", "--config", CONFIG, "--out", str(ablate_dir), "--quick", "--seeds", "2",
+                     "--report-only"]) == 0
+    doc = json.loads((ablate_dir / "ablation.json").read_text())
+    assert any(r["seeds"] == [0] for r in doc["rows"].values())
+    monkeypatch.undo()
+    assert cli_main(["ablate", "--config", CONFIG, "--out", str(ablate_dir), "--quick", "--seeds", "2"]) == 0
+    assert (victim / "result.json").is_file()
+    # the checkpoint of the finished training was reused: the run's metrics log has one epoch record
+    epochs = [json.loads(x) for x in (victim / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(e.get("kind") == "epoch" for e in epochs) == 1
+
+
+def test_sweep_writes_json_and_plot_and_reuses_ablation_runs(ablate_dir):
+    before = len(list((ablate_dir / "runs").iterdir()))
+    assert cli_main(["sweep", "--config", CONFIG, "--out", str(ablate_dir), "--quick", "--seeds", "1",
+                     "--param", "af_p2c=1,3", "--param", "layers=1"]) == 0
+    doc = json.loads((ablate_dir / "sweep_af_p2c.json").read_text())
+    assert doc["values"] == [1.0, 3.0] and len(doc["points"]) == 2
+    p1, p3 = doc["points"]
+    assert p1["run_keys"] == json.loads((ablate_dir / "ablation.json").read_text())["rows"]["cpdo_ppdo_hfa"]["run_keys"][:1]
+    r1 = [s["delta_ratio_patch"] for s in p1["summary"]["block_stats"]]
+    r3 = [s["delta_ratio_patch"] for s in p3["summary"]["block_stats"]]
+    assert all(b > a for a, b in zip(r1, r3))   # a larger AF is a larger update
+    lay = json.loads((ablate_dir / "sweep_layers.json").read_text())
+    assert [s["block"] for s in lay["points"][0]["summary"]["block_stats"]] == [1]
+    for name in ("af_p2c", "layers"):
+        png = (ablate_dir / f"sweep_{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert len(list((ablate_dir / "runs").iterdir())) == before + 2   # af 3 and K = 1 only
+    assert "## af_p2c" in (ablate_dir / "sweep.md").read_text()
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert cli_main(["sweep", "--config", CONFIG, "--out", str(tmp_path), "--param", "gamma=1"]) == 2
+    assert "unknown parameter 'gamma'" in capsys.readouterr().err
+    assert cli_main(["ablate", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(CONFIG).read_text().replace("cam_layers: 3", "cam_layer: 3"))
+    assert cli_main(["ablate", "--config", str(bad), "--out", str(tmp_path)]) == 2
+    assert "study: unknown key(s) ['cam_layer']" in capsys.readouterr().err
