@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from doei.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from doei.engine.losses import classification_loss, prediction_logits
 from doei.engine.optim import build_optimizer, lr_at, set_lr
 from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_deterministic
 from doei.errors import DoeiError
@@ -150,7 +151,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, a
     for x, y, *_ in tqdm(loader, desc="val", leave=False, disable=not progress, dynamic_ncols=True):
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
             out = model(x.to(device))
-        out = out[0] if isinstance(out, (tuple, list)) else out
+        out = prediction_logits(model, out)  # TransCAM: conv + trans logits; MCTformer: class tokens
         outs.append(out.float().cpu())
         ys.append(y.float())
     return torch.cat(outs), torch.cat(ys)
@@ -293,7 +294,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
             y = y.to(device, non_blocking=True).float()
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = model(x)
-            loss, l_cls, l_pat = mctformer_loss(outputs, y)
+            loss, l_cls, l_pat = classification_loss(model, outputs, y)  # per family: doei.engine.losses
             if not math.isfinite(loss.item()):
                 raise DoeiError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
                                 f"(lr {lr:.3g}): lower optim.lr or check the data")
