@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -56,8 +57,15 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     for k, v in arrays.items():
         if np.asarray(v).dtype == object:
             raise TypeError(f"{path}: array {k!r} has object dtype; refusing to pickle")
+    # np.savez_compressed's layout, but with a fixed zip timestamp so that the same arrays always give
+    # the same bytes (reruns, resumed and multi-process runs are byte-identical).
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        for k, v in arrays.items():
+            info = zipfile.ZipInfo(f"{k}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(v), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
 
