@@ -38,6 +38,7 @@ def test_ablate_writes_the_table_for_seven_rows_and_two_seeds(ablate_dir):
             assert m["vs_baseline"]["mean"] == pytest.approx(m["mean"] - base[mode]["mIoU"]["mean"])
     md = (ablate_dir / "ablation.md").read_text()
     assert "| CPDO + PPDO + HFA |" in md and "fixed β" in md
+    assert (ablate_dir / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     log = [json.loads(x) for x in (ablate_dir / "study_log.jsonl").read_text().splitlines()]
     assert sum(r["event"] == "end" for r in log) == 12
 

@@ -42,6 +42,9 @@ def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] = TABLE
            "wall_s_this_call": round(time.time() - t0, 1)}
     atomic_write_json(study.out / "ablation.json", doc)
     atomic_write_text(study.out / "ablation.md", render(doc))
+    from doei.study.plot import ablation_figure
+
+    ablation_figure(study.out / "ablation.png", doc)
     return doc
 
 
