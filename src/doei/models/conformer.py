@@ -39,7 +39,6 @@ from typing import Callable, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from doei.core.config import DOEIConfig
@@ -48,6 +47,7 @@ from doei.core.hfa import hfa_affinity
 from doei.errors import DoeiError
 from doei.models.checkpoint import load_model_weights, read_state_dict, unwrap_state_dict
 from doei.models.registry import register_model
+from doei.models.vit import Block  # pre-norm block returning head-mean attention, eps 1e-6
 
 CamMethod = Literal["transcam", "convcam", "clsattn", "attnagg"]
 CAM_METHODS: tuple[str, ...] = ("transcam", "convcam", "clsattn", "attnagg")
@@ -55,53 +55,6 @@ CAM_METHODS: tuple[str, ...] = ("transcam", "convcam", "clsattn", "attnagg")
 # A hook applied to the transformer tokens right after a block: (tokens [B,T,D], head-mean
 # attention [B,T,T]) -> tokens [B,T,D].
 TokenHook = Callable[[Tensor, Tensor], Tensor]
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention that also returns its head-averaged probabilities.
-
-    Eager ``softmax(q @ kᵀ · scale)`` (no fused kernel), because TransCAM's CAM and DOEI need the
-    probabilities. Input [B, T, D] -> (output [B, T, D], head-mean attention [B, T, T]).
-    """
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        b, t, d = x.shape
-        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]                       # [B, heads, T, d_h]
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, t, d)
-        return self.proj_drop(self.proj(out)), attn.mean(dim=1)
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block (LayerNorm eps 1e-6) returning (tokens, head-mean attention)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        y, attn = self.attn(self.norm1(x))
-        x = x + self.drop_path(y)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x, attn
 
 
 class ConvBlock(nn.Module):

@@ -21,11 +21,13 @@ from doei.core import DOEIConfig, doei_update, hfa_affinity
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention returning its softmax probabilities [B, heads, T, T]."""
+    """Multi-head self-attention: [B, T, D] -> (output [B, T, D], head-mean softmax attention [B, T, T])."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0,
                  proj_drop: float = 0.0) -> None:
         super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -39,11 +41,11 @@ class Attention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
         out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, t, d)
-        return self.proj_drop(self.proj(out)), attn
+        return self.proj_drop(self.proj(out)), attn.mean(dim=1)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: returns (tokens [B, T, D], attention [B, heads, T, T])."""
+    """Pre-norm transformer block: returns (tokens [B, T, D], head-mean attention [B, T, T])."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6) -> None:
@@ -182,7 +184,6 @@ class VisionTransformer(nn.Module):
         attns: list[Tensor] = []
         for i, blk in enumerate(self.blocks, start=1):
             tokens, attn = blk(tokens)
-            attn = attn.mean(dim=1)
             attns.append(attn)
             stats = {} if self.doei_stats is not None else None
             tokens = doei_update(tokens, attn, self.num_cls_tokens, i, self.depth, self.doei, g_hat, stats)
