@@ -18,9 +18,7 @@ while saving leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +84,10 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training checkpoint with ``weights_only=True``; a one-line DoeiError if it is not one."""
+    from doei.models.checkpoint import load_weights_only
+
     path = Path(path)
-    if not path.is_file():
-        raise DoeiError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DoeiError(f"{path}: not a readable weights-only checkpoint ({first})") from None
+    obj = load_weights_only(path, "weights-only checkpoint")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise DoeiError(f"{path}: not a doei training checkpoint (format {got!r}, expected {FORMAT!r})")

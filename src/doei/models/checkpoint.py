@@ -22,17 +22,22 @@ _WRAPPER_KEYS = ("model", "state_dict", "model_state", "net")
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file and return its (unwrapped) state dict of tensors on the CPU."""
+def load_weights_only(path: str | os.PathLike, what: str = "weights-only torch checkpoint") -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; a one-line DoeiError if missing or unreadable
+    (including a pickle that would need arbitrary objects: weights-only loading refuses to build them)."""
     path = Path(path)
     if not path.is_file():
         raise DoeiError(f"{path}: checkpoint file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DoeiError(f"{path}: not a readable weights-only torch checkpoint ({first})") from None
-    return unwrap_state_dict(obj, where=str(path))
+        raise DoeiError(f"{path}: not a readable {what} ({first})") from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file and return its (unwrapped) state dict of tensors on the CPU."""
+    return unwrap_state_dict(load_weights_only(path), where=str(path))
 
 
 def unwrap_state_dict(obj: object, where: str = "checkpoint") -> dict[str, torch.Tensor]:
