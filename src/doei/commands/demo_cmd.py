@@ -3,11 +3,15 @@
 Steps (each prints its progress; finished steps are reused when the command is run again):
 
 1. generate the synthetic benchmark into ``OUT/synth-<n_train>`` if absent (``doei synth``);
-2. train the small MCTformer-V2 of ``configs/demo.yaml`` (``demo_quick.yaml`` with ``--quick``) from
+2. train the small classifier of ``--model`` (``mctformer``: ``configs/demo.yaml``, ``tscam``:
+   ``demo_tscam.yaml``, ``transcam``: ``demo_transcam.yaml``; ``*_quick.yaml`` with ``--quick``) from
    scratch twice: DOEI off (``OUT/runs/baseline``) and on (``OUT/runs/doei``);
-3. CAMs of the held-out ``val`` split for both (scale 1.0 + flip, fused attention of the last
-   ``--cam-layers`` blocks × ReLU(conv head), no patch-affinity refinement unless ``--patch-refine``,
-   ground-truth image labels, per-class min-max),
+3. CAMs of the held-out ``val`` split for both (scale 1.0 + flip, ground-truth image labels, the
+   model's own CAM through ``CamExtractor``, then ReLU + per-class min-max (TransCAM's sane "minmax"
+   normalisation, not its official one). MCTformer: fused attention of the last ``--cam-layers`` blocks ×
+   ReLU(conv head), no patch-affinity refinement unless ``--patch-refine``; TS-CAM: cls attention of all
+   blocks × head map; TransCAM: the conv-branch CAM refined by patch-to-patch attention unless
+   ``--no-patch-refine``),
    written as ``OUT/cams/<run>/<id>.npz``;
 4. the same evaluation (``doei eval``'s β sweep) of both and of two trivial references: every pixel
    background, and a "uniform CAM" giving each labelled class the value 1 everywhere;
@@ -17,6 +21,7 @@ Examples::
 
     doei demo --out demo_out            # ≤ 15 min on a 2-core CPU (docs/demo.md)
     doei demo --quick --out demo_quick  # ≤ 3 min smoke run
+    doei demo --model transcam --quick --out demo_transcam_quick
 """
 from __future__ import annotations
 
@@ -26,10 +31,10 @@ from pathlib import Path
 
 from doei.errors import DoeiError
 
-# Benchmark sizes (train, val) and the config of each mode.
+# Benchmark sizes (train, val) of each mode; the config of each model and mode is in doei.engine.demo.MODELS.
 MODES = {
-    "default": {"config": "demo.yaml", "n_train": 3000, "n_val": 300},
-    "quick": {"config": "demo_quick.yaml", "n_train": 1000, "n_val": 100},
+    "default": {"n_train": 3000, "n_val": 300},
+    "quick": {"n_train": 1000, "n_val": 100},
 }
 BETAS = "0.05:0.95:0.05"
 OVERLAY_CLASSES = ("boat", "train", "car", "turtle", "house", "fish")
@@ -38,28 +43,35 @@ OVERLAY_CLASSES = ("boat", "train", "car", "turtle", "house", "fish")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--quick", action="store_true", help="a smaller, shorter run (≤ 3 min on 2 cores; CI)")
-    p.add_argument("--model", default="mctformer", choices=["mctformer"], help="the baseline classifier")
-    p.add_argument("--config", default=None, help="training config (default configs/demo.yaml or demo_quick.yaml)")
+    p.add_argument("--model", default="mctformer", choices=["mctformer", "tscam", "transcam"],
+                   help="the baseline classifier (configs/demo[_<model>][_quick].yaml)")
+    p.add_argument("--config", default=None, help="training config (default: the --model's demo config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training-config value for both runs, e.g. --set train.epochs=2")
     p.add_argument("--n-train", type=int, default=None, help="synthetic training images (default 3000; quick 1000)")
     p.add_argument("--n-val", type=int, default=None, help="synthetic held-out images (default 300; quick 100)")
     p.add_argument("--seed", type=int, default=0, help="benchmark and training seed (default 0)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="training seed only (default --seed): seed repeats on one benchmark")
     p.add_argument("--cam-layers", type=int, default=3, help="blocks whose class attention forms the CAM (default 3)")
-    p.add_argument("--patch-refine", action="store_true",
-                   help="apply MCTformer's patch-affinity refinement to the CAMs (off: it hurts the small model)")
+    p.add_argument("--patch-refine", action="store_true", default=None,
+                   help="patch-affinity refinement of the CAMs (default: off for mctformer, where it hurts the "
+                        "small model; on for transcam, whose CAM is the refined one; tscam has none)")
+    p.add_argument("--no-patch-refine", dest="patch_refine", action="store_false", default=None,
+                   help="no refinement (TransCAM: the plain conv-branch CAM)")
     p.add_argument("--fresh", action="store_true", help="retrain even if finished runs exist in --out")
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.engine.demo import DemoOptions, run_demo
+    from doei.engine.demo import MODELS, DemoOptions, run_demo
 
     mode = MODES["quick" if args.quick else "default"]
-    config = Path(args.config) if args.config else _configs_dir() / mode["config"]
+    config = (Path(args.config) if args.config
+              else _configs_dir() / MODELS[args.model][1]["quick" if args.quick else "default"])
     opts = DemoOptions(
         out=Path(args.out), config=config, overrides=list(args.overrides), model=args.model,
         n_train=args.n_train or mode["n_train"], n_val=args.n_val or mode["n_val"], seed=args.seed,
-        cam_layers=args.cam_layers, patch_refine=args.patch_refine, fresh=args.fresh, quick=args.quick, betas=BETAS,
+        cam_layers=args.cam_layers, patch_refine=args.patch_refine, train_seed=args.train_seed, fresh=args.fresh, quick=args.quick, betas=BETAS,
         overlay_classes=OVERLAY_CLASSES,
     )
     t0 = time.time()

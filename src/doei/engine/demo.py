@@ -17,6 +17,14 @@ import torch
 from doei.errors import DoeiError
 
 RUNS = ("baseline", "doei")
+# --model -> (display name, config file per mode, CAM patch refinement by default). TS-CAM has no refinement
+# (its map is cls attention x head map); TransCAM's CAM IS the patch-to-patch refined conv map, so it is on;
+# MCTformer's is off (it smears the small model's CAMs onto background, docs/demo.md).
+MODELS = {
+    "mctformer": ("MCTformer-V2", {"default": "demo.yaml", "quick": "demo_quick.yaml"}, False),
+    "tscam": ("TS-CAM", {"default": "demo_tscam.yaml", "quick": "demo_tscam_quick.yaml"}, False),
+    "transcam": ("TransCAM", {"default": "demo_transcam.yaml", "quick": "demo_transcam_quick.yaml"}, True),
+}
 REFERENCES = ("all_background", "uniform_cam")
 
 
@@ -30,7 +38,8 @@ class DemoOptions:
     n_val: int = 300
     seed: int = 0
     cam_layers: int = 3
-    patch_refine: bool = False
+    patch_refine: bool | None = None      # None: the model's default (MODELS)
+    train_seed: int | None = None         # None: ``seed`` (the benchmark's seed)
     fresh: bool = False
     quick: bool = False
     betas: str = "0.05:0.95:0.05"
@@ -86,7 +95,8 @@ def demo_configs(o: DemoOptions, synth_root: Path) -> dict:
     for run in RUNS:
         d = apply_overrides(load_yaml(o.config), list(o.overrides))
         d.setdefault("data", {}).update({"kind": "synth", "root": str(synth_root)})
-        d.setdefault("train", {}).update({"out_dir": str(o.out / "runs" / run), "seed": o.seed})
+        d.setdefault("train", {}).update({"out_dir": str(o.out / "runs" / run),
+                                          "seed": o.seed if o.train_seed is None else o.train_seed})
         d["doei"] = {**d.get("doei", {}), "enabled": run == "doei"}
         out[run] = train_config_from_dict(d, where=str(o.config))
     return out
@@ -115,12 +125,17 @@ def write_cams(checkpoint: Path, synth_root: Path, out_dir: Path, cam_layers: in
                patch_refine: bool = False) -> list[str]:
     """CAMs of the val split (scale 1 + flip, GT image labels) → ``out_dir/<id>.npz``; returns the ids.
 
+    The model's own CAM source (``cam_source``) through :class:`CamExtractor`; the views' maps are summed,
+    then ``relu`` and per-class min-max: TransCAM's "minmax" normalisation (:mod:`doei.cam.transcam`; the
+    official one leaves hugely negative values). For MCTformer and TS-CAM the maps are already ≥ 0, so the
+    ReLU changes nothing there.
+
     ``patch_refine`` is off by default: in the small from-scratch model the patch→patch attention summed
     over all blocks is dominated by a few background "sink" patches, and the official refinement then
     spreads every class over the background (docs/demo.md gives the measurement)."""
     from tqdm import tqdm
 
-    from doei.cam.extractor import CamExtractor
+    from doei.cam.extractor import CamExtractor, minmax_labelled
     from doei.cam.io import save_cam
     from doei.data.build import build_dataset
     from doei.data.transforms import cam_transform
@@ -128,14 +143,14 @@ def write_cams(checkpoint: Path, synth_root: Path, out_dir: Path, cam_layers: in
 
     model, _ = load_trained_model(checkpoint)
     ext = CamExtractor(model, scales=(1.0,), flip=True, n_layers=min(cam_layers, model.depth),
-                       patch_refine=patch_refine)
+                       patch_refine=patch_refine, normalize=False)
     ds = build_dataset("synth", synth_root, "val", transform=cam_transform())
     ids = ds.ids
     for s in tqdm(range(0, len(ds), batch), desc=f"CAMs {out_dir.name}", unit="batch", dynamic_ncols=True):
         items = [ds[i] for i in range(s, min(s + batch, len(ds)))]
         x = torch.stack([it[0] for it in items])
         y = torch.stack([it[1] for it in items])
-        cams = ext(x, y)                                              # [B, C, H, W] in [0, 1]
+        cams = minmax_labelled(torch.relu(ext(x, y)), y)              # [B, C, H, W] in [0, 1]
         for (_, lab, iid), cam in zip(items, cams):
             cls = torch.nonzero(lab > 0).flatten()
             save_cam(out_dir / f"{iid}.npz", cls.numpy(), cam[cls].numpy())
@@ -258,10 +273,11 @@ def _save_fig(fig, path: Path) -> None:
 # ----------------------------------------------------------------------------------- report
 def render_report(metrics: dict) -> str:
     """``report.md``: the results table, what the numbers mean, settings and timings."""
+    label = MODELS[metrics["settings"].get("family", "mctformer")][0]
     rows = [("all background", metrics["references"]["all_background"], None),
             ("uniform CAM", metrics["references"]["uniform_cam"], None),
-            ("MCTformer-V2 (baseline)", metrics["baseline"], metrics["baseline"]),
-            ("MCTformer-V2 + DOEI", metrics["doei"], metrics["doei"])]
+            (f"{label} (baseline)", metrics["baseline"], metrics["baseline"]),
+            (f"{label} + DOEI", metrics["doei"], metrics["doei"])]
     lines = [
         "# DOEI demo on the synthetic benchmark",
         "",
@@ -286,7 +302,7 @@ def render_report(metrics: dict) -> str:
         f"{b['mIoU'] - refs:+.1f} mIoU points.",
         "",
         "mIoU, FP and FN are means over all classes (background included) at the best β; FP + FN + IoU = 100 "
-        "per class. The classifier columns are the class-token scores on the held-out split (per-class "
+        "per class. The classifier columns are the model's image scores on the held-out split (per-class "
         "average precision; micro F1 at probability 0.5).",
         "",
         "![CAM overlays](figures/cam_overlays.png)",
@@ -299,9 +315,8 @@ def render_report(metrics: dict) -> str:
         + (f", overrides: `{' '.join(metrics['settings']['overrides'])}`" if metrics["settings"]["overrides"] else ""),
         f"- model: {metrics['settings']['model']}; epochs {metrics['settings']['epochs']}, batch "
         f"{metrics['settings']['batch_size']}, peak lr {metrics['settings']['peak_lr']:.3g}",
-        f"- CAMs: scale 1.0 + flip, fused class attention of the last {metrics['settings']['cam_layers']} blocks "
-        f"x ReLU(conv head), {'with' if metrics['settings']['patch_refine'] else 'without'} patch-affinity "
-        "refinement, ground-truth image labels, per-class min-max",
+        "- CAMs: scale 1.0 + flip, " + _cam_description(metrics["settings"]) + ", ground-truth image labels, "
+        "ReLU then per-class min-max",
         "",
         "## Time (wall / process CPU seconds)",
         "",
@@ -314,14 +329,26 @@ def render_report(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _cam_description(st: dict) -> str:
+    family, refine = st.get("family", "mctformer"), st["patch_refine"]
+    if family == "tscam":
+        return "TS-CAM map (cls attention summed over all blocks x head map)"
+    if family == "transcam":
+        return ("TransCAM map (conv-branch CAM refined by the summed patch-to-patch attention)" if refine
+                else "conv-branch CAM without attention refinement")
+    return (f"fused class attention of the last {st['cam_layers']} blocks x ReLU(conv head), "
+            f"{'with' if refine else 'without'} patch-affinity refinement")
+
+
 # ----------------------------------------------------------------------------------- driver
 def run_demo(o: DemoOptions) -> str:
     """Run every stage; write ``report.md``, ``metrics.json`` and the figures; return a short summary."""
     from doei.cam.io import load_cam  # noqa: F401  (fail early if the CAM module is missing)
     from doei.utils.io import atomic_write_json, atomic_write_text
 
-    if o.model != "mctformer":
-        raise DoeiError(f"--model {o.model!r}: only 'mctformer' is available in the demo")
+    if o.model not in MODELS:
+        raise DoeiError(f"--model {o.model!r}: expected one of {', '.join(MODELS)}")
+    patch_refine = MODELS[o.model][2] if o.patch_refine is None else o.patch_refine
     o.out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
     t0 = time.time()
@@ -341,7 +368,7 @@ def run_demo(o: DemoOptions) -> str:
     with clock.stage("3/5 CAMs of the held-out split"):
         for run in RUNS:
             ids = write_cams(Path(cfgs[run].train.out_dir) / "checkpoint.pt", synth_root, cam_root / run,
-                             o.cam_layers, o.batch, o.patch_refine)
+                             o.cam_layers, o.batch, patch_refine)
         write_reference_cams(synth_root, cam_root)
     results = {}
     with clock.stage("4/5 evaluation (beta sweep)"):
@@ -356,10 +383,10 @@ def run_demo(o: DemoOptions) -> str:
         "baseline": {**results["baseline"], **cls_metrics["baseline"]},
         "doei": {**results["doei"], **cls_metrics["doei"], "doei_config": cfgs["doei"].doei},
         "references": {k: results[k] for k in REFERENCES},
-        "settings": {"quick": o.quick, "n_train": o.n_train, "n_val": o.n_val, "seed": o.seed,
+        "settings": {"family": o.model, "train_seed": cfgs["baseline"].train.seed, "quick": o.quick, "n_train": o.n_train, "n_val": o.n_val, "seed": o.seed,
                      "synth_root": str(synth_root), "config": str(o.config), "overrides": list(o.overrides),
                      "model": c.model.name, "epochs": c.train.epochs, "batch_size": c.train.batch_size,
-                     "peak_lr": c.peak_lr(), "cam_layers": o.cam_layers, "patch_refine": o.patch_refine, "betas": o.betas,
+                     "peak_lr": c.peak_lr(), "cam_layers": o.cam_layers, "patch_refine": patch_refine, "betas": o.betas,
                      "threads": torch.get_num_threads()},
         "timings": {**clock.stages, "total": {"wall_s": round(time.time() - t0, 1),
                                               "cpu_s": round(sum(v["cpu_s"] for v in clock.stages.values()), 1)}},
@@ -374,4 +401,4 @@ def run_demo(o: DemoOptions) -> str:
             f"baseline {b['cls_mAP']:.1f}, DOEI {d['cls_mAP']:.1f}")
 
 
-__all__ = ["DemoOptions", "run_demo"]
+__all__ = ["DemoOptions", "MODELS", "run_demo"]
