@@ -12,6 +12,15 @@ official main.py):
 A checkpoint that already has C class tokens (an MCTformer checkpoint) is only resized. Weights whose
 shape still differs from the model's (e.g. ``patch_embed.*`` of the demo's conv stem) are an error,
 except ``head.*``: the model keeps its own initialisation there.
+
+The number of class tokens is the model's ``num_cls_tokens`` (MCTformer: C; TS-CAM: 1, so a DeiT
+checkpoint loads as is, its linear ``head.*`` replaced by TS-CAM's conv head). A TransCAM Conformer
+takes an ImageNet Conformer checkpoint instead (:func:`doei.models.conformer.load_transcam_weights`
+with ``imagenet=True``).
+
+Sources: a file path, or ``timm:<name>`` (e.g. ``timm:deit_small_patch16_224``): then
+``timm.create_model(name, pretrained=True)`` fetches the weights through timm's own mechanism (network or
+timm's cache; only when a training starts, never at import) and its state dict is adapted as above.
 """
 from __future__ import annotations
 
@@ -26,11 +35,13 @@ from doei.errors import DoeiError
 
 DROP_PREFIXES = ("head.", "head_dist.")
 DROP_KEYS = ("dist_token",)
+TIMM_PREFIX = "timm:"
 
 
 def adapt_deit_state_dict(sd: Mapping[str, Tensor], num_classes: int, grid: tuple[int, int],
                           where: str = "checkpoint") -> dict[str, Tensor]:
-    """DeiT/timm (or MCTformer) state dict → MCTformer state dict for ``num_classes`` and patch ``grid``."""
+    """DeiT/timm (or MCTformer) state dict → a state dict with ``num_classes`` CLASS TOKENS (MCTformer:
+    the number of classes; TS-CAM: 1) and the patch ``grid``: cls_token [1, n, D], pos_embed [1, n + g·g, D]."""
     out = {k: v for k, v in sd.items() if not k.startswith(DROP_PREFIXES) and k not in DROP_KEYS}
     if "cls_token" not in out or "pos_embed" not in out:
         raise DoeiError(f"{where}: no 'cls_token'/'pos_embed' (not a ViT/DeiT checkpoint)")
@@ -57,16 +68,49 @@ def adapt_deit_state_dict(sd: Mapping[str, Tensor], num_classes: int, grid: tupl
     return out
 
 
+def timm_state_dict(name: str) -> dict[str, Tensor]:
+    """``timm.create_model(name, pretrained=True).state_dict()``; a one-line DoeiError when timm cannot
+    provide the weights (unknown name, no network and no cache)."""
+    import timm
+
+    try:
+        net = timm.create_model(name, pretrained=True)
+    except Exception as e:  # timm raises RuntimeError, OSError, HF hub errors... on a missing download
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DoeiError(f"model.pretrained = '{TIMM_PREFIX}{name}': timm could not provide the weights ({msg})") from None
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def read_pretrained(source: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict of ``source``: ``timm:<name>`` or a checkpoint file (``doei.models.checkpoint``)."""
+    if isinstance(source, str) and source.startswith(TIMM_PREFIX):
+        name = source[len(TIMM_PREFIX):]
+        if not name:
+            raise DoeiError(f"model.pretrained = {source!r}: expected 'timm:<model name>', e.g. timm:deit_small_patch16_224")
+        return timm_state_dict(name)
+    from doei.models.checkpoint import read_state_dict
+
+    return read_state_dict(source)
+
+
 def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> list[str]:
-    """Load DeiT/timm weights from ``path`` into an MCTformer ``model`` (in place).
+    """Load DeiT/timm weights from ``path`` (a file or ``timm:<name>``) into an MCTformer or TS-CAM
+    ``model`` (in place); a Conformer (TransCAM) takes an ImageNet Conformer file.
 
     Returns the model keys left at their initialisation (``head.*`` for DeiT weights). Any other
     missing key or a shape mismatch raises a one-line DoeiError.
     """
-    from doei.models.checkpoint import read_state_dict
+    from doei.models.conformer import HEAD_KEYS, Conformer, load_transcam_weights
 
-    sd = read_state_dict(path)
-    adapted = adapt_deit_state_dict(sd, int(model.num_classes), tuple(model.base_grid), where=str(path))
+    if isinstance(model, Conformer):
+        if isinstance(path, str) and path.startswith(TIMM_PREFIX):
+            raise DoeiError(f"model.pretrained = {path!r}: a TransCAM Conformer loads an ImageNet Conformer "
+                            "checkpoint file (timm has no Conformer)")
+        load_transcam_weights(model, path, imagenet=True)
+        return [k for k in model.state_dict() if k in HEAD_KEYS]
+    sd = read_pretrained(path)
+    n_tokens = int(getattr(model, "num_cls_tokens", model.num_classes))
+    adapted = adapt_deit_state_dict(sd, n_tokens, tuple(model.base_grid), where=str(path))
     own = model.state_dict()
     bad = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in adapted.items()
            if k in own and tuple(v.shape) != tuple(own[k].shape)]
