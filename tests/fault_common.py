@@ -2,8 +2,9 @@
 seeded random moments, check that what it left on disk is readable, resume, and compare the final
 outputs with an uninterrupted run.
 
-Kill moments: uniform in ``[lo, hi]`` × the uninterrupted run's wall time (measured in the same
-test, so the points land inside the real work on any machine), drawn from ``random.Random(seed)``.
+Kill moments: uniform in ``[lo, hi]`` × a time scale from the uninterrupted run's wall time
+(measured in the same test, so the points land inside the real work on any machine), drawn from
+``random.Random(seed)``; optionally counted from the moment an attempt has made some progress.
 A SIGKILL cannot be caught: whatever the command had not renamed into place is at most a stray
 ``.tmp-*`` file, which :func:`check_readable` ignores as every reader does (and counts).
 """
@@ -81,9 +82,13 @@ def doei(argv: list[str], log: Path, timeout: float = 300) -> tuple[int, float, 
     return p.exitcode, time.time() - t0, log.read_text() if log.exists() else ""
 
 
-def doei_killed(argv: list[str], delay: float, log: Path) -> bool:
-    """Start ``doei argv`` in a forked child and SIGKILL it after ``delay`` s; True if it was still running."""
+def doei_killed(argv: list[str], delay: float, log: Path, ready: Callable[[], bool] | None = None) -> bool:
+    """Start ``doei argv`` in a forked child and SIGKILL it ``delay`` s after ``ready()`` first holds
+    (polled every 10 ms; immediately without ``ready``); True if it was still running then."""
     p = _start(argv, log)
+    if ready is not None:
+        while p.is_alive() and not ready():
+            time.sleep(0.01)
     p.join(delay)
     if not p.is_alive():
         return False
@@ -139,14 +144,16 @@ def check_readable(root: Path) -> dict[str, int]:
     return counts
 
 
-def kill_resume_cycle(argv_for: Callable[[], list[str]], out: Path, delays: list[float], log: Path) -> tuple[int, int]:
+def kill_resume_cycle(argv_for: Callable[[], list[str]], out: Path, delays: list[float], log: Path,
+                      ready_for: Callable[[], Callable[[], bool]] | None = None) -> tuple[int, int]:
     """Kill at each delay (checking the folder after each kill), then run to completion.
 
     ``argv_for()`` builds the command for the next attempt (e.g. adds ``--resume`` once a checkpoint
-    exists). Returns (kills that hit a running process, stray temporary files seen)."""
+    exists); ``ready_for()`` (optional) builds the attempt's "progress made" predicate, after which
+    the delay starts (so that resumed attempts, with less work left, are still killed mid-work). Returns (kills that hit a running process, stray temporary files seen)."""
     hits, tmps = 0, 0
     for d in delays:
-        hits += doei_killed(argv_for(), d, log)
+        hits += doei_killed(argv_for(), d, log, ready_for() if ready_for else None)
         if out.exists():
             tmps = max(tmps, check_readable(out).get("tmp", 0))
     rc, _, err = doei(argv_for(), log)
