@@ -12,6 +12,11 @@ Reproducibility: every epoch reseeds all RNGs and the loader order from ``(seed,
 model/optimiser/scaler/step, so ``resume=True`` continues bit for bit (CPU; CUDA with
 ``train.deterministic``). Outputs in ``train.out_dir``: ``checkpoint.pt``, ``config.yaml``,
 ``metrics.jsonl`` (``{"kind": "step"|"epoch", ...}`` records).
+
+Multi-process (``torchrun``, docs/distributed.md): ``train.batch_size`` is the GLOBAL batch; each of
+the W processes takes ``batch_size / W`` samples of every single-process batch (same epoch order),
+the model is wrapped in DistributedDataParallel (gradients averaged), logged losses are averaged over
+ranks, and only rank 0 validates and writes the checkpoint, config and log.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from doei.engine import distributed as dist_util
 from doei.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from doei.engine.losses import classification_loss, prediction_logits
 from doei.engine.optim import build_optimizer, lr_at, set_lr
@@ -220,6 +226,11 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
     out_dir = Path(tc.out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
     device = resolve_device(tc.device)
+    rank, world = dist_util.init_from_env(device.type)        # torchrun: join the group; else (0, 1)
+    device = dist_util.device_for(device)
+    is_main = rank == 0
+    if not is_main:
+        log = lambda *_: None  # noqa: E731 - rank 0 reports
     use_amp = bool(tc.amp and device.type == "cuda")
     set_deterministic(tc.deterministic)
     cfg_dict = cfg.to_dict()
@@ -244,6 +255,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
     if n_classes != cfg.model.num_classes:
         raise DoeiError(f"model.num_classes = {cfg.model.num_classes} but {cfg.data.root} has {n_classes} classes")
     drop_last = len(train_ds) > tc.batch_size
+    dist_util.global_batch_indices(range(len(train_ds)), tc.batch_size, rank, world, drop_last)  # checks the split
     steps_per_epoch = len(train_ds) // tc.batch_size if drop_last else 1
     total_steps = steps_per_epoch * tc.epochs
 
@@ -258,32 +270,46 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start_epoch, step, last = ckpt["epoch"] + 1, ckpt["step"], dict(ckpt.get("metrics", {}))
-        _drop_log_records_from(log_path, start_epoch)
+        if is_main:
+            _drop_log_records_from(log_path, start_epoch)
         log(f"resuming from {ckpt_path} after epoch {ckpt['epoch'] + 1}/{tc.epochs} (step {step})")
     elif resume is True:
         raise DoeiError(f"{ckpt_path}: no checkpoint to resume from (run without --resume first)")
-    else:
+    elif is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if ckpt_path.exists() or log_path.exists():
             log(f"note: starting afresh in {out_dir} (overwriting its checkpoint and metrics log)")
         atomic_write_text(log_path, "")
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+    if is_main:
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+    net = model
+    if world > 1:  # gradients averaged over ranks; parameters broadcast from rank 0 (equal anyway: same seed)
+        from torch.nn.parallel import DistributedDataParallel
+
+        # find_unused_parameters: some families leave parameters out of the training loss (e.g. MCTformer's
+        # unused tokens/heads); DDP must not wait for their gradients
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.model.name}: {n_params / 1e6:.2f} M parameters, DOEI {'on' if cfg.doei_config().enabled else 'off'}, "
         f"device {device}{' (AMP fp16)' if use_amp else ''}; {len(train_ds)} training images, "
-        f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs, peak lr {peak_lr:.3g}")
+        f"{steps_per_epoch} steps/epoch x {tc.epochs} epochs, peak lr {peak_lr:.3g}"
+        + (f"; {world} processes x {tc.batch_size // world} images per step" if world > 1 else ""))
 
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, start_epoch + max(0, stop_after))
     for epoch in range(start_epoch, end_epoch):
-        seed_everything(epoch_seed(tc.seed, epoch, "global"))
-        loader = DataLoader(train_ds, batch_size=tc.batch_size, drop_last=drop_last, num_workers=tc.num_workers,
-                            sampler=RandomSampler(train_ds, generator=loader_generator(tc.seed, epoch)),
-                            generator=loader_generator(tc.seed, epoch, "workers"), pin_memory=device.type == "cuda",
-                            persistent_workers=False)
+        suffix = "" if rank == 0 else f"/rank{rank}"            # rank 0 draws what a single process draws
+        seed_everything(epoch_seed(tc.seed, epoch, "global" + suffix))
+        # the single-process order; this rank's share of every global batch (all of it with one process)
+        order = list(RandomSampler(train_ds, generator=loader_generator(tc.seed, epoch)))
+        mine = dist_util.global_batch_indices(order, tc.batch_size, rank, world, drop_last)
+        loader = DataLoader(train_ds, batch_size=tc.batch_size // world if drop_last else len(mine), sampler=mine,
+                            num_workers=tc.num_workers, generator=loader_generator(tc.seed, epoch, "workers" + suffix),
+                            pin_memory=device.type == "cuda", persistent_workers=False)
         model.train()
         t0 = time.time()
         sums = torch.zeros(3, dtype=torch.float64)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not tc.progress, dynamic_ncols=True,
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not (tc.progress and is_main), dynamic_ncols=True,
                    leave=False)
         n = 0
         for x, y, *_ in bar:
@@ -293,10 +319,12 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True).float()
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                outputs = model(x)
+                outputs = net(x)
             loss, l_cls, l_pat = classification_loss(model, outputs, y)  # per family: doei.engine.losses
-            if not math.isfinite(loss.item()):
-                raise DoeiError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+            # global-batch means (every rank holds the same number of samples); all ranks see the same value
+            vals = dist_util.all_reduce_mean(torch.stack([loss.detach(), l_cls.detach(), l_pat.detach()]).double().cpu())
+            if not math.isfinite(vals[0].item()):
+                raise DoeiError(f"loss is {vals[0].item()} at epoch {epoch + 1}, step {step + 1} "
                                 f"(lr {lr:.3g}): lower optim.lr or check the data")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -307,10 +335,9 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
             scaler.update()
             step += 1
             n += 1
-            vals = torch.tensor([loss.item(), l_cls.item(), l_pat.item()], dtype=torch.float64)
             sums += vals
             bar.set_postfix(loss=f"{vals[0]:.4f}", lr=f"{lr:.2e}")
-            if step % tc.log_every == 0:
+            if step % tc.log_every == 0 and is_main:
                 append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step, "lr": lr,
                                         "loss": vals[0].item(), "loss_cls": vals[1].item(),
                                         "loss_patch": vals[2].item()})
@@ -318,13 +345,15 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
         means = (sums / max(n, 1)).tolist()
         record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr, "loss": means[0], "loss_cls": means[1],
                   "loss_patch": means[2], "train_seconds": round(time.time() - t0, 3)}
-        if val_ds is not None and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
+        if is_main and val_ds is not None and ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
             vloader = DataLoader(val_ds, batch_size=2 * tc.batch_size, shuffle=False, num_workers=tc.num_workers)
             logits, targets = predict_logits(model, vloader, device, use_amp, tc.progress)
             record.update({f"val_{k}": v for k, v in classification_metrics(logits, targets).items()})
-        save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scaler=scaler, epoch=epoch, step=step,
-                        config=cfg_dict, metrics=record)
-        append_jsonl(log_path, record)
+        if is_main:
+            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scaler=scaler, epoch=epoch, step=step,
+                            config=cfg_dict, metrics=record)
+            append_jsonl(log_path, record)
+        dist_util.barrier()  # nobody runs ahead of (or reads) a checkpoint rank 0 has not written yet
         last = record
         msg = f"epoch {epoch + 1}/{tc.epochs}: loss {means[0]:.4f} (cls {means[1]:.4f}, patch {means[2]:.4f}), lr {lr:.2e}"
         if "val_mAP" in record:
