@@ -9,6 +9,7 @@ Tolerance: atol 1e-6 on every weight after 6 steps (observed max |diff| is print
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import socket
 import subprocess
@@ -107,8 +108,6 @@ def _ddp_worker(local_rank: int, world: int, port: int, cfg: dict) -> None:
 
 
 def test_ddp_two_processes_match_one_process(synth_root, tmp_path):
-    import json
-
     import torch.multiprocessing as mp
 
     from doei.engine.checkpoint import load_checkpoint
@@ -117,7 +116,11 @@ def test_ddp_two_processes_match_one_process(synth_root, tmp_path):
 
     assert "WORLD_SIZE" not in os.environ
     single = train(train_config_from_dict(_cfg_dict(synth_root, tmp_path / "one")), log=lambda *_: None)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), _cfg_dict(synth_root, tmp_path / "two")), nprocs=2, join=True)
+    import torch._inductor  # noqa: F401 - imported once here rather than in each forked rank
+
+    # fork: the ranks start in milliseconds from this (torch-importing) process; the model is registered here
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), _cfg_dict(synth_root, tmp_path / "two")), nprocs=2,
+                       join=True, start_method="fork")
 
     a, b = load_checkpoint(single.checkpoint), load_checkpoint(tmp_path / "two" / "checkpoint.pt")
     assert a["step"] == b["step"] == 2 * (12 // 4)
@@ -138,12 +141,22 @@ def test_ddp_two_processes_match_one_process(synth_root, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ sharded CAMs
-def _torchrun(nproc: int, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "doei.cli", *argv]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+def _cli_rank(local_rank: int, world: int, port: int, argv: list[str]) -> None:
+    """One torchrun-style rank: the environment torchrun would set, then ``doei`` as the CLI runs it."""
+    os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from doei.cli import main
+
+    rc = main(argv)
+    if rc:
+        raise SystemExit(rc)
+
+
+def _launch(nproc: int, argv: list[str]) -> None:
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_cli_rank, args=(nproc, _free_port(), argv), nprocs=nproc, join=True, start_method="fork")
 
 
 def test_sharded_cam_generation_is_byte_identical(synth_root, tmp_path):
@@ -161,8 +174,7 @@ def test_sharded_cam_generation_is_byte_identical(synth_root, tmp_path):
     runs = {}
     for nproc in (1, 2):
         out = tmp_path / f"out{nproc}"
-        proc = _torchrun(nproc, [*base, "--out", str(out)], tmp_path)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        _launch(nproc, [*base, "--out", str(out)])
         runs[nproc] = out
     files1 = sorted(p.relative_to(runs[1]) for p in runs[1].rglob("*") if p.is_file())
     files2 = sorted(p.relative_to(runs[2]) for p in runs[2].rglob("*") if p.is_file())
@@ -172,3 +184,29 @@ def test_sharded_cam_generation_is_byte_identical(synth_root, tmp_path):
     for f in data:
         assert filecmp.cmp(runs[1] / f, runs[2] / f, shallow=False), f
     assert not [p for p in runs[2].rglob(".tmp-*")]
+    log = [json.loads(ln) for ln in (runs[2] / "cam_log.jsonl").read_text().splitlines()]
+    ranks = [r["rank"] for r in log if r["event"] == "image"]
+    assert sorted(ranks) == [0] * 6 + [1] * 6                               # each image computed once, split
+    assert [r["event"] for r in log if r["event"] != "image"] == ["start", "end"]
+
+
+def test_torchrun_smoke_train_cls(synth_root, tmp_path):
+    """The real launcher: ``torchrun --nproc_per_node 2 -m doei.cli train-cls`` (gloo) runs and only
+    rank 0 writes (a registered test model cannot cross into torchrun's fresh interpreters, so this
+    uses the tiny conv-stem model: BatchNorm statistics are per rank, no parity asserted here)."""
+    import yaml
+
+    cfg = _cfg_dict(synth_root, tmp_path / "tr")
+    cfg["model"] = {"name": "mctformer_v2_tiny_conv", "num_classes": 10, "img_size": 32, "drop_path_rate": 0.0,
+                    "options": {"depth": 2, "embed_dim": 16, "num_heads": 2, "patch_size": 8}}
+    cfg["train"]["epochs"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "doei.cli", "train-cls",
+                           "--config", str(tmp_path / "c.yaml")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("2 processes x 2 images per step") == 1         # the loop logs on rank 0 only
+    assert proc.stdout.count("epoch 1/1: loss") == 1
+    assert sorted(p.name for p in (tmp_path / "tr").iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl"]

@@ -10,7 +10,10 @@ Examples::
 Writes into ``--out``: ``<id>.npz`` (``doei.cam.io`` format: only the image's ground-truth classes),
 optionally ``seeds/<id>.png`` (background threshold ``--seed-beta``), ``crf_alpha<A>/<id>.png`` (MCTformer's
 CRF label maps, PSA's affinity labels come from α = 1 and 12) and ``overlays/<id>.png``; plus
-``cam_settings.json`` and the log ``cam_log.jsonl``. Every file is written atomically. An id whose
+``cam_settings.json`` and the log ``cam_log.jsonl``. Every file is written atomically. Under
+``torchrun`` the ids left to do are split over the ranks (``ids[rank::world]``), each rank writes its
+own ids' files (the same bytes a single process writes), rank 0 the settings and summary
+(docs/distributed.md). An id whose
 outputs all exist (and whose CAM file loads with the expected classes) is skipped, so an interrupted
 run continues where it stopped; a rerun with different pipeline settings into the same folder is refused.
 """
@@ -208,35 +211,47 @@ def run(args: argparse.Namespace) -> int:
     ds = open_dataset(cfg)
     if ds.num_classes != cfg.num_classes:
         raise DoeiError(f"{cfg.data_root}: dataset has {ds.num_classes} classes but num_classes is {cfg.num_classes}")
-    model = build_model(cfg, str(ckpt)).to(cfg.device)
+    from doei.engine import distributed as dist_util
+
+    rank, world = dist_util.init_from_env(torch.device(cfg.device).type)
+    device = dist_util.device_for(torch.device(cfg.device))   # cuda -> cuda:LOCAL_RANK with several ranks
+    model = build_model(cfg, str(ckpt)).to(device)
     out = Path(args.out)
     settings = {**{k: v for k, v in vars(cfg).items()}, "checkpoint": str(ckpt.resolve())}
     _check_settings(out, settings)
 
     indices = list(range(len(ds)))[: args.limit] if args.limit is not None else list(range(len(ds)))
     todo = [i for i in indices if not _is_done(out, ds.records[i].id, ds.records[i].classes, cfg)]
+    dist_util.barrier()  # every rank has its todo list (the same one) before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / SETTINGS_FILE, settings)
     log = out / LOG_FILE
-    append_jsonl(log, {"event": "start", "time": time.time(), "images": len(indices), "todo": len(todo),
-                       "settings": settings})
+    if rank == 0:
+        atomic_write_json(out / SETTINGS_FILE, settings)
+        append_jsonl(log, {"event": "start", "time": time.time(), "images": len(indices), "todo": len(todo),
+                           "settings": settings, **({"processes": world} if world > 1 else {})})
+    mine = dist_util.shard(todo, rank, world)
 
     extractor = CamExtractor(model, scales=cfg.scales, flip=cfg.flip, n_layers=cfg.n_layers,
                              patch_refine=cfg.patch_refine, kind=cfg.kind, amp=cfg.amp)
-    loader = torch.utils.data.DataLoader(_SplitItems(ds, todo, cfg.scales), batch_size=cfg.batch_size,
+    loader = torch.utils.data.DataLoader(_SplitItems(ds, mine, cfg.scales), batch_size=cfg.batch_size,
                                          shuffle=False, num_workers=cfg.num_workers, collate_fn=_as_list)
     t0 = time.time()
     done = 0
-    with tqdm(total=len(todo), desc="doei cam", unit="img", disable=args.no_progress, dynamic_ncols=True) as bar:
+    with tqdm(total=len(mine), desc="doei cam", unit="img", disable=args.no_progress or rank != 0,
+              dynamic_ncols=True) as bar:
         for batch in loader:
             for item, cams in _batch_cams(extractor, batch):
                 t = time.time()
                 _write_outputs(out, item, cams, cfg, ds.class_names)
                 append_jsonl(log, {"event": "image", "id": item["id"], "classes": list(item["classes"]),
-                                   "size": list(item["image"].shape[:2]), "write_s": round(time.time() - t, 4)})
+                                   "size": list(item["image"].shape[:2]), "write_s": round(time.time() - t, 4),
+                                   **({"rank": rank} if world > 1 else {})})
                 done += 1
                 bar.update(1)
+    done = int(dist_util.all_reduce_sum([done])[0])              # also waits for every rank to finish
     elapsed = time.time() - t0
+    if rank != 0:
+        return 0
     append_jsonl(log, {"event": "end", "time": time.time(), "computed": done, "skipped": len(indices) - len(todo),
                        "seconds": round(elapsed, 3)})
     print(f"doei cam: {done} computed, {len(indices) - len(todo)} already done, {elapsed:.1f} s -> {out}")
