@@ -12,7 +12,9 @@ from ``(seed, epoch)`` (:mod:`doei.engine.seed`), datasets draw their augmentati
 ``(seed, epoch, index)``, and the end-of-epoch checkpoint (:mod:`doei.engine.checkpoint`) holds
 model/optimiser/step, so resuming after an epoch continues bit for bit on CPU.
 Outputs in ``out_dir``: ``checkpoint.pt``, ``config.yaml``, ``metrics.jsonl``
-(``{"kind": "step"|"epoch", ...}``).
+(``{"kind": "step"|"epoch", ...}``). Under ``torchrun`` the loop runs data-parallel (DDP) with
+``batch_size`` as the GLOBAL batch split over ranks in the single-process order; rank 0 writes
+(docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -113,10 +115,19 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
     out_dir = Path(out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
     set_deterministic(deterministic)
+    from doei.engine import distributed as dist_util
+
+    # torchrun: batch_size is the GLOBAL batch, split over ranks in the single-process order (docs/distributed.md)
+    rank, world = dist_util.init_from_env(device.type)
+    device = dist_util.device_for(device)
+    is_main = rank == 0
+    if not is_main:
+        log = lambda *_: None  # noqa: E731 - rank 0 reports
     model.to(device)
     optimizer = build_sgd(groups, base_lr, momentum)
     n = len(dataset)
     drop_last = n > batch_size
+    dist_util.global_batch_indices(range(n), batch_size, rank, world, drop_last)  # checks the split
     steps_per_epoch = n // batch_size if drop_last else 1
     max_step = steps_per_epoch * epochs
 
@@ -128,15 +139,23 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         start_epoch, step, last = ckpt["epoch"] + 1, ckpt["step"], dict(ckpt.get("metrics", {}))
-        _drop_log_records_from(log_path, start_epoch)
+        if is_main:
+            _drop_log_records_from(log_path, start_epoch)
         if start_epoch < epochs:
             log(f"resuming from {ckpt_path} after epoch {start_epoch}/{epochs} (step {step})")
     elif resume is True:
         raise DoeiError(f"{ckpt_path}: no checkpoint to resume from")
-    else:
+    elif is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(log_path, "")
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    if is_main:
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=True)
     if start_epoch < epochs:
         n_params = sum(p.numel() for p in model.parameters())
         log(f"{desc}: {n_params / 1e6:.2f} M parameters, device {device}; {n} training images, "
@@ -144,42 +163,49 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
 
     end_epoch = epochs if stop_after is None else min(epochs, start_epoch + max(0, stop_after))
     for epoch in range(start_epoch, end_epoch):
-        seed_everything(epoch_seed(seed, epoch, "global"))
+        suffix = "" if rank == 0 else f"/rank{rank}"            # rank 0 draws what a single process draws
+        seed_everything(epoch_seed(seed, epoch, "global" + suffix))
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=batch_size, drop_last=drop_last, num_workers=num_workers,
-                            sampler=RandomSampler(dataset, generator=loader_generator(seed, epoch)),
-                            generator=loader_generator(seed, epoch, "workers"), pin_memory=device.type == "cuda")
+        order = list(RandomSampler(dataset, generator=loader_generator(seed, epoch)))
+        mine = dist_util.global_batch_indices(order, batch_size, rank, world, drop_last)
+        loader = DataLoader(dataset, batch_size=batch_size // world if drop_last else len(mine), sampler=mine,
+                            num_workers=num_workers, generator=loader_generator(seed, epoch, "workers" + suffix),
+                            pin_memory=device.type == "cuda")
         model.train()
         t0 = time.time()
         sums: dict[str, float] = {}
         k = 0
         lr = base_lr
-        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress, dynamic_ncols=True,
+        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not (progress and is_main), dynamic_ncols=True,
                    leave=False)
         for batch in bar:
             lr = set_poly_lr(optimizer, base_lr, poly_factor(step, max_step, power))
-            loss, parts = loss_fn(model, batch, device)
-            if not math.isfinite(loss.item()):
-                raise DoeiError(f"{desc}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+            loss, parts = loss_fn(net, batch, device)
+            keys = sorted(parts)                                  # rank-averaged (= global-batch) loss and parts
+            red = dist_util.all_reduce_mean([loss.item(), *(float(parts[q]) for q in keys)]).tolist()
+            if not math.isfinite(red[0]):
+                raise DoeiError(f"{desc}: loss is {red[0]} at epoch {epoch + 1}, step {step + 1} "
                                 f"(lr {lr:.3g}): lower the learning rate or check the labels")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             k += 1
-            vals = {"loss": loss.item(), **parts}
+            vals = {"loss": red[0], **dict(zip(keys, red[1:]))} if world > 1 else {"loss": loss.item(), **parts}
             for key, v in vals.items():
                 sums[key] = sums.get(key, 0.0) + float(v)
             bar.set_postfix(loss=f"{vals['loss']:.4f}", lr=f"{lr:.2e}")
-            if step % log_every == 0:
+            if step % log_every == 0 and is_main:
                 append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step, "lr": lr, **vals})
         bar.close()
         record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr,
                   **{key: v / max(k, 1) for key, v in sums.items()}, "train_seconds": round(time.time() - t0, 3)}
-        save_checkpoint(ckpt_path, model=model, optimizer=optimizer, epoch=epoch, step=step, config=config,
-                        metrics=record)
-        append_jsonl(log_path, record)
+        if is_main:
+            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, epoch=epoch, step=step, config=config,
+                            metrics=record)
+            append_jsonl(log_path, record)
+        dist_util.barrier()  # nobody runs ahead of (or reads) a checkpoint rank 0 has not written yet
         last = record
         log(f"{desc} epoch {epoch + 1}/{epochs}: loss {record.get('loss', float('nan')):.4f}, lr {lr:.2e} "
             f"[{record['train_seconds']:.0f} s]")
