@@ -50,8 +50,12 @@ def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] = TABLE
 
 def render(doc: dict) -> str:
     """The ablation report: both tables, per-row DOEI statistics and run cost."""
-    rows = [(f"{r['label']}" + (f" [seeds {r['seeds']}]" if r["seeds"] != doc["seeds"] else ""), r)
-            for r in doc["rows"].values()]
+    def label(r: dict) -> str:
+        if not r["seeds"]:
+            return f"{r['label']} (not run yet)"
+        return r["label"] + (f" [seeds {r['seeds']}]" if r["seeds"] != doc["seeds"] else "")
+
+    rows = [(label(r), r) for r in doc["rows"].values()]
     b = doc["benchmark"]
     lines = [f"# DOEI component ablation (Table 4 grid), seeds {doc['seeds']}", "",
              f"Config `{doc['config']}`{' (--quick)' if doc['quick'] else ''}; benchmark {b['n_train']} train / "
