@@ -4,11 +4,12 @@ run; after every kill each file present loads (stage markers and outputs are wri
 from __future__ import annotations
 
 import json
+import random
 
 import torch
 import yaml
 
-from fault_common import check_readable, doei, files_of, kill_points, kill_resume_cycle
+from fault_common import check_readable, doei, files_of, kill_resume_cycle
 from pipeline_common import make_synth, tiny_config
 
 N_KILLS = 6
@@ -34,15 +35,40 @@ def test_run_survives_sigkill(tmp_path):
     cfg = _config(synth, out, tmp_path / "killed.yaml")
     log = out / "run_log.jsonl"
 
-    def ready_for():   # count the delay from the attempt's first stage event (start or skip)
-        before = len(log.read_text().splitlines()) if log.exists() else 0
-        return lambda: log.exists() and len(log.read_text().splitlines()) > before
+    # one kill inside each stage, in pipeline order: wait for the stage's "start" record of this attempt,
+    # then a seeded random 5-90 % of that stage's uninterrupted duration
+    ref_events = [json.loads(ln) for ln in (tmp_path / "ref" / "run_log.jsonl").read_text().splitlines()]
+    seconds = {e["stage"]: e["seconds"] for e in ref_events if e["event"] == "end"}
+    stages = ["train-cls", "cam", "refine", "train-seg", "infer-seg", "eval"]
+    rng = random.Random(5)
+    delays = [round(seconds[st] * rng.uniform(0.05, 0.9), 3) for st in stages]
+    targets = iter(stages)
 
-    delays = kill_points(seed=5, n=N_KILLS, wall=wall / 3, lo=0.05, hi=1.0)
+    def ready_for():
+        stage = next(targets)
+        before = len(log.read_text().splitlines()) if log.exists() else 0
+
+        def ready():
+            if not log.exists():
+                return False
+            for ln in log.read_text().splitlines()[before:]:
+                try:
+                    e = json.loads(ln)
+                except json.JSONDecodeError:
+                    continue
+                if e.get("event") == "start" and e.get("stage") == stage:
+                    return True
+            return False
+
+        return ready
+
     hits, tmps = kill_resume_cycle(lambda: ["run", "--config", str(cfg)], out, delays, tmp_path / "killed.log",
                                    ready_for)
-    print(f"doei run: {hits}/{N_KILLS} kills hit a running process at {delays} s (uninterrupted {wall:.1f} s); "
-          f"stray temporary files after a kill: {tmps}")
+    events = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+    killed_in = [e["stage"] for e, nxt in zip(events, events[1:] + [{}]) if e["event"] == "start"
+                 and not (nxt.get("event") in ("end", "fail") and nxt.get("stage") == e["stage"])]
+    print(f"doei run: {hits}/{N_KILLS} kills hit a running process at {delays} s (uninterrupted {wall:.1f} s), "
+          f"inside stages {killed_in}; stray temporary files after a kill: {tmps}")
     assert hits >= 5
     ref_t, got_t = _table(tmp_path / "ref"), _table(out)
     strip = lambda t: json.loads(json.dumps(t).replace(str(tmp_path / "ref"), "RUN").replace(str(out), "RUN"))  # noqa

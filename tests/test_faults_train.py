@@ -1,4 +1,4 @@
-"""SIGKILL a ``doei train-cls`` run at 6 seeded random moments, resume each time, and finish with the
+"""SIGKILL a ``doei train-cls`` run (6 epochs x 2 steps) at 6 seeded random moments, resume each time, and finish with the
 weights, optimiser state and metrics log of an uninterrupted run; every file left after every kill
 loads (checkpoints weights-only, logs line by line)."""
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _config(root, out, path):
                     "transform": "simple", "crop_scale": [0.5, 1.0]},
            "optim": {"lr": 1e-3, "lr_batch_base": None, "warmup_epochs": 1.0},
            "doei": {"enabled": True, "layers": [1, 2]},
-           "train": {"epochs": 4, "batch_size": 4, "seed": 3, "device": "cpu", "out_dir": str(out),
+           "train": {"epochs": 6, "batch_size": 4, "seed": 3, "device": "cpu", "out_dir": str(out),
                      "progress": False, "log_every": 1, "amp": False}}
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -52,13 +52,33 @@ def test_train_cls_survives_sigkill(synth_root, tmp_path):
     def argv():
         return ["train-cls", "--config", str(cfg)] + (["--resume"] if (out / "checkpoint.pt").is_file() else [])
 
-    delays = kill_points(seed=7, n=N_KILLS, wall=wall)
-    hits, tmps = kill_resume_cycle(argv, out, delays, tmp_path / "killed.log")
+    # each attempt is killed a random 0-1.5 step-times after it logged its first new optimiser step
+    delays = kill_points(seed=7, n=N_KILLS, wall=1.5 * wall / (6 * 2), lo=0.0, hi=1.0)
+
+    def ready_for():
+        start = load_checkpoint(out / "checkpoint.pt")["step"] if (out / "checkpoint.pt").is_file() else 0
+
+        def ready():
+            try:
+                lines = (out / "metrics.jsonl").read_text().splitlines()
+            except FileNotFoundError:
+                return False
+            for ln in lines:
+                try:
+                    if json.loads(ln).get("step", 0) > start:
+                        return True
+                except json.JSONDecodeError:
+                    pass
+            return False
+
+        return ready
+
+    hits, tmps = kill_resume_cycle(argv, out, delays, tmp_path / "killed.log", ready_for)
     print(f"train-cls: {hits}/{N_KILLS} kills hit a running process at {delays} s (uninterrupted {wall:.1f} s); "
           f"stray temporary files after a kill: {tmps}")
     assert hits >= 5
     a, b = load_checkpoint(tmp_path / "ref" / "checkpoint.pt"), load_checkpoint(out / "checkpoint.pt")
-    assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 3
+    assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 5
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     for i, s in a["optimizer"]["state"].items():
