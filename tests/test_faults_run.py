@@ -1,5 +1,5 @@
-"""SIGKILL ``doei run`` (all six stages on tiny data) at 6 seeded random moments, rerun each time, and
-finish with the eval table, pseudo masks, segmentation PNGs, CAMs and checkpoints of an uninterrupted
+"""SIGKILL ``doei run`` (all six stages on tiny data) once inside each stage at a seeded random moment
+(5-90 % of the stage's uninterrupted duration after its start), rerun each time, and finish with the eval table, pseudo masks, segmentation PNGs, CAMs and checkpoints of an uninterrupted
 run; after every kill each file present loads (stage markers and outputs are written atomically)."""
 from __future__ import annotations
 
