@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-
 from fault_common import check_readable, doei, files_of, kill_points, kill_resume_cycle
 
 N_KILLS = 6

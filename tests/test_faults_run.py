@@ -8,7 +8,6 @@ import random
 
 import torch
 import yaml
-
 from fault_common import check_readable, doei, files_of, kill_resume_cycle
 from pipeline_common import make_synth, tiny_config
 

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 import yaml
-
 from fault_common import check_readable, doei, kill_points, kill_resume_cycle
 
 N_KILLS = 6
