@@ -18,7 +18,6 @@ Outputs in ``out_dir``: ``checkpoint.pt``, ``config.yaml``, ``metrics.jsonl``
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from doei.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_deterministic
 from doei.errors import DoeiError
-from doei.utils.io import append_jsonl, atomic_write_text
+from doei.utils.io import append_jsonl, atomic_write_text, truncate_jsonl_epochs
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -72,20 +71,6 @@ class FitResult:
     epochs_run: int          # epochs trained by THIS call
     final: dict              # last epoch record ({} when nothing ran and no checkpoint)
     seconds: float
-
-
-def _drop_log_records_from(path: Path, first_epoch: int) -> None:
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("epoch", -1) < first_epoch:
-            keep.append(line)
-    atomic_write_text(path, "".join(f"{ln}\n" for ln in keep))
 
 
 def _check_resume(saved: dict, now: dict, fixed: Sequence[str], path: Path) -> None:
@@ -140,7 +125,7 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
         set_rng_state(ckpt["rng"])
         start_epoch, step, last = ckpt["epoch"] + 1, ckpt["step"], dict(ckpt.get("metrics", {}))
         if is_main:
-            _drop_log_records_from(log_path, start_epoch)
+            truncate_jsonl_epochs(log_path, start_epoch)
         if start_epoch < epochs:
             log(f"resuming from {ckpt_path} after epoch {start_epoch}/{epochs} (step {step})")
     elif resume is True:

@@ -20,7 +20,6 @@ ranks, and only rank 0 validates and writes the checkpoint, config and log.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from doei.engine.optim import build_optimizer, lr_at, set_lr
 from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_deterministic
 from doei.errors import DoeiError
 from doei.train_config import TrainConfig, train_config_from_dict
-from doei.utils.io import append_jsonl, atomic_write_text
+from doei.utils.io import append_jsonl, atomic_write_text, truncate_jsonl_epochs
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -197,21 +196,6 @@ def _check_resume_config(saved: dict, now: dict, path: Path) -> None:
                             f"checkpoint's {saved['train'].get(k)!r}")
 
 
-def _drop_log_records_from(path: Path, first_epoch: int) -> None:
-    """Remove log records of epochs ≥ ``first_epoch`` (a run killed mid-epoch left some) before resuming."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line
-        if rec.get("epoch", -1) < first_epoch:
-            keep.append(line)
-    atomic_write_text(path, "".join(f"{ln}\n" for ln in keep))
-
-
 # ------------------------------------------------------------------------------------ the loop
 def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], None] = print,
           stop_after: int | None = None) -> TrainResult:
@@ -257,7 +241,6 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
     drop_last = len(train_ds) > tc.batch_size
     dist_util.global_batch_indices(range(len(train_ds)), tc.batch_size, rank, world, drop_last)  # checks the split
     steps_per_epoch = len(train_ds) // tc.batch_size if drop_last else 1
-    total_steps = steps_per_epoch * tc.epochs
 
     # -- resume
     start_epoch, step, last = 0, 0, {}
@@ -271,7 +254,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
         set_rng_state(ckpt["rng"])
         start_epoch, step, last = ckpt["epoch"] + 1, ckpt["step"], dict(ckpt.get("metrics", {}))
         if is_main:
-            _drop_log_records_from(log_path, start_epoch)
+            truncate_jsonl_epochs(log_path, start_epoch)
         log(f"resuming from {ckpt_path} after epoch {ckpt['epoch'] + 1}/{tc.epochs} (step {step})")
     elif resume is True:
         raise DoeiError(f"{ckpt_path}: no checkpoint to resume from (run without --resume first)")

@@ -87,3 +87,22 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
+
+
+def truncate_jsonl_epochs(path: str | os.PathLike, first_epoch: int) -> None:
+    """Drop the records with ``epoch >= first_epoch`` (and any torn line) from a JSONL log, atomically.
+
+    A run killed mid-epoch logged part of that epoch; resuming replays it, so its records go first.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("epoch", -1) < first_epoch:
+            keep.append(line)
+    atomic_write_text(path, "".join(f"{ln}\n" for ln in keep))
