@@ -64,7 +64,19 @@ class PipelineData:
 
 
 @dataclass
-class RefineTrainSection:
+class LoopSettings:
+    """Settings every SGD training stage shares (seeding, device, loader, logging)."""
+
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    log_every: int = 10
+    deterministic: bool = True
+    progress: bool = True
+
+
+@dataclass
+class RefineTrainSection(LoopSettings):
     """AffinityNet training on affinity labels from CAM seeds (PSA ``train_aff.py``)."""
 
     model: str = "psa_resnet38_aff"
@@ -86,12 +98,6 @@ class RefineTrainSection:
     color_jitter: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.3, 0.1])
     hflip: bool = True
     radius: int = 5
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    log_every: int = 10
-    deterministic: bool = True
-    progress: bool = True
 
 
 @dataclass
@@ -113,7 +119,7 @@ class RefineInferSection:
 
 
 @dataclass
-class SegTrainSection:
+class SegTrainSection(LoopSettings):
     """DeepLab-v1 ResNet38 on pseudo masks (MCTformer ``seg/train_seg.py`` + ``run_seg.sh``)."""
 
     model: str = "deeplab_resnet38"
@@ -133,12 +139,6 @@ class SegTrainSection:
     scale_range: list[float] = field(default_factory=lambda: [0.7, 1.3])
     hflip: bool = True
     pad_label: int = 255                        # official pads the label crop with 0 (background)
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
-    log_every: int = 10
-    deterministic: bool = True
-    progress: bool = True
 
 
 @dataclass
