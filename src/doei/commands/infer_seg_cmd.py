@@ -13,6 +13,7 @@ the final labels, with ``overlays``) and ``infer_seg_log.jsonl``. Class-index PN
 (pixel values are the labels). Score maps are never written: each image's probabilities go to a CRF
 worker in memory as float16 and are dropped once its PNG is written. Every file is atomic; an image
 whose outputs all exist is skipped, so an interrupted run resumes at the image where it stopped.
+Under ``torchrun`` the images are sharded over the ranks (byte-identical files; docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -38,11 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from doei.engine import distributed as dist_util
     from doei.pipeline_config import load_pipeline_config
 
     cfg = load_pipeline_config(args.config, args.overrides)
     s = infer_segmentation(cfg, limit=args.limit)
-    print(f"doei infer-seg: {s['computed']} computed, {s['skipped']} already done, {s['seconds']:.1f} s -> {s['out_dir']}")
+    if dist_util.is_main():
+        print(f"doei infer-seg: {s['computed']} computed, {s['skipped']} already done, {s['seconds']:.1f} s "
+              f"-> {s['out_dir']}")
     return 0
 
 
@@ -97,13 +101,21 @@ def load_seg_model(cfg, device: str):
 
 
 def infer_segmentation(cfg, limit: int | None = None, log: Callable[[str], None] = print) -> dict:
-    """Segment ``seg.infer.split``; see the module docstring. Returns a summary dict (counts, seconds)."""
+    """Segment ``seg.infer.split``; see the module docstring. Returns a summary dict (counts, seconds).
+
+    Under ``torchrun`` the ids left to do are split ``todo[rank::world]`` (after a barrier, so all
+    ranks list the same ones); each rank segments its own ids with its own ``crf_workers`` pool and
+    writes their PNGs; rank 0 writes the start/end log records, the end record after an all-reduce
+    of the counts (the summary's counts and ``crf_seconds`` are sums over ranks, on every rank).
+    """
     import multiprocessing as mp
 
+    import torch
     from tqdm import tqdm
 
     from doei.cam.visualize import save_label_png
     from doei.data.build import build_dataset
+    from doei.engine import distributed as dist_util
     from doei.engine.train_aff import _data_kwargs
     from doei.pipeline_config import resolve_device
     from doei.seg.inference import multiscale_predict
@@ -113,16 +125,23 @@ def infer_segmentation(cfg, limit: int | None = None, log: Callable[[str], None]
     out = Path(si.out_dir)
     base = build_dataset(d.kind, d.root, si.split, **_data_kwargs(cfg))
     records = base.records[:limit] if limit is not None else base.records
+    device = resolve_device(si.device)
+    rank, world = dist_util.init_from_env(device.split(":")[0])
+    device = str(dist_util.device_for(torch.device(device)))
     todo = [i for i, r in enumerate(records)
             if not all(p.is_file() for p in _outputs(out, r.id, si.crf, si.overlays))]
-    device = resolve_device(si.device)
+    dist_util.barrier()  # every rank has the same todo list before anything is written
+    mine = dist_util.shard(todo, rank, world)
+    tag = {"rank": rank} if world > 1 else {}
     params = {"gauss_sxy": si.crf_gauss_sxy, "gauss_compat": si.crf_gauss_compat, "bi_sxy": si.crf_bi_sxy,
               "bi_srgb": si.crf_bi_srgb, "bi_compat": si.crf_bi_compat, "iterations": si.crf_iterations}
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    append_jsonl(out / LOG_FILE, {"event": "start", "time": t0, "images": len(records), "todo": len(todo),
-                                  "checkpoint": str(si.checkpoint), "scales": list(si.scales), "flip": si.flip,
-                                  "crf": si.crf, "crf_params": params})
+    if rank == 0:
+        append_jsonl(out / LOG_FILE, {"event": "start", "time": t0, "images": len(records), "todo": len(todo),
+                                      "checkpoint": str(si.checkpoint), "scales": list(si.scales), "flip": si.flip,
+                                      "crf": si.crf, "crf_params": params,
+                                      **({"processes": world} if world > 1 else {})})
     pool = None
     pending: list = []
     crf_seconds = 0.0
@@ -132,20 +151,22 @@ def infer_segmentation(cfg, limit: int | None = None, log: Callable[[str], None]
         while len(pending) > keep:
             rid, secs = pending.pop(0).get()
             crf_seconds += secs
-            append_jsonl(out / LOG_FILE, {"event": "crf", "id": rid, "seconds": round(secs, 4)})
+            append_jsonl(out / LOG_FILE, {"event": "crf", "id": rid, "seconds": round(secs, 4), **tag})
 
     try:
         if todo:
-            model = load_seg_model(cfg, device)
-            if si.crf and si.crf_workers > 0:
+            model = load_seg_model(cfg, device)      # on every rank: a bad checkpoint fails all ranks alike
+            if mine and si.crf and si.crf_workers > 0:
                 pool = mp.get_context("spawn").Pool(si.crf_workers)
-            for i in tqdm(todo, desc="doei infer-seg", unit="img", disable=not si.progress, dynamic_ncols=True):
+            for i in tqdm(mine, desc="doei infer-seg", unit="img", disable=not si.progress or rank != 0,
+                          dynamic_ncols=True):
                 t = time.time()
                 rid = records[i].id
                 image = np.ascontiguousarray(base.sample(i, with_mask=False).image)
                 probs = multiscale_predict(model, image, si.scales, flip=si.flip)   # [C,H,W] float32 CPU
                 save_label_png(out / "pred" / f"{rid}.png", probs.argmax(dim=0).numpy().astype(np.uint8))
-                append_jsonl(out / LOG_FILE, {"event": "image", "id": rid, "seconds": round(time.time() - t, 4)})
+                append_jsonl(out / LOG_FILE, {"event": "image", "id": rid, "seconds": round(time.time() - t, 4),
+                                              **tag})
                 if si.crf:
                     job = (rid, image, probs.numpy().astype(np.float16), params, str(out), si.overlays)
                     del probs
@@ -166,11 +187,13 @@ def infer_segmentation(cfg, limit: int | None = None, log: Callable[[str], None]
         if pool is not None:
             pool.terminate()
             pool.join()
+    computed, crf_seconds = (float(v) for v in dist_util.all_reduce_sum([len(mine), crf_seconds]))  # waits for all
     secs = time.time() - t0
-    append_jsonl(out / LOG_FILE, {"event": "end", "time": time.time(), "computed": len(todo),
-                                  "skipped": len(records) - len(todo), "seconds": round(secs, 3),
-                                  "crf_seconds": round(crf_seconds, 3)})
-    return {"computed": len(todo), "skipped": len(records) - len(todo), "seconds": secs, "out_dir": str(out),
+    if rank == 0:
+        append_jsonl(out / LOG_FILE, {"event": "end", "time": time.time(), "computed": int(computed),
+                                      "skipped": len(records) - len(todo), "seconds": round(secs, 3),
+                                      "crf_seconds": round(crf_seconds, 3)})
+    return {"computed": int(computed), "skipped": len(records) - len(todo), "seconds": secs, "out_dir": str(out),
             "crf_seconds": crf_seconds}
 
 

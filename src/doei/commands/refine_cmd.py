@@ -11,7 +11,8 @@ The YAML is the pipeline config (``doei.pipeline_config``; sections ``data`` and
 ``train`` writes ``checkpoint.pt`` (every epoch, atomically), ``config.yaml`` and ``metrics.jsonl``
 into ``refine.train.out_dir``. ``infer`` writes one class-index PNG per image (VOC palette: values
 are labels) atomically and skips images whose PNG exists, so an interrupted run resumes; its log
-is ``refine_infer_log.jsonl`` in the output folder.
+is ``refine_infer_log.jsonl`` in the output folder. Under ``torchrun``, ``train`` runs with DDP and
+``infer`` shards the images over the ranks (byte-identical files; docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from doei.engine import distributed as dist_util
     from doei.pipeline_config import load_pipeline_config
 
     cfg = load_pipeline_config(args.config, args.overrides)
@@ -48,11 +50,13 @@ def run(args: argparse.Namespace) -> int:
         from doei.engine.train_aff import train_affinity
 
         res = train_affinity(cfg, resume=bool(args.resume))
-        print(f"done: {res.checkpoint} ({res.epochs_run} epochs run) in {res.seconds:.0f} s")
+        if dist_util.is_main():
+            print(f"done: {res.checkpoint} ({res.epochs_run} epochs run) in {res.seconds:.0f} s")
         return 0
     summary = infer_pseudo_masks(cfg, limit=args.limit)
-    print(f"doei refine infer: {summary['computed']} computed, {summary['skipped']} already done, "
-          f"{summary['seconds']:.1f} s -> {summary['out_dir']}")
+    if dist_util.is_main():
+        print(f"doei refine infer: {summary['computed']} computed, {summary['skipped']} already done, "
+              f"{summary['seconds']:.1f} s -> {summary['out_dir']}")
     return 0
 
 
@@ -83,13 +87,18 @@ def infer_pseudo_masks(cfg, limit: int | None = None, log: Callable[[str], None]
     Per image: AffinityNet features of the normalised, zero-padded image ``[C, ceil(H/8), ceil(W/8)]``,
     then :func:`doei.refine.random_walk.random_walk_refine` of its CAMs with the configured
     background (constant 0.39 / ``(1-max)^alpha``), β and logt. Returns a summary dict.
+
+    Under ``torchrun`` the ids left to do are split ``todo[rank::world]`` (after a barrier, so all
+    ranks list the same ones) and each rank writes its own PNGs; rank 0 writes the start/end log
+    records, the end record after an all-reduce of the counts (summed over ranks, on every rank).
     """
     from tqdm import tqdm
 
     from doei.cam.io import load_cam
     from doei.cam.visualize import save_label_png
     from doei.data.build import build_dataset
-    from doei.engine.train_aff import _data_kwargs, normalize
+    from doei.engine import distributed as dist_util
+    from doei.engine.train_aff import _data_kwargs, normalize, require_id_files
     from doei.pipeline_config import resolve_device
     from doei.refine.random_walk import random_walk_refine
     from doei.utils.io import append_jsonl
@@ -97,23 +106,28 @@ def infer_pseudo_masks(cfg, limit: int | None = None, log: Callable[[str], None]
     ri = cfg.refine.infer
     d = cfg.data
     cam_dir, out = Path(ri.cam_dir), Path(ri.out_dir)
-    if not cam_dir.is_dir():
-        raise DoeiError(f"{cam_dir}: CAM folder not found (run doei cam first, or set refine.infer.cam_dir)")
     base = build_dataset(d.kind, d.root, ri.split, **_data_kwargs(cfg))
     records = base.records[:limit] if limit is not None else base.records
-    missing = [r.id for r in records if not (cam_dir / f"{r.id}.npz").is_file()]
-    if missing:
-        raise DoeiError(f"{cam_dir}/{missing[0]}.npz: CAM file missing ({len(missing)} of {len(records)} ids)")
+    require_id_files(cam_dir, [r.id for r in records], ".npz", "CAM",
+                     "run doei cam first, or set refine.infer.cam_dir")
     device = resolve_device(ri.device)
+    rank, world = dist_util.init_from_env(device.split(":")[0])
+    device = str(dist_util.device_for(torch.device(device)))
     todo = [i for i, r in enumerate(records) if not (out / f"{r.id}.png").is_file()]
+    dist_util.barrier()  # every rank has the same todo list before anything is written
+    mine = dist_util.shard(todo, rank, world)
+    tag = {"rank": rank} if world > 1 else {}
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    append_jsonl(out / LOG_FILE, {"event": "start", "time": t0, "images": len(records), "todo": len(todo),
-                                  "checkpoint": str(ri.checkpoint), "bg_mode": ri.bg_mode,
-                                  "bg_threshold": ri.bg_threshold, "alpha": ri.alpha, "beta": ri.beta, "logt": ri.logt})
+    if rank == 0:
+        append_jsonl(out / LOG_FILE, {"event": "start", "time": t0, "images": len(records), "todo": len(todo),
+                                      "checkpoint": str(ri.checkpoint), "bg_mode": ri.bg_mode,
+                                      "bg_threshold": ri.bg_threshold, "alpha": ri.alpha, "beta": ri.beta,
+                                      "logt": ri.logt, **({"processes": world} if world > 1 else {})})
     if todo:
-        model = load_affinity_model(cfg, device)
-        for i in tqdm(todo, desc="doei refine infer", unit="img", disable=not ri.progress, dynamic_ncols=True):
+        model = load_affinity_model(cfg, device)     # on every rank: a bad checkpoint fails all ranks alike
+        for i in tqdm(mine, desc="doei refine infer", unit="img", disable=not ri.progress or rank != 0,
+                      dynamic_ncols=True):
             t = time.time()
             rid = records[i].id
             image = base.sample(i, with_mask=False).image
@@ -128,8 +142,10 @@ def infer_pseudo_masks(cfg, limit: int | None = None, log: Callable[[str], None]
                                       alpha=ri.alpha, beta=ri.beta, logt=ri.logt, num_classes=d.num_classes + 1,
                                       radius=model.radius)
             save_label_png(out / f"{rid}.png", np.ascontiguousarray(pred, dtype=np.uint8))
-            append_jsonl(out / LOG_FILE, {"event": "image", "id": rid, "seconds": round(time.time() - t, 4)})
+            append_jsonl(out / LOG_FILE, {"event": "image", "id": rid, "seconds": round(time.time() - t, 4), **tag})
+    computed = int(dist_util.all_reduce_sum([len(mine)])[0])       # also waits for every rank to finish
     secs = time.time() - t0
-    append_jsonl(out / LOG_FILE, {"event": "end", "time": time.time(), "computed": len(todo),
-                                  "skipped": len(records) - len(todo), "seconds": round(secs, 3)})
-    return {"computed": len(todo), "skipped": len(records) - len(todo), "seconds": secs, "out_dir": str(out)}
+    if rank == 0:
+        append_jsonl(out / LOG_FILE, {"event": "end", "time": time.time(), "computed": computed,
+                                      "skipped": len(records) - len(todo), "seconds": round(secs, 3)})
+    return {"computed": computed, "skipped": len(records) - len(todo), "seconds": secs, "out_dir": str(out)}

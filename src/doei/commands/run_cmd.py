@@ -9,7 +9,9 @@ Examples::
 Stages, in order: ``train-cls`` (classifier, :mod:`doei.engine.train_cls`) → ``cam`` (CAMs of the
 train split) → ``refine`` (AffinityNet training + random-walk pseudo masks) → ``train-seg``
 (DeepLab on the pseudo masks) → ``infer-seg`` (val split, multi-scale + flip + CRF) → ``eval``
-(Seed, Mask, Segmentation with/without CRF). After a stage finishes, ``<run.out_dir>/stages/<stage>/
+(Seed, Mask, Segmentation with/without CRF). Under ``torchrun`` the training stages run with DDP,
+the per-image stages are sharded over the ranks and rank 0 alone writes markers, logs and the
+eval table (docs/distributed.md). After a stage finishes, ``<run.out_dir>/stages/<stage>/
 stage_done.json`` is written atomically; a rerun skips every stage whose marker exists (and was
 made with the same stage settings — different settings are refused rather than silently mixed).
 Inside an unfinished stage the work resumes too: training from the last end-of-epoch checkpoint,
@@ -177,49 +179,28 @@ def _cam_model(cfg: PipelineConfig, ckpt: Path):
 
 
 def stage_cam(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
-    """CAMs of the train split into ``refine.train.cam_dir`` with ``doei cam``'s per-image, resumable writer."""
-    import torch
-    from tqdm import tqdm
-
-    from doei.cam.extractor import CamExtractor
-    from doei.commands import cam_cmd
-    from doei.utils.io import append_jsonl, atomic_write_json
+    """CAMs of the train split into ``refine.train.cam_dir`` (:func:`doei.cam.generate.generate_cams`:
+    per image, resumable, sharded over the ranks under torchrun)."""
+    from doei.cam.generate import generate_cams, open_dataset
 
     ckpt = classifier_checkpoint(cfg)
     if not ckpt.is_file():
         raise DoeiError(f"{ckpt}: classifier checkpoint not found (run the train-cls stage first)")
     name, model = _cam_model(cfg, ckpt)
     ccfg = cam_config(cfg, name)
-    model = model.to(ccfg.device).eval()
-    ds = cam_cmd.open_dataset(ccfg)
-    out = Path(cfg.refine.train.cam_dir)
-    settings = {**vars(ccfg), "checkpoint": str(ckpt.resolve())}
-    cam_cmd._check_settings(out, settings)
-    todo = [i for i in range(len(ds)) if not cam_cmd._is_done(out, ds.records[i].id, ds.records[i].classes, ccfg)]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / cam_cmd.SETTINGS_FILE, settings)
-    append_jsonl(out / cam_cmd.LOG_FILE, {"event": "start", "time": time.time(), "images": len(ds), "todo": len(todo)})
-    extractor = CamExtractor(model, scales=ccfg.scales, flip=ccfg.flip, n_layers=ccfg.n_layers,
-                             patch_refine=ccfg.patch_refine, kind=ccfg.kind, amp=ccfg.amp)
-    loader = torch.utils.data.DataLoader(cam_cmd._SplitItems(ds, todo, ccfg.scales), batch_size=ccfg.batch_size,
-                                         shuffle=False, num_workers=ccfg.num_workers, collate_fn=cam_cmd._as_list)
-    t0 = time.time()
-    with tqdm(total=len(todo), desc="cam", unit="img", disable=not cfg.run.progress, dynamic_ncols=True) as bar:
-        for batch in loader:
-            for item, cams in cam_cmd._batch_cams(extractor, batch):
-                cam_cmd._write_outputs(out, item, cams, ccfg, ds.class_names)
-                append_jsonl(out / cam_cmd.LOG_FILE, {"event": "image", "id": item["id"]})
-                bar.update(1)
-    append_jsonl(out / cam_cmd.LOG_FILE, {"event": "end", "computed": len(todo), "seconds": round(time.time() - t0, 3)})
-    log(f"cam: {len(todo)} computed, {len(ds) - len(todo)} already done -> {out}")
-    return {"computed": len(todo), "skipped": len(ds) - len(todo), "out_dir": str(out)}
+    s = generate_cams(model, ccfg, cfg.refine.train.cam_dir, ckpt, ds=open_dataset(ccfg), progress=cfg.run.progress,
+                      desc="cam")
+    log(f"cam: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
+    return {"computed": s["computed"], "skipped": s["skipped"], "out_dir": s["out_dir"]}
 
 
 def stage_refine(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     from doei.commands.refine_cmd import infer_pseudo_masks
+    from doei.engine import distributed as dist_util
     from doei.engine.train_aff import train_affinity
 
     res = train_affinity(cfg, resume="auto", log=log)
+    dist_util.barrier()          # rank 0's final checkpoint is on disk before any rank loads it
     s = infer_pseudo_masks(cfg, log=log)
     log(f"refine: {s['computed']} pseudo masks computed, {s['skipped']} already done -> {s['out_dir']}")
     return {"train": {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final},
@@ -253,7 +234,12 @@ def _gt_dir(cfg: PipelineConfig, split: str) -> tuple[Path | None, list[str]]:
 
 
 def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
-    """Seed (CAMs, best β), Mask (pseudo masks), Seg (val, without / with CRF) mIoU; ``<out>/eval.json``."""
+    """Seed (CAMs, best β), Mask (pseudo masks), Seg (val, without / with CRF) mIoU; ``<out>/eval.json``.
+    Under torchrun rank 0 evaluates and writes; the other ranks return ``{}`` and wait for it."""
+    from doei.engine import distributed as dist_util
+
+    if not dist_util.is_main():
+        return {}
     from doei.eval.evaluate import evaluate_dirs
     from doei.eval.report import build_report
     from doei.utils.io import atomic_write_json
@@ -304,12 +290,25 @@ STAGE_FUNCS: dict[str, Callable[[PipelineConfig, Callable[[str], None]], dict]] 
 
 
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
-    """Run the configured stages in order, skipping completed ones; returns ``{stage: summary}``."""
+    """Run the configured stages in order, skipping completed ones; returns ``{stage: summary}``.
+
+    Under ``torchrun`` every rank runs every stage (training with DDP, per-image stages sharded,
+    eval on rank 0 only); all ranks meet at a barrier after each stage, then rank 0 alone writes the
+    stage marker and ``run_log.jsonl``, and a second barrier makes the marker and the stage's files
+    visible to every rank before the next stage starts (docs/distributed.md). Other ranks do not log.
+    """
+    from doei.engine import distributed as dist_util
+    from doei.pipeline_config import resolve_device
     from doei.utils.io import append_jsonl, atomic_write_json
 
+    rank, _ = dist_util.init_from_env(resolve_device(cfg.run.device).split(":")[0])
+    main = rank == 0
+    if not main:
+        log = lambda *_: None  # noqa: E731 - rank 0 reports
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "pipeline_config.json", cfg.to_dict())
+    if main:
+        atomic_write_json(out / "pipeline_config.json", cfg.to_dict())
     results: dict = {}
     for stage in STAGES:
         if stage not in cfg.run.stages:
@@ -323,23 +322,31 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                 raise DoeiError(f"{marker}: stage {stage} was completed with other settings; use another run.out_dir "
                                 f"or delete {marker.parent} (and the stages after it) to redo it")
             log(f"[{stage}] already done ({done.get('seconds', 0):.0f} s, {done.get('finished', '?')}); skipped")
-            append_jsonl(out / RUN_LOG, {"event": "skip", "stage": stage, "time": time.time()})
+            if main:
+                append_jsonl(out / RUN_LOG, {"event": "skip", "stage": stage, "time": time.time()})
             results[stage] = done.get("summary", {})
             continue
         log(f"[{stage}] running")
         t0 = time.time()
-        append_jsonl(out / RUN_LOG, {"event": "start", "stage": stage, "time": t0})
+        if main:
+            append_jsonl(out / RUN_LOG, {"event": "start", "stage": stage, "time": t0})
         try:
             summary = STAGE_FUNCS[stage](cfg, log)
         except BaseException as e:
-            append_jsonl(out / RUN_LOG, {"event": "fail", "stage": stage, "time": time.time(),
-                                         "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+            if main:
+                first = str(e).splitlines()[0] if str(e) else ""
+                append_jsonl(out / RUN_LOG, {"event": "fail", "stage": stage, "time": time.time(),
+                                             "error": f"{type(e).__name__}: {first}"})
             raise
+        dist_util.barrier()          # every rank's files of this stage are written before it is marked done
         secs = time.time() - t0
-        append_jsonl(out / RUN_LOG, {"event": "end", "stage": stage, "time": time.time(), "seconds": round(secs, 3)})
-        atomic_write_json(marker, {"stage": stage, "fingerprint": fp, "seconds": round(secs, 3),
-                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                   "summary": json.loads(json.dumps(summary, default=str))})
+        if main:
+            append_jsonl(out / RUN_LOG, {"event": "end", "stage": stage, "time": time.time(),
+                                         "seconds": round(secs, 3)})
+            atomic_write_json(marker, {"stage": stage, "fingerprint": fp, "seconds": round(secs, 3),
+                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                       "summary": json.loads(json.dumps(summary, default=str))})
+        dist_util.barrier()          # ... and the marker exists before any rank goes on
         log(f"[{stage}] done in {secs:.1f} s")
         results[stage] = summary
     return results

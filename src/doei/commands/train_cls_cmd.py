@@ -8,7 +8,8 @@ Examples::
     doei train-cls --config configs/demo.yaml --resume          # continue after the last finished epoch
 
 Writes ``<train.out_dir>/checkpoint.pt`` (atomically, every epoch), ``config.yaml`` and
-``metrics.jsonl``. See docs/training.md.
+``metrics.jsonl``. See docs/training.md. Under ``torchrun`` it trains with DDP and only rank 0 writes
+and prints (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -24,11 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from doei.engine import distributed as dist_util
     from doei.engine.train_cls import train
     from doei.train_config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)
     res = train(cfg, resume=bool(args.resume))
+    if not dist_util.is_main():                     # torchrun: rank 0 reports
+        return 0
     summary = ", ".join(f"{k} {v:.2f}" for k, v in res.final.items()
                         if k.startswith("val_") and isinstance(v, float))
     print(f"done: {res.checkpoint}" + (f" ({summary})" if summary else "") + f" in {res.seconds:.0f} s")

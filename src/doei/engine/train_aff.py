@@ -17,7 +17,7 @@ once into ``<out_dir>/seed_scores_la<low>_ha<high>/<id>.npz`` (float16, resumabl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -150,22 +150,31 @@ class AffinityDataset(Dataset):
 def precompute_crf_scores(base, cam_dir: str | Path, score_dir: str | Path, sec: RefineTrainSection,
                           progress: bool = True) -> int:
     """Write ``score_dir/<id>.npz`` (``la``, ``ha`` CRF-refined ``[K+1,H,W]`` float16) for every image that
-    lacks one (atomic, resumable); returns how many were computed."""
+    lacks one (atomic, resumable); returns how many were computed.
+
+    Under torchrun (process group joined) the missing ids are split ``todo[rank::world]`` after a
+    barrier, each rank writes its own files, and the returned count is the sum over ranks (the
+    all-reduce also waits until every rank's files exist, before training reads them)."""
     from tqdm import tqdm
 
     from doei.cam.io import load_cam
+    from doei.engine import distributed as dist_util
     from doei.refine.labels import scores_with_background
 
     score_dir = Path(score_dir)
     todo = [i for i, r in enumerate(base.records) if not (score_dir / f"{r.id}.npz").is_file()]
-    for i in tqdm(todo, desc="seed CRF scores", disable=not progress, dynamic_ncols=True, leave=False):
+    dist_util.barrier()  # every rank has the same todo list before anything is written
+    rank = dist_util.rank()
+    mine = dist_util.shard(todo, rank, dist_util.world_size())
+    for i in tqdm(mine, desc="seed CRF scores", disable=not progress or rank != 0, dynamic_ncols=True,
+                  leave=False):
         rid = base.records[i].id
         image = base.sample(i, with_mask=False).image
         _, cams = load_cam(Path(cam_dir) / f"{rid}.npz")
         la = scores_with_background(cams, sec.low_alpha, np.ascontiguousarray(image))
         ha = scores_with_background(cams, sec.high_alpha, np.ascontiguousarray(image))
         atomic_save_npz(score_dir / f"{rid}.npz", la=la.astype(np.float16), ha=ha.astype(np.float16))
-    return len(todo)
+    return int(dist_util.all_reduce_sum([len(mine)])[0])
 
 
 def affinity_loss_fn(model: nn.Module, batch: tuple, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
@@ -210,6 +219,7 @@ def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after:
     """Train AffinityNet as configured in ``cfg.refine.train`` on ``cfg.data``; returns a
     :class:`doei.engine.sgd_loop.FitResult`. Writes into ``refine.train.out_dir``."""
     from doei.data.build import build_dataset
+    from doei.engine import distributed as dist_util
     from doei.engine.seed import epoch_seed, seed_everything
     from doei.engine.sgd_loop import fit
     from doei.models.resnet38 import parameter_groups
@@ -219,18 +229,14 @@ def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after:
     d = cfg.data
     base = build_dataset(d.kind, d.root, sec.split, **_data_kwargs(cfg))
     cam_dir = Path(sec.cam_dir)
-    if not cam_dir.is_dir():
-        raise DoeiError(f"{cam_dir}: CAM folder not found (run doei cam first, or set refine.train.cam_dir)")
-    missing = [r.id for r in base.records if not (cam_dir / f"{r.id}.npz").is_file()]
-    if missing:
-        raise DoeiError(f"{cam_dir}/{missing[0]}.npz: CAM file missing ({len(missing)} of {len(base)} ids of split "
-                        f"{sec.split!r} have none)")
+    require_id_files(cam_dir, base.ids, ".npz", "CAM", "run doei cam first, or set refine.train.cam_dir", sec.split)
     out_dir = Path(sec.out_dir)
     score_dir = None
+    dist_util.init_from_env(torch.device(resolve_device(sec.device)).type)  # torchrun: the score cache is sharded
     if sec.crf:
         score_dir = out_dir / f"seed_scores_la{sec.low_alpha:g}_ha{sec.high_alpha:g}"  # one cache per alpha pair
         n = precompute_crf_scores(base, cam_dir, score_dir, sec, sec.progress)
-        if n:
+        if n and dist_util.is_main():
             log(f"computed CRF seed scores of {n} images into {score_dir}")
     ds = AffinityDataset(base, cam_dir, sec, score_dir)
     seed_everything(epoch_seed(sec.seed, -1, "init"))
@@ -246,6 +252,25 @@ def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after:
                log=log)
 
 
+def require_id_files(folder: Path, ids: Sequence[str], suffix: str, what: str, hint: str,
+                     split: str | None = None) -> None:
+    """Refuse a stage's per-image input folder unless it holds ``<id><suffix>`` for every id.
+
+    Used for the CAM ``.npz`` files read by AffinityNet training and the random walk and the pseudo
+    masks read by DeepLab training, so a missing input is reported before any output is written:
+    one-line ``DoeiError`` naming the folder (``hint`` says how to make it) or the first missing
+    file and how many of ``ids`` (of ``split``) lack one.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DoeiError(f"{folder}: {what} folder not found ({hint})")
+    missing = [i for i in ids if not (folder / f"{i}{suffix}").is_file()]
+    if missing:
+        of_split = f" of split {split!r}" if split is not None else ""
+        raise DoeiError(f"{folder}/{missing[0]}{suffix}: {what} file missing ({len(missing)} of {len(ids)} ids"
+                        f"{of_split} have none)")
+
+
 def _data_kwargs(cfg: PipelineConfig) -> dict:
     """Extra loader arguments of the configured dataset kind (labels file, mask folder)."""
     d = cfg.data
@@ -258,5 +283,5 @@ def _data_kwargs(cfg: PipelineConfig) -> dict:
     return kw
 
 
-__all__ = ["AffinityDataset", "train_affinity", "build_affinity_model", "precompute_crf_scores", "color_jitter",
-           "random_crop_offsets", "crop_hwc", "item_rng", "normalize", "affinity_loss_fn"]
+__all__ = ["AffinityDataset", "train_affinity", "require_id_files", "build_affinity_model", "precompute_crf_scores",
+           "color_jitter", "random_crop_offsets", "crop_hwc", "item_rng", "normalize", "affinity_loss_fn"]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from doei.engine.train_aff import _data_kwargs, crop_hwc, item_rng, normalize, random_crop_offsets
+from doei.engine.train_aff import _data_kwargs, crop_hwc, item_rng, normalize, random_crop_offsets, require_id_files
 from doei.errors import DoeiError
 from doei.pipeline_config import PipelineConfig, SegTrainSection
 
@@ -167,13 +167,9 @@ def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_af
     d = cfg.data
     base = build_dataset(d.kind, d.root, sec.split, **_data_kwargs(cfg))
     pseudo = Path(sec.pseudo_dir)
-    if not pseudo.is_dir():
-        raise DoeiError(f"{pseudo}: pseudo-label folder not found (run doei refine infer first, or set seg.train.pseudo_dir)")
     check_not_ground_truth(pseudo, base, cfg)
-    missing = [r.id for r in base.records if not (pseudo / f"{r.id}.png").is_file()]
-    if missing:
-        raise DoeiError(f"{pseudo}/{missing[0]}.png: pseudo mask missing ({len(missing)} of {len(base)} ids of split "
-                        f"{sec.split!r} have none)")
+    require_id_files(pseudo, base.ids, ".png", "pseudo-label",
+                     "run doei refine infer first, or set seg.train.pseudo_dir", sec.split)
     ds = SegDataset(base, pseudo, sec)
     seed_everything(epoch_seed(sec.seed, -1, "init"))
     model = build_seg_model(sec.model, d.num_classes + 1, sec.model_options, sec.init_weights)

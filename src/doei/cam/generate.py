@@ -1,0 +1,233 @@
+"""Resumable, rank-sharded CAM generation of a data split into a folder — the one implementation behind
+``doei cam`` and the ``cam`` stage of ``doei run``.
+
+:func:`generate_cams` writes, per image, ``<id>.npz`` (``doei.cam.io`` format: only the image's
+ground-truth classes), optionally ``seeds/<id>.png``, ``crf_alpha<A>/<id>.png`` and
+``overlays/<id>.png``; plus ``cam_settings.json`` and the log ``cam_log.jsonl``. Every file is written
+atomically. An id whose outputs all exist (and whose CAM file loads with the expected classes) is
+skipped, so an interrupted run continues where it stopped; a rerun with different pipeline settings
+into the same folder is refused (one-line ``DoeiError``).
+
+Under ``torchrun`` (docs/distributed.md) every rank lists the ids still to do, all ranks meet at a
+barrier (so nobody lists after another rank started writing), the list is split
+``todo[rank::world]`` and each rank writes only its own ids' files — the same bytes a single process
+writes. Rank 0 writes the settings and the start/end log records; the end record follows an
+all-reduce of the per-rank counts, which also waits for every rank to finish.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from doei.errors import DoeiError
+
+SETTINGS_FILE = "cam_settings.json"
+LOG_FILE = "cam_log.jsonl"
+# settings that change the numbers in the outputs: a resumed run must use the same ones
+PIPELINE_KEYS = ("model", "num_classes", "model_kwargs", "dataset", "split", "scales", "flip", "n_layers", "kind",
+                 "patch_refine", "amp", "cam_dtype", "seed_beta", "crf_image", "checkpoint")
+
+
+def open_dataset(cfg):
+    """The split of a ``CamConfig`` as a ClassificationDataset (raw access via ``.sample``); its class
+    count must be ``cfg.num_classes``."""
+    from doei.data.build import build_dataset
+
+    ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split)
+    _check_classes(ds, cfg)
+    return ds
+
+
+def _check_classes(ds, cfg) -> None:
+    if ds.num_classes != cfg.num_classes:
+        raise DoeiError(f"{cfg.data_root}: dataset has {ds.num_classes} classes but num_classes is {cfg.num_classes}")
+
+
+def crf_dir(alpha: float) -> str:
+    """Sub-folder of the CRF label maps for background exponent ``alpha`` (``crf_alpha12``)."""
+    return f"crf_alpha{alpha:g}"
+
+
+def output_paths(out: Path, image_id: str, cfg) -> list[Path]:
+    """Every file written for ``image_id``; the CAM ``.npz`` first (it is written last)."""
+    paths = [out / f"{image_id}.npz"]
+    if cfg.save_seeds:
+        paths.append(out / "seeds" / f"{image_id}.png")
+    paths += [out / crf_dir(a) / f"{image_id}.png" for a in cfg.crf_alphas]
+    if cfg.save_overlays:
+        paths.append(out / "overlays" / f"{image_id}.png")
+    return paths
+
+
+def is_done(out: Path, image_id: str, classes: tuple[int, ...], cfg) -> bool:
+    """True when all of ``image_id``'s outputs exist and its CAM file loads with ``classes``."""
+    from doei.cam.io import load_cam
+
+    paths = output_paths(out, image_id, cfg)
+    if not all(p.is_file() for p in paths):
+        return False
+    try:
+        got, _ = load_cam(paths[0])
+    except DoeiError:
+        return False
+    return tuple(int(k) for k in got) == tuple(classes)
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Refuse to continue a folder whose ``cam_settings.json`` differs in a :data:`PIPELINE_KEYS` value."""
+    f = out / SETTINGS_FILE
+    if not f.is_file():
+        return
+    try:
+        old = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise DoeiError(f"{f}: unreadable; delete it or choose another --out") from None
+    for k in PIPELINE_KEYS:
+        if old.get(k) != settings.get(k):
+            raise DoeiError(f"{f}: {k} was {old.get(k)!r}, now {settings.get(k)!r}; the folder holds another run "
+                            "(choose another --out)")
+
+
+class _SplitItems(torch.utils.data.Dataset):
+    """Index -> dict(id, image uint8 [H,W,3], label float32 [C], classes, views: per-scale normalised [3,h,w])."""
+
+    def __init__(self, ds, indices: list[int], scales: list[float]) -> None:
+        self.ds, self.indices, self.scales = ds, indices, scales
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        from doei.cam.extractor import official_views
+
+        s = self.ds.sample(self.indices[i], with_mask=False)
+        return {"id": s.id, "image": s.image, "label": s.label, "classes": tuple(s.classes),
+                "views": official_views(s.image, self.scales)}
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str | Path, *, ds=None,
+                  limit: int | None = None, progress: bool = True, desc: str = "doei cam") -> dict:
+    """CAMs of ``cfg``'s split (a validated ``doei.cam.config.CamConfig``) into ``out``; see the module docstring.
+
+    ``model``: the classifier with its weights (any device: it is moved to ``cfg.device``, or to
+    ``cuda:LOCAL_RANK`` under torchrun, and put in eval mode); ``checkpoint``: the file its weights
+    came from (recorded in the settings, so another classifier cannot continue the folder); ``ds``:
+    the opened split (default :func:`open_dataset`); ``limit``: only the first N ids.
+    Returns ``{"images", "computed", "skipped", "seconds", "out_dir", "processes"}`` on every rank
+    (counts summed over ranks).
+    """
+    from tqdm import tqdm
+
+    from doei.cam.extractor import CamExtractor
+    from doei.engine import distributed as dist_util
+    from doei.utils.io import append_jsonl, atomic_write_json
+
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise DoeiError(f"device {cfg.device}: CUDA is not available on this machine")
+    ds = open_dataset(cfg) if ds is None else ds
+    _check_classes(ds, cfg)
+    rank, world = dist_util.init_from_env(torch.device(cfg.device).type)
+    device = dist_util.device_for(torch.device(cfg.device))   # cuda -> cuda:LOCAL_RANK with several ranks
+    model = model.to(device).eval()
+    out = Path(out)
+    settings = {**vars(cfg), "checkpoint": str(Path(checkpoint).resolve())}
+    check_settings(out, settings)
+
+    indices = list(range(len(ds)))[:limit] if limit is not None else list(range(len(ds)))
+    todo = [i for i in indices if not is_done(out, ds.records[i].id, ds.records[i].classes, cfg)]
+    dist_util.barrier()  # every rank has its todo list (the same one) before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / LOG_FILE
+    if rank == 0:
+        atomic_write_json(out / SETTINGS_FILE, settings)
+        append_jsonl(log, {"event": "start", "time": time.time(), "images": len(indices), "todo": len(todo),
+                           "settings": settings, **({"processes": world} if world > 1 else {})})
+    mine = dist_util.shard(todo, rank, world)
+
+    extractor = CamExtractor(model, scales=cfg.scales, flip=cfg.flip, n_layers=cfg.n_layers,
+                             patch_refine=cfg.patch_refine, kind=cfg.kind, amp=cfg.amp)
+    loader = torch.utils.data.DataLoader(_SplitItems(ds, mine, cfg.scales), batch_size=cfg.batch_size,
+                                         shuffle=False, num_workers=cfg.num_workers, collate_fn=_as_list)
+    t0 = time.time()
+    done = 0
+    with tqdm(total=len(mine), desc=desc, unit="img", disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+        for batch in loader:
+            for item, cams in _batch_cams(extractor, batch):
+                t = time.time()
+                _write_outputs(out, item, cams, cfg, ds.class_names)
+                append_jsonl(log, {"event": "image", "id": item["id"], "classes": list(item["classes"]),
+                                   "size": list(item["image"].shape[:2]), "write_s": round(time.time() - t, 4),
+                                   **({"rank": rank} if world > 1 else {})})
+                done += 1
+                bar.update(1)
+    done = int(dist_util.all_reduce_sum([done])[0])              # also waits for every rank to finish
+    elapsed = time.time() - t0
+    if rank == 0:
+        append_jsonl(log, {"event": "end", "time": time.time(), "computed": done,
+                           "skipped": len(indices) - len(todo), "seconds": round(elapsed, 3)})
+    return {"images": len(indices), "computed": done, "skipped": len(indices) - len(todo), "seconds": elapsed,
+            "out_dir": str(out), "processes": world}
+
+
+def _batch_cams(extractor, batch: list[dict]):
+    """Yield (item, cams float32 [C, H, W] numpy) for a batch; images of one size share forward passes."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, item in enumerate(batch):
+        groups[tuple(item["image"].shape[:2])].append(i)
+    results: dict[int, np.ndarray] = {}
+    for size, idx in groups.items():
+        views = [torch.stack([batch[i]["views"][s] for i in idx]) for s in range(len(batch[idx[0]]["views"]))]
+        labels = torch.from_numpy(np.stack([batch[i]["label"] for i in idx]))
+        cams = extractor.from_views(views, labels, size).cpu().numpy()
+        for j, i in enumerate(idx):
+            results[i] = cams[j]
+    for i, item in enumerate(batch):
+        yield item, results[i]
+
+
+def _write_outputs(out: Path, item: dict, cams: np.ndarray, cfg, class_names) -> None:
+    """One image's files from its CAMs ``[C, H, W]``: seeds, CRF label maps, overlay, then the ``.npz``."""
+    from doei.cam.io import save_cam
+    from doei.cam.seeds import crf_label_map, crf_with_alpha, official_crf_image, seeds_from_cams
+    from doei.cam.visualize import cam_panel, save_label_png
+    from doei.utils.io import atomic_save_png
+
+    image_id = item["id"]
+    classes = np.asarray(item["classes"], dtype=np.int64)
+    kept = cams[classes]                                             # [K, H, W] labelled classes only
+    seeds = None
+    if cfg.save_seeds or cfg.save_overlays:
+        seeds = seeds_from_cams(kept, cfg.seed_beta, classes)
+    if cfg.save_seeds:
+        save_label_png(out / "seeds" / f"{image_id}.png", seeds)
+    if cfg.crf_alphas:
+        if cfg.crf_image == "official":
+            from doei.cam.extractor import normalize_image
+
+            crf_img = official_crf_image(normalize_image(item["image"]))
+        else:
+            crf_img = np.ascontiguousarray(item["image"])
+        for a in cfg.crf_alphas:
+            if classes.size:
+                label = crf_label_map(*crf_with_alpha(crf_img, classes, kept, a))
+            else:
+                label = np.zeros(item["image"].shape[:2], dtype=np.uint8)
+            save_label_png(out / crf_dir(a) / f"{image_id}.png", label)
+    if cfg.save_overlays:
+        atomic_save_png(out / "overlays" / f"{image_id}.png",
+                        cam_panel(item["image"], classes, kept, class_names, seeds=seeds))
+    # the CAM file last: its presence (with the other outputs) marks the id as done
+    save_cam(out / f"{image_id}.npz", classes, kept, dtype=np.float16 if cfg.cam_dtype == "float16" else np.float32)
+
+
+__all__ = ["generate_cams", "open_dataset", "check_settings", "is_done", "output_paths", "crf_dir", "SETTINGS_FILE",
+           "LOG_FILE", "PIPELINE_KEYS"]
