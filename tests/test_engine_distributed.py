@@ -11,7 +11,6 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from doei.engine.distributed import global_batch_indices, shard
 from doei.errors import DoeiError
 from doei.models.registry import register_model
+from tests.dist_common import free_port, launch, launch_cli
 
 ATOL = 1e-6
 
@@ -35,12 +35,6 @@ def ddp_test_mctformer_patch(num_classes: int = 10, doei=None, img_size: int = 3
     return MCTformerV2(num_classes=num_classes, img_size=img_size, patch_size=8, embed_dim=32, depth=2,
                        num_heads=2, mlp_ratio=2.0, qkv_bias=True, drop_rate=0.0, drop_path_rate=0.0,
                        stem="patch", doei=doei)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------ pure helpers
@@ -95,10 +89,8 @@ def _cfg_dict(root: Path, out_dir: Path) -> dict:
     }
 
 
-def _ddp_worker(local_rank: int, world: int, port: int, cfg: dict) -> None:
-    os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    torch.set_num_threads(1)
+def _ddp_train(cfg: dict) -> None:
+    """One rank: train, "killed" after epoch 1, then resumed under DDP."""
     from doei.engine.train_cls import train
     from doei.train_config import train_config_from_dict
 
@@ -108,8 +100,6 @@ def _ddp_worker(local_rank: int, world: int, port: int, cfg: dict) -> None:
 
 
 def test_ddp_two_processes_match_one_process(synth_root, tmp_path):
-    import torch.multiprocessing as mp
-
     from doei.engine.checkpoint import load_checkpoint
     from doei.engine.train_cls import train
     from doei.train_config import train_config_from_dict
@@ -119,8 +109,7 @@ def test_ddp_two_processes_match_one_process(synth_root, tmp_path):
     import torch._inductor  # noqa: F401 - imported once here rather than in each forked rank
 
     # fork: the ranks start in milliseconds from this (torch-importing) process; the model is registered here
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), _cfg_dict(synth_root, tmp_path / "two")), nprocs=2,
-                       join=True, start_method="fork")
+    launch(2, _ddp_train, _cfg_dict(synth_root, tmp_path / "two"))
 
     a, b = load_checkpoint(single.checkpoint), load_checkpoint(tmp_path / "two" / "checkpoint.pt")
     assert a["step"] == b["step"] == 2 * (12 // 4)
@@ -141,24 +130,6 @@ def test_ddp_two_processes_match_one_process(synth_root, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ sharded CAMs
-def _cli_rank(local_rank: int, world: int, port: int, argv: list[str]) -> None:
-    """One torchrun-style rank: the environment torchrun would set, then ``doei`` as the CLI runs it."""
-    os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    torch.set_num_threads(1)
-    from doei.cli import main
-
-    rc = main(argv)
-    if rc:
-        raise SystemExit(rc)
-
-
-def _launch(nproc: int, argv: list[str]) -> None:
-    import torch.multiprocessing as mp
-
-    mp.start_processes(_cli_rank, args=(nproc, _free_port(), argv), nprocs=nproc, join=True, start_method="fork")
-
-
 def test_sharded_cam_generation_is_byte_identical(synth_root, tmp_path):
     from doei.models.registry import create_model
 
@@ -174,7 +145,7 @@ def test_sharded_cam_generation_is_byte_identical(synth_root, tmp_path):
     runs = {}
     for nproc in (1, 2):
         out = tmp_path / f"out{nproc}"
-        _launch(nproc, [*base, "--out", str(out)])
+        launch_cli(nproc, [*base, "--out", str(out)])
         runs[nproc] = out
     files1 = sorted(p.relative_to(runs[1]) for p in runs[1].rglob("*") if p.is_file())
     files2 = sorted(p.relative_to(runs[2]) for p in runs[2].rglob("*") if p.is_file())
@@ -204,11 +175,12 @@ def test_torchrun_smoke_train_cls(synth_root, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "doei.cli", "train-cls",
+                           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "doei.cli", "train-cls",
                            "--config", str(tmp_path / "c.yaml")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("2 processes x 2 images per step") == 1         # the loop logs on rank 0 only
     assert proc.stdout.count("epoch 1/1: loss") == 1
+    assert proc.stdout.count("done: ") == 1                                   # train-cls's final line: rank 0
     assert sorted(p.name for p in (tmp_path / "tr").iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl"]
 
 
@@ -233,21 +205,11 @@ def _sgd_fit(out_dir: str) -> None:
         config={"x": 1}, resume_fixed=["x"], resume=False, progress=False, log=lambda *_: None, log_every=1)
 
 
-def _sgd_worker(local_rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update({"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    torch.set_num_threads(1)
-    _sgd_fit(out_dir)
-
-
 def test_sgd_loop_ddp_matches_one_process(tmp_path):
-    import torch.multiprocessing as mp
-
     from doei.engine.checkpoint import load_checkpoint
 
     _sgd_fit(str(tmp_path / "one"))
-    mp.start_processes(_sgd_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True,
-                       start_method="fork")
+    launch(2, _sgd_fit, str(tmp_path / "two"))
     a, b = load_checkpoint(tmp_path / "one" / "checkpoint.pt"), load_checkpoint(tmp_path / "two" / "checkpoint.pt")
     assert a["step"] == b["step"] == 6
     worst = max((v - b["model"][k]).abs().max().item() for k, v in a["model"].items())
