@@ -1,7 +1,7 @@
 """The per-image stages under torchrun (2 gloo CPU ranks forked from the test) write exactly what one
 process writes: ``doei infer-seg`` (multi-scale + flip + DenseCRF, CRF worker pools per rank),
-``doei refine infer`` (random walk) and ``doei run`` (cam stage sharded, eval on rank 0, markers
-and run log by rank 0 between barriers).
+``doei refine infer`` (random walk), ``doei run`` (cam stage sharded, eval on rank 0, markers
+and run log by rank 0 between barriers) and AffinityNet's CRF score cache.
 
 Both runs write into the SAME folder (the first result is moved aside before the second run), so
 paths recorded in files agree; then every data file is compared byte for byte and every log /
@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from tests.dist_common import assert_same_outputs, launch_cli
+from tests.dist_common import assert_same_outputs, launch, launch_cli
 from tests.pipeline_common import N_TRAIN, make_synth, tiny_config, write_cams_from_masks
 
 
@@ -115,3 +115,24 @@ def test_run_cam_and_eval_two_ranks_byte_identical(data, tmp_path, capfd):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "run_log.jsonl"} == before
     events = [json.loads(ln)["event"] for ln in (out / "run_log.jsonl").read_text().splitlines()]
     assert events[4:] == ["skip", "skip"]
+
+
+def _score_cache(cfg, out) -> None:
+    """One rank of AffinityNet's CRF score cache (what train_affinity runs before DDP training)."""
+    from doei.data.build import build_dataset
+    from doei.engine import distributed as dist_util
+    from doei.engine.train_aff import precompute_crf_scores
+
+    dist_util.init_from_env("cpu")
+    sec = cfg.refine.train
+    n = precompute_crf_scores(build_dataset("synth", cfg.data.root, sec.split), sec.cam_dir, out, sec, progress=False)
+    assert n == N_TRAIN                                  # summed over the ranks, returned on every rank
+
+
+def test_crf_score_cache_two_ranks_byte_identical(data, tmp_path):
+    root, synth = data
+    cfg = tiny_config(synth, tmp_path / "run", refine__train__cam_dir=str(root / "cam"))
+    launch(1, _score_cache, cfg, tmp_path / "one")
+    launch(2, _score_cache, cfg, tmp_path / "two")
+    files = assert_same_outputs(tmp_path / "one", tmp_path / "two")
+    assert len(files) == N_TRAIN and all(f.suffix == ".npz" for f in files)
