@@ -23,10 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from doei.engine import distributed as dist_util
     from doei.engine.train_seg import train_segmentation
     from doei.pipeline_config import load_pipeline_config
 
     cfg = load_pipeline_config(args.config, args.overrides)
     res = train_segmentation(cfg, resume=bool(args.resume))
-    print(f"done: {res.checkpoint} ({res.epochs_run} epochs run) in {res.seconds:.0f} s")
+    if dist_util.is_main():
+        print(f"done: {res.checkpoint} ({res.epochs_run} epochs run) in {res.seconds:.0f} s")
     return 0
