@@ -9,7 +9,9 @@ import pytest
 from doei.cli import main as cli_main
 
 SHRINK = ["--n-train", "32", "--n-val", "8", "--set", "train.epochs=1", "--set", "train.batch_size=16",
-          "--set", "model.options.depth=2", "--set", "model.options.embed_dim=48", "--set", "train.progress=false"]
+          "--set", "model.options.depth=2", "--set", "model.options.embed_dim=48", "--set", "train.progress=false",
+          "--pipeline-train", "16", "--pipeline-set", "refine.train.epochs=1", "--pipeline-set", "seg.train.epochs=1",
+          "--pipeline-set", "seg.infer.scales=[0.5,1.0]", "--pipeline-set", "run.progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def demo_dir(tmp_path_factory):
 
 def test_demo_writes_report_metrics_and_figures(demo_dir):
     for f in ("report.md", "metrics.json", "figures/cam_overlays.png", "figures/beta_sweep.png",
-              "runs/baseline/checkpoint.pt", "runs/doei/checkpoint.pt"):
+              "figures/segmentation.png", "runs/baseline/checkpoint.pt", "runs/doei/checkpoint.pt"):
         assert (demo_dir / f).is_file(), f
     m = json.loads((demo_dir / "metrics.json").read_text())
     for run in ("baseline", "doei"):
@@ -57,10 +59,50 @@ def test_demo_rerun_reuses_finished_work(demo_dir, capsys):
     before = json.loads((demo_dir / "metrics.json").read_text())
     assert cli_main(["demo", "--quick", "--out", str(demo_dir), *SHRINK]) == 0
     out = capsys.readouterr().out
-    assert "reusing the finished run" in out and "reusing" in out.split("== 2/5")[0]
+    assert "reusing the finished run" in out and "reusing" in out.split("== 2/6")[0]
+    assert out.count("already done") == 2 * 6          # every pipeline stage of both runs is skipped
     after = json.loads((demo_dir / "metrics.json").read_text())
     for run in ("baseline", "doei"):
         assert after[run]["mIoU"] == before[run]["mIoU"] and after[run]["cls_mAP"] == before[run]["cls_mAP"]
+    assert after["pipeline"]["doei"] == before["pipeline"]["doei"]
+
+
+def test_demo_runs_the_whole_pipeline_for_both(demo_dir):
+    """Seed/Mask on the 16-image training subset, Seg and Seg+CRF on the held-out split, for both runs; the
+    pipeline uses the demo's own classifiers and the report carries the Table 1/2 analogue."""
+    from doei.eval.evaluate import evaluate_dirs
+    from doei.eval.report import build_report
+
+    m = json.loads((demo_dir / "metrics.json").read_text())
+    p = m["pipeline"]
+    assert p["settings"]["pipeline_train"] == 16 and p["settings"]["split"] == "train_first16"
+    synth = next(demo_dir.glob("synth-*"))
+    sub = (synth / "ImageSets/Segmentation/train_first16.txt").read_text().split()
+    assert sub == (synth / "ImageSets/Segmentation/train.txt").read_text().split()[:16]
+    for run in ("baseline", "doei"):
+        assert set(p[run]) == {"Seed", "Mask", "Seg", "Seg+CRF"}
+        assert p[run]["Seed"]["split"] == "train_first16" and p[run]["Seed"]["images"] == 16
+        assert p[run]["Seg+CRF"]["split"] == "val" and p[run]["Seg+CRF"]["images"] == 8
+        assert 0 < p[run]["Seed"]["beta"] < 1 and p[run]["Mask"]["beta"] is None
+        cfg = json.loads((demo_dir / "pipeline" / run / "pipeline_config.json").read_text())
+        assert cfg["run"]["cls_checkpoint"] == str(demo_dir / "runs" / run / "checkpoint.pt")
+        assert len(list((demo_dir / "pipeline" / run / "seg_pred" / "pred_crf").glob("*.png"))) == 8
+        # the table's Seg+CRF number is what an independent evaluation of the written PNGs gives
+        counts = evaluate_dirs(demo_dir / "pipeline" / run / "seg_pred" / "pred_crf", synth / "SegmentationClass",
+                               (synth / "ImageSets/Segmentation/val.txt").read_text().split(), num_classes=11,
+                               pred_type="png")
+        assert build_report(counts, "present")["mIoU"] == pytest.approx(p[run]["Seg+CRF"]["mIoU"], abs=1e-9)
+    report = (demo_dir / "report.md").read_text()
+    assert "## The whole pipeline" in report and "| DOEI − baseline |" in report
+    assert "Seg+CRF (val)" in report
+
+
+def test_demo_no_pipeline_stops_after_cams(tmp_path):
+    out = tmp_path / "out"
+    assert cli_main(["demo", "--quick", "--out", str(out), "--no-pipeline", *SHRINK]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert "pipeline" not in m and not (out / "pipeline").exists()
+    assert "## The whole pipeline" not in (out / "report.md").read_text()
 
 
 def test_demo_rejects_unknown_model(tmp_path):

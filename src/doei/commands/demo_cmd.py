@@ -33,8 +33,8 @@ from doei.errors import DoeiError
 
 # Benchmark sizes (train, val) of each mode; the config of each model and mode is in doei.engine.demo.MODELS.
 MODES = {
-    "default": {"n_train": 3000, "n_val": 300},
-    "quick": {"n_train": 1000, "n_val": 100},
+    "default": {"n_train": 3000, "n_val": 300, "pipeline_train": 1000},
+    "quick": {"n_train": 1000, "n_val": 100, "pipeline_train": 200},
 }
 BETAS = "0.05:0.95:0.05"
 OVERLAY_CLASSES = ("boat", "train", "car", "turtle", "house", "fish")
@@ -60,6 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-patch-refine", dest="patch_refine", action="store_false", default=None,
                    help="no refinement (TransCAM: the plain conv-branch CAM)")
     p.add_argument("--fresh", action="store_true", help="retrain even if finished runs exist in --out")
+    p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                   help="stop after the CAMs (skip AffinityNet, DeepLab, CRF and the Seed/Mask/Seg table)")
+    p.add_argument("--pipeline-config", default=None,
+                   help="doei run config of the later stages (default configs/demo_pipeline[_quick].yaml)")
+    p.add_argument("--pipeline-set", dest="pipeline_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a pipeline-config value for both runs, e.g. --pipeline-set seg.train.epochs=2")
+    p.add_argument("--pipeline-train", type=int, default=None,
+                   help="first N training images used for Seed/Mask and DeepLab (default 1000; quick 200)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         out=Path(args.out), config=config, overrides=list(args.overrides), model=args.model,
         n_train=args.n_train or mode["n_train"], n_val=args.n_val or mode["n_val"], seed=args.seed,
         cam_layers=args.cam_layers, patch_refine=args.patch_refine, train_seed=args.train_seed, fresh=args.fresh, quick=args.quick, betas=BETAS,
-        overlay_classes=OVERLAY_CLASSES,
+        overlay_classes=OVERLAY_CLASSES, pipeline=args.pipeline,
+        pipeline_config=Path(args.pipeline_config) if args.pipeline_config else None,
+        pipeline_overrides=list(args.pipeline_overrides), pipeline_train=args.pipeline_train or mode["pipeline_train"],
     )
     t0 = time.time()
     summary = run_demo(opts)

@@ -1,4 +1,5 @@
-"""The demo pipeline behind ``doei demo``: synthetic data → two trainings → CAMs → β sweep → report.
+"""The demo behind ``doei demo``: synthetic data → two trainings → CAMs → β sweep → the rest of the WSSS
+pipeline (AffinityNet, DeepLab, multi-scale + CRF) for both → report.
 
 Kept separate from the command module so tests and notebooks can call :func:`run_demo` directly.
 Every stage reuses finished work in the output folder (the benchmark, a training checkpoint whose
@@ -45,6 +46,10 @@ class DemoOptions:
     betas: str = "0.05:0.95:0.05"
     overlay_classes: Sequence[str] = ()
     batch: int = 50
+    pipeline: bool = True                 # stages after the CAMs (doei run) for both classifiers
+    pipeline_config: Path | None = None   # None: configs/demo_pipeline[_quick].yaml next to ``config``
+    pipeline_overrides: list[str] = field(default_factory=list)
+    pipeline_train: int = 1000            # first N training images: Seed/Mask split, DeepLab's training set
 
 
 class _Clock:
@@ -186,6 +191,64 @@ def evaluate_cams(pred_dir: Path, synth_root: Path, ids: list[str], class_names:
             "sweep": rep["sweep"]}
 
 
+PIPELINE_STAGES = ["train-cls", "cam", "refine", "train-seg", "infer-seg", "eval"]
+
+
+def pipeline_split(synth_root: Path, n: int) -> str:
+    """The first ``n`` training ids as the split ``train_first<n>`` (``ImageSets/Segmentation``), written once.
+
+    The later stages work on this subset of the classifier's training images: its CAMs are the seeds
+    (paper Table 1 "Seed"), AffinityNet turns them into pseudo masks ("Mask") and DeepLab trains on those."""
+    from doei.utils.io import atomic_write_text
+
+    ids = (synth_root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    if n < 1:
+        raise DoeiError(f"--pipeline-train {n}: expected a positive number of training images")
+    name = f"train_first{min(n, len(ids))}"
+    path = synth_root / "ImageSets" / "Segmentation" / f"{name}.txt"
+    text = "\n".join(ids[:n]) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return name
+
+
+def pipeline_yaml(o: DemoOptions) -> Path:
+    """``--pipeline-config``, else ``demo_pipeline[_quick].yaml`` beside the training config."""
+    return Path(o.pipeline_config or o.config.parent / f"demo_pipeline{'_quick' if o.quick else ''}.yaml")
+
+
+def pipeline_config(o: DemoOptions, run: str, synth_root: Path, split: str, checkpoint: Path, patch_refine: bool):
+    """The ``doei run`` config of one demo run: the pipeline YAML + ``--pipeline-set`` overrides, on the demo's
+    benchmark and subset, with the demo's classifier (``run.cls_checkpoint``) and CAM read-out."""
+    from doei.config import apply_overrides, load_yaml
+    from doei.pipeline_config import pipeline_config_from_dict
+
+    path = pipeline_yaml(o)
+    if not path.is_file():
+        raise DoeiError(f"{path}: pipeline config not found (pass --pipeline-config FILE or --no-pipeline)")
+    d = apply_overrides(load_yaml(path), list(o.pipeline_overrides))
+    d.setdefault("run", {}).update({"out_dir": str(o.out / "pipeline" / run), "cls_checkpoint": str(checkpoint),
+                                    "stages": list(PIPELINE_STAGES)})
+    d.setdefault("data", {}).update({"kind": "synth", "root": str(synth_root), "train_split": split,
+                                     "val_split": "val"})
+    from doei.engine.train_cls import load_trained_model
+
+    depth = load_trained_model(checkpoint)[0].depth                 # as write_cams: at most the model's depth
+    d.setdefault("cam", {}).update({"n_layers": min(o.cam_layers, depth), "patch_refine": patch_refine})
+    return pipeline_config_from_dict(d, where=str(path))
+
+
+def run_pipeline_stages(cfg) -> dict:
+    """``doei run`` for one config; returns ``{Seed|Mask|Seg|Seg+CRF: {mIoU, FP, FN, beta, split, images}}``.
+    Finished stages are skipped (their markers hold the summaries), so a rerun only re-reads the table."""
+    from doei.commands.run_cmd import run_pipeline
+
+    res = run_pipeline(cfg)
+    return {k: {"mIoU": v["mIoU"], "FP": v["FP"], "FN": v["FN"], "beta": v["beta"], "split": v["split"],
+                "images": v["num_images"], "mean": v["mean_convention"]}
+            for k, v in res["eval"]["results"].items()}
+
+
 # ----------------------------------------------------------------------------------- figures
 def figure_overlays(path: Path, synth_root: Path, cam_root: Path, class_names: list[str],
                     wanted: Sequence[str]) -> None:
@@ -200,15 +263,7 @@ def figure_overlays(path: Path, synth_root: Path, cam_root: Path, class_names: l
     from doei.data.build import build_dataset
 
     ds = build_dataset("synth", synth_root, "val")
-    rows = []
-    for name in wanted:
-        if name not in class_names:
-            continue
-        k = class_names.index(name)
-        used = {i for _, _, i in rows}
-        hit = next((i for i, r in enumerate(ds.records) if k in r.classes and i not in used), None)
-        if hit is not None:
-            rows.append((name, k, hit))
+    rows = _pick_rows(ds, class_names, wanted)
     if not rows:
         return
     pal = voc_palette(256)
@@ -224,11 +279,62 @@ def figure_overlays(path: Path, synth_root: Path, cam_root: Path, class_names: l
         panels.append((0.45 * s.image + 0.55 * gt).astype(np.uint8))
         titles = [f"{s.id} ({', '.join(class_names[c] for c in s.classes)})", f"baseline: {name}",
                   f"DOEI: {name}", "ground truth"]
-        for c, (img, title) in enumerate(zip(panels, titles)):
-            ax = axes[r][c]
-            ax.imshow(img, interpolation="nearest")
-            ax.set_title(title, fontsize=7)
-            ax.axis("off")
+        _panel_row(axes[r], panels, titles)
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _pick_rows(ds, class_names: list[str], wanted: Sequence[str]) -> list[tuple[str, int, int]]:
+    """``(class name, class index, image index)``: the first held-out image of each wanted class (no repeats)."""
+    rows: list[tuple[str, int, int]] = []
+    for name in wanted:
+        if name not in class_names:
+            continue
+        k = class_names.index(name)
+        used = {i for _, _, i in rows}
+        hit = next((i for i, r in enumerate(ds.records) if k in r.classes and i not in used), None)
+        if hit is not None:
+            rows.append((name, k, hit))
+    return rows
+
+
+def _panel_row(axes, panels: list[np.ndarray], titles: list[str]) -> None:
+    for ax, img, title in zip(axes, panels, titles):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+
+
+def figure_segmentation(path: Path, synth_root: Path, pred_dirs: dict[str, Path], class_names: list[str],
+                        wanted: Sequence[str]) -> None:
+    """Rows: one held-out image per wanted class; columns: image | each run's final segmentation | ground
+    truth (label colours blended over the image), as the paper's qualitative segmentation figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from doei.cam.visualize import voc_palette
+    from doei.data.build import build_dataset
+
+    ds = build_dataset("synth", synth_root, "val")
+    rows = _pick_rows(ds, class_names, wanted)
+    if not rows:
+        return
+    pal = voc_palette(256)
+    blend = lambda img, lab: (0.45 * img + 0.55 * pal[lab]).astype(np.uint8)  # noqa: E731
+    fig, axes = plt.subplots(len(rows), 2 + len(pred_dirs), figsize=(2 * (2 + len(pred_dirs)), 2.1 * len(rows)),
+                             squeeze=False)
+    for r, (_, _, i) in enumerate(rows):
+        s = ds.sample(i)
+        panels, titles = [s.image], [f"{s.id} ({', '.join(class_names[c] for c in s.classes)})"]
+        for run, d in pred_dirs.items():
+            panels.append(blend(s.image, np.asarray(Image.open(d / f"{s.id}.png"))))
+            titles.append(f"{run}: segmentation")
+        panels.append(blend(s.image, s.mask))
+        titles.append("ground truth")
+        _panel_row(axes[r], panels, titles)
     fig.tight_layout()
     _save_fig(fig, path)
 
@@ -309,6 +415,10 @@ def render_report(metrics: dict) -> str:
         "",
         "![mIoU, FP, FN against beta](figures/beta_sweep.png)",
         "",
+    ]
+    if metrics.get("pipeline"):
+        lines += _pipeline_section(metrics["pipeline"])
+    lines += [
         "## Settings",
         "",
         f"- config: `{metrics['settings']['config']}`"
@@ -327,6 +437,34 @@ def render_report(metrics: dict) -> str:
         lines.append(f"| {k} | {v['wall_s']:.0f} | {v['cpu_s']:.0f} |")
     lines += ["", "Wall times depend on what else runs on the machine; CPU seconds are summed over threads.", ""]
     return "\n".join(lines)
+
+
+PIPELINE_ROWS = ("Seed", "Mask", "Seg", "Seg+CRF")
+
+
+def _pipeline_section(p: dict) -> list[str]:
+    """The paper's Table 1/2 analogue: Seed and Mask on the training subset, Seg (+CRF) on the held-out split."""
+    st = p["settings"]
+    cols = [k for k in PIPELINE_ROWS if all(k in p[run] for run in RUNS)]
+    split = lambda k: p["baseline"][k]["split"]  # noqa: E731
+    lines = ["## The whole pipeline (paper Tables 1–2 analogue)", "",
+             f"Each classifier's CAMs of the first {st['pipeline_train']} training images are the seeds (Seed, best "
+             "β); AffinityNet trained on them turns them into pseudo masks by random walk (Mask); DeepLab-v1 "
+             "(ResNet38) trained on those masks segments the held-out split, multi-scale + flip (Seg) and then "
+             f"DenseCRF (Seg+CRF). Config `{st['config']}`"
+             + (f", overrides `{' '.join(st['overrides'])}`" if st["overrides"] else "") + ". mIoU, percent; "
+             "Seed/Mask average all classes (seed convention), Seg the classes present (segmentation convention).",
+             "", "| run | " + " | ".join(f"{k} ({split(k)})" for k in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for run, label in (("baseline", "baseline"), ("doei", "+ DOEI")):
+        lines.append(f"| {label} | " + " | ".join(f"{p[run][k]['mIoU']:.1f}" for k in cols) + " |")
+    lines.append("| DOEI − baseline | "
+                 + " | ".join(f"{p['doei'][k]['mIoU'] - p['baseline'][k]['mIoU']:+.1f}" for k in cols) + " |")
+    lines += ["", "FP / FN (percent) per stage: "
+              + "; ".join(f"{k}: baseline {p['baseline'][k]['FP']:.1f} / {p['baseline'][k]['FN']:.1f}, DOEI "
+                          f"{p['doei'][k]['FP']:.1f} / {p['doei'][k]['FN']:.1f}" for k in cols) + ".",
+              "", "![segmentations](figures/segmentation.png)", ""]
+    return lines
 
 
 def _cam_description(st: dict) -> str:
@@ -352,37 +490,54 @@ def run_demo(o: DemoOptions) -> str:
     o.out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
     t0 = time.time()
+    n_stages = 6 if o.pipeline else 5
     synth_root = o.out / f"synth-{o.n_train}-{o.n_val}-s{o.seed}"
-    with clock.stage(f"1/5 synthetic benchmark -> {synth_root}"):
+    with clock.stage(f"1/{n_stages} synthetic benchmark -> {synth_root}"):
         meta = ensure_synth(synth_root, o.n_train, o.n_val, o.seed)
     class_names = list(meta["classes"])
     cfgs = demo_configs(o, synth_root)
     cls_metrics = {}
     for i, run in enumerate(RUNS):
-        with clock.stage(f"2/5 training {run} (DOEI {'on' if run == 'doei' else 'off'})"):
+        with clock.stage(f"2/{n_stages} training {run} (DOEI {'on' if run == 'doei' else 'off'})"):
             last = train_or_reuse(cfgs[run], o.fresh)
         cls_metrics[run] = {"cls_mAP": last.get("val_mAP", float("nan")), "cls_F1": last.get("val_F1", float("nan")),
                             "cls_mAP_img": last.get("val_mAP_img", float("nan"))}
     cam_root = o.out / "cams"
     ids: list[str] = []
-    with clock.stage("3/5 CAMs of the held-out split"):
+    with clock.stage(f"3/{n_stages} CAMs of the held-out split"):
         for run in RUNS:
             ids = write_cams(Path(cfgs[run].train.out_dir) / "checkpoint.pt", synth_root, cam_root / run,
                              o.cam_layers, o.batch, patch_refine)
         write_reference_cams(synth_root, cam_root)
     results = {}
-    with clock.stage("4/5 evaluation (beta sweep)"):
+    with clock.stage(f"4/{n_stages} evaluation (beta sweep)"):
         for name in (*RUNS, *REFERENCES):
             results[name] = evaluate_cams(cam_root / name, synth_root, ids, class_names, o.betas)
-    with clock.stage("5/5 figures and report"):
+    pipeline: dict = {}
+    if o.pipeline:
+        split = pipeline_split(synth_root, o.pipeline_train)
+        pcfgs = {run: pipeline_config(o, run, synth_root, split, Path(cfgs[run].train.out_dir) / "checkpoint.pt",
+                                      patch_refine) for run in RUNS}
+        for run in RUNS:
+            with clock.stage(f"5/{n_stages} pipeline {run}: cam -> refine -> train-seg -> infer-seg -> eval"):
+                pipeline[run] = run_pipeline_stages(pcfgs[run])
+        pipeline["settings"] = {"config": str(pipeline_yaml(o)),
+                                "overrides": list(o.pipeline_overrides), "pipeline_train": o.pipeline_train,
+                                "split": split, "out": str(o.out / "pipeline")}
+    with clock.stage(f"{n_stages}/{n_stages} figures and report"):
         fig_dir = o.out / "figures"
         figure_overlays(fig_dir / "cam_overlays.png", synth_root, cam_root, class_names, o.overlay_classes)
         figure_sweep(fig_dir / "beta_sweep.png", results)
+        if o.pipeline:
+            final = {run: Path(pcfgs[run].seg.infer.out_dir) / ("pred_crf" if pcfgs[run].seg.infer.crf else "pred")
+                     for run in RUNS}
+            figure_segmentation(fig_dir / "segmentation.png", synth_root, final, class_names, o.overlay_classes)
     c = cfgs["baseline"]
     metrics = {
         "baseline": {**results["baseline"], **cls_metrics["baseline"]},
         "doei": {**results["doei"], **cls_metrics["doei"], "doei_config": cfgs["doei"].doei},
         "references": {k: results[k] for k in REFERENCES},
+        **({"pipeline": pipeline} if pipeline else {}),
         "settings": {"family": o.model, "train_seed": cfgs["baseline"].train.seed, "quick": o.quick, "n_train": o.n_train, "n_val": o.n_val, "seed": o.seed,
                      "synth_root": str(synth_root), "config": str(o.config), "overrides": list(o.overrides),
                      "model": c.model.name, "epochs": c.train.epochs, "batch_size": c.train.batch_size,
@@ -395,10 +550,15 @@ def run_demo(o: DemoOptions) -> str:
     atomic_write_text(o.out / "report.md", render_report(metrics))
     b, d = metrics["baseline"], metrics["doei"]
     r = metrics["references"]
+    tail = ""
+    if pipeline:
+        tail = "; pipeline mIoU " + ", ".join(
+            f"{k} {pipeline['baseline'][k]['mIoU']:.1f} -> {pipeline['doei'][k]['mIoU']:.1f}"
+            for k in PIPELINE_ROWS if k in pipeline["baseline"]) + " (baseline -> DOEI)"
     return (f"CAM mIoU / FP / FN (best beta): baseline {b['mIoU']:.1f} / {b['FP']:.1f} / {b['FN']:.1f}, "
             f"DOEI {d['mIoU']:.1f} / {d['FP']:.1f} / {d['FN']:.1f}; references: all background "
             f"{r['all_background']['mIoU']:.1f}, uniform CAM {r['uniform_cam']['mIoU']:.1f}; classifier mAP "
-            f"baseline {b['cls_mAP']:.1f}, DOEI {d['cls_mAP']:.1f}")
+            f"baseline {b['cls_mAP']:.1f}, DOEI {d['cls_mAP']:.1f}" + tail)
 
 
 __all__ = ["DemoOptions", "MODELS", "run_demo"]
