@@ -73,6 +73,9 @@ class LoopSettings:
     log_every: int = 10
     deterministic: bool = True
     progress: bool = True
+    # the official recipes use SGD (from ImageNet weights); AdamW (momentum ignored, decoupled weight decay)
+    # is what trains these ResNet38 nets from scratch on the synthetic benchmark (docs/pipeline.md)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
 
 
 @dataclass

@@ -48,12 +48,17 @@ def poly_factor(step: int, max_step: int, power: float) -> float:
 
 
 def build_sgd(groups: Sequence[tuple[list[nn.Parameter], float, float]], base_lr: float,
-              momentum: float) -> torch.optim.SGD:
-    """SGD over ``(params, lr_mult, weight_decay)`` groups (empty groups dropped); ``foreach=False``
-    keeps the update order fixed. Each group stores its ``lr_mult`` for :func:`set_poly_lr`."""
+              momentum: float, kind: str = "sgd") -> torch.optim.Optimizer:
+    """SGD (or AdamW with ``kind="adamw"``; ``momentum`` unused) over ``(params, lr_mult, weight_decay)``
+    groups (empty groups dropped); ``foreach=False`` keeps the update order fixed. Each group stores its
+    ``lr_mult`` for :func:`set_poly_lr`."""
     pg = [{"params": p, "lr": base_lr * m, "lr_mult": m, "weight_decay": wd} for p, m, wd in groups if p]
     if not pg:
         raise DoeiError("the model has no trainable parameters")
+    if kind == "adamw":
+        return torch.optim.AdamW(pg, lr=base_lr, foreach=False)
+    if kind != "sgd":
+        raise DoeiError(f"optimizer {kind!r}: expected sgd or adamw")
     return torch.optim.SGD(pg, lr=base_lr, momentum=momentum, foreach=False)
 
 
@@ -85,7 +90,7 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
         epochs: int, batch_size: int, seed: int, device: torch.device, out_dir: str | Path, config: dict,
         resume_fixed: Sequence[str], resume: bool | str = "auto", num_workers: int = 0, log_every: int = 10,
         progress: bool = True, deterministic: bool = True, stop_after: int | None = None, desc: str = "train",
-        log: Callable[[str], None] = print) -> FitResult:
+        log: Callable[[str], None] = print, optimizer: str = "sgd") -> FitResult:
     """Train ``model`` with SGD + poly lr; see the module docstring.
 
     ``loss_fn(model, batch, device) -> (loss, parts)``; ``dataset`` may define ``set_epoch(epoch)``
@@ -109,7 +114,7 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
     if not is_main:
         log = lambda *_: None  # noqa: E731 - rank 0 reports
     model.to(device)
-    optimizer = build_sgd(groups, base_lr, momentum)
+    optimizer = build_sgd(groups, base_lr, momentum, optimizer)
     n = len(dataset)
     drop_last = n > batch_size
     dist_util.global_batch_indices(range(n), batch_size, rank, world, drop_last)  # checks the split

@@ -210,7 +210,7 @@ def build_affinity_model(name: str, options: dict, init_weights: str | None = No
 
 def _fixed_keys() -> list[str]:
     return ["model", "model_options", "init_weights", "cam_dir", "split", "low_alpha", "high_alpha", "crf",
-            "crop_size", "batch_size", "epochs", "lr", "weight_decay", "momentum", "power", "color_jitter",
+            "crop_size", "batch_size", "epochs", "lr", "weight_decay", "momentum", "optimizer", "power", "color_jitter",
             "hflip", "radius", "seed", "data"]
 
 
@@ -244,7 +244,7 @@ def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after:
     w, b, hw, hb = parameter_groups(model)
     groups = [(w, 1.0, sec.weight_decay), (b, 2.0, 0.0), (hw, 10.0, sec.weight_decay), (hb, 20.0, 0.0)]
     config = {**{k: v for k, v in vars(sec).items()}, "data": vars(d).copy()}
-    return fit(model=model, dataset=ds, loss_fn=affinity_loss_fn, groups=groups, base_lr=sec.lr, momentum=sec.momentum,
+    return fit(model=model, dataset=ds, loss_fn=affinity_loss_fn, groups=groups, base_lr=sec.lr, momentum=sec.momentum, optimizer=sec.optimizer,
                power=sec.power, epochs=sec.epochs, batch_size=sec.batch_size, seed=sec.seed,
                device=torch.device(resolve_device(sec.device)), out_dir=out_dir, config=config,
                resume_fixed=_fixed_keys(), resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,

@@ -175,11 +175,11 @@ def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_af
     model = build_seg_model(sec.model, d.num_classes + 1, sec.model_options, sec.init_weights)
     config = {**{k: v for k, v in vars(sec).items()}, "data": vars(d).copy()}
     fixed = ["model", "model_options", "init_weights", "pseudo_dir", "split", "crop_size", "batch_size", "epochs",
-             "lr", "head_lr_mult", "weight_decay", "momentum", "power", "scale_range", "hflip", "pad_label", "seed",
+             "lr", "head_lr_mult", "weight_decay", "momentum", "optimizer", "power", "scale_range", "hflip", "pad_label", "seed",
              "data"]
     return fit(model=model, dataset=ds, loss_fn=seg_loss_fn,
                groups=seg_param_groups(model, sec.weight_decay, sec.head_lr_mult), base_lr=sec.lr,
-               momentum=sec.momentum, power=sec.power, epochs=sec.epochs, batch_size=sec.batch_size, seed=sec.seed,
+               momentum=sec.momentum, optimizer=sec.optimizer, power=sec.power, epochs=sec.epochs, batch_size=sec.batch_size, seed=sec.seed,
                device=torch.device(resolve_device(sec.device)), out_dir=sec.out_dir, config=config,
                resume_fixed=fixed, resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,
                progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="seg", log=log)
