@@ -75,3 +75,20 @@ def test_poly_schedule_and_groups():
     assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
     with pytest.raises(DoeiError):
         build_sgd([([], 1.0, 0.0)], 0.1, 0.0)
+
+
+def test_exponent_floats_load_and_the_run_record_loads_back(tmp_path):
+    """``1e-3`` (no dot) is a float in configs and ``--set`` (plain YAML 1.1 reads a string), so the
+    ``pipeline_config.json`` that ``doei run`` writes (JSON prints ``1e-05``) loads back as a config."""
+    import json
+
+    from doei.config import parse_yaml
+
+    assert parse_yaml("lr: 1e-3") == {"lr": 1e-3} and parse_yaml("x: -2E+2") == {"x": -200.0}
+    assert parse_yaml("x: 1e5x") == {"x": "1e5x"} and parse_yaml("x: 3") == {"x": 3}
+    cfg = load_pipeline_config(REPO / "configs" / "demo_pipeline.yaml", ["seg.train.lr=7e-4"])
+    assert cfg.seg.train.lr == 7e-4
+    rec = tmp_path / "pipeline_config.json"
+    rec.write_text(json.dumps(cfg.to_dict()))
+    assert "1e-05" in rec.read_text() or "e-0" in rec.read_text()
+    assert load_pipeline_config(rec).to_dict() == cfg.to_dict()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,6 +12,25 @@ import yaml
 from doei.errors import DoeiError
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loader that also reads ``1e-3`` / ``5E+4`` (exponent without a dot) as floats.
+
+    Plain PyYAML reads them as strings, so ``lr: 1e-3`` in a config, ``--set optim.lr=1e-3`` or a
+    ``pipeline_config.json`` written by ``doei run`` (JSON writes ``1e-05``) would be refused."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str):
+    """``yaml.safe_load`` with :class:`_Loader`'s float rule."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -94,7 +114,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise DoeiError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise DoeiError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
@@ -110,7 +130,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise DoeiError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        value = parse_yaml(raw)
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
