@@ -253,21 +253,13 @@ def run_pipeline_stages(cfg) -> dict:
 def figure_overlays(path: Path, synth_root: Path, cam_root: Path, class_names: list[str],
                     wanted: Sequence[str]) -> None:
     """Rows: one held-out image per wanted class; columns: image | baseline CAM | DOEI CAM | ground truth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from doei.cam.io import load_cam
-    from doei.cam.visualize import cam_overlay, voc_palette
-    from doei.data.build import build_dataset
+    from doei.cam.visualize import cam_overlay
 
-    ds = build_dataset("synth", synth_root, "val")
-    rows = _pick_rows(ds, class_names, wanted)
-    if not rows:
+    grid = _figure_grid(synth_root, class_names, wanted, 2 + len(RUNS))
+    if grid is None:
         return
-    pal = voc_palette(256)
-    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2.1 * len(rows)), squeeze=False)
+    ds, rows, fig, axes = grid
     for r, (name, k, i) in enumerate(rows):
         s = ds.sample(i)
         panels = [s.image]
@@ -275,13 +267,37 @@ def figure_overlays(path: Path, synth_root: Path, cam_root: Path, class_names: l
             cls, cams = load_cam(cam_root / run / f"{s.id}.npz")
             cam = cams[list(cls).index(k)] if k in cls else np.zeros(s.image.shape[:2], np.float32)
             panels.append(cam_overlay(s.image, np.clip(cam, 0, 1), alpha=0.55))
-        gt = pal[s.mask]
-        panels.append((0.45 * s.image + 0.55 * gt).astype(np.uint8))
+        panels.append(_blend_labels(s.image, s.mask))
         titles = [f"{s.id} ({', '.join(class_names[c] for c in s.classes)})", f"baseline: {name}",
                   f"DOEI: {name}", "ground truth"]
         _panel_row(axes[r], panels, titles)
     fig.tight_layout()
     _save_fig(fig, path)
+
+
+def _figure_grid(synth_root: Path, class_names: list[str], wanted: Sequence[str], n_cols: int):
+    """``(held-out dataset, rows of _pick_rows, figure, axes [rows, n_cols])``, or None when no wanted class
+    occurs in the held-out split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from doei.data.build import build_dataset
+
+    ds = build_dataset("synth", synth_root, "val")
+    rows = _pick_rows(ds, class_names, wanted)
+    if not rows:
+        return None
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2 * n_cols, 2.1 * len(rows)), squeeze=False)
+    return ds, rows, fig, axes
+
+
+def _blend_labels(image: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """VOC-palette colours of ``label`` [H, W] blended over ``image`` [H, W, 3] uint8."""
+    from doei.cam.visualize import voc_palette
+
+    return (0.45 * image + 0.55 * voc_palette(256)[label]).astype(np.uint8)
 
 
 def _pick_rows(ds, class_names: list[str], wanted: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -309,30 +325,19 @@ def figure_segmentation(path: Path, synth_root: Path, pred_dirs: dict[str, Path]
                         wanted: Sequence[str]) -> None:
     """Rows: one held-out image per wanted class; columns: image | each run's final segmentation | ground
     truth (label colours blended over the image), as the paper's qualitative segmentation figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from PIL import Image
 
-    from doei.cam.visualize import voc_palette
-    from doei.data.build import build_dataset
-
-    ds = build_dataset("synth", synth_root, "val")
-    rows = _pick_rows(ds, class_names, wanted)
-    if not rows:
+    grid = _figure_grid(synth_root, class_names, wanted, 2 + len(pred_dirs))
+    if grid is None:
         return
-    pal = voc_palette(256)
-    blend = lambda img, lab: (0.45 * img + 0.55 * pal[lab]).astype(np.uint8)  # noqa: E731
-    fig, axes = plt.subplots(len(rows), 2 + len(pred_dirs), figsize=(2 * (2 + len(pred_dirs)), 2.1 * len(rows)),
-                             squeeze=False)
+    ds, rows, fig, axes = grid
     for r, (_, _, i) in enumerate(rows):
         s = ds.sample(i)
         panels, titles = [s.image], [f"{s.id} ({', '.join(class_names[c] for c in s.classes)})"]
         for run, d in pred_dirs.items():
-            panels.append(blend(s.image, np.asarray(Image.open(d / f"{s.id}.png"))))
+            panels.append(_blend_labels(s.image, np.asarray(Image.open(d / f"{s.id}.png"))))
             titles.append(f"{run}: segmentation")
-        panels.append(blend(s.image, s.mask))
+        panels.append(_blend_labels(s.image, s.mask))
         titles.append("ground truth")
         _panel_row(axes[r], panels, titles)
     fig.tight_layout()
