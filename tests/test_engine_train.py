@@ -71,7 +71,8 @@ def test_training_moves_weights_and_logs(synth_root, tmp_path):
     ckpt = torch.load(res.checkpoint, map_location="cpu", weights_only=True)  # no pickle needed
     assert set(ckpt) >= {"model", "optimizer", "epoch", "step", "config", "rng", "metrics"}
     model, cfg2 = load_trained_model(res.checkpoint)
-    assert cfg2.to_dict()["doei"] == {"enabled": True, "layers": [1, 2]}
+    stored = cfg2.to_dict()["doei"]
+    assert stored["enabled"] is True and stored["layers"] == [1, 2] and "sf_c2c" in stored  # completed record
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
     cls, patch = model(x)
@@ -128,3 +129,38 @@ def test_cli_trains_and_resumes(synth_root, tmp_path, capsys):
     assert "done:" in capsys.readouterr().out
     # a changed seed cannot resume
     assert cli_main(["train-cls", "--config", str(cfg), "--resume", "--set", "train.seed=8"]) == 2
+
+
+def test_checkpoint_records_every_doei_knob_and_old_partial_records_warn(tmp_path):
+    """The stored config names every DOEIConfig field (a later default change cannot alter what an old
+    checkpoint rebuilds); a checkpoint with a partial DOEI record still loads, with a warning."""
+    import warnings
+    from dataclasses import fields
+
+    from doei.core import DOEIConfig
+    from doei.engine.checkpoint import save_checkpoint
+    from doei.engine.train_cls import build_model
+
+    cfg = train_config_from_dict({"model": {"name": "mctformer_v2_tiny_conv", "num_classes": 3, "img_size": 32,
+                                            "options": {"depth": 2, "embed_dim": 32, "num_heads": 2}},
+                                  "data": {"kind": "synth", "root": str(tmp_path)},
+                                  "doei": {"enabled": True, "cpdo": False}})
+    assert set(cfg.doei) == {f.name for f in fields(DOEIConfig)}
+    assert cfg.doei["cpdo"] is False and cfg.doei["sf_c2c"] == DOEIConfig().sf_c2c
+    assert train_config_from_dict({"data": {"root": "x"}}).doei == {}            # empty stays "DOEI off"
+    model = build_model(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def save(path, config):
+        save_checkpoint(path, model=model, optimizer=opt, epoch=1, step=1, config=config)
+
+    save(tmp_path / "full.pt", cfg.to_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rebuilt, rcfg = load_trained_model(tmp_path / "full.pt")
+    assert rcfg.doei == cfg.doei
+    old = cfg.to_dict()
+    old["doei"] = {"enabled": True, "ppdo": True, "cpdo": True, "hfa": True}
+    save(tmp_path / "partial.pt", old)
+    with pytest.warns(UserWarning, match="predate"):
+        load_trained_model(tmp_path / "partial.pt")

@@ -159,8 +159,15 @@ class TrainConfig:
 
 
 def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
-    """Build and validate a :class:`TrainConfig` from a nested dict (strict keys)."""
-    return from_dict(TrainConfig, data, where=where).validate(where)
+    """Build and validate a :class:`TrainConfig` from a nested dict (strict keys).
+
+    A non-empty ``doei`` section is completed with every :class:`DOEIConfig` field, so a checkpoint's
+    stored config says exactly which DOEI the model was trained with even after a default changes
+    (``sf_c2c`` did: -0.5 -> 0)."""
+    cfg = from_dict(TrainConfig, data, where=where).validate(where)
+    if cfg.doei:
+        cfg.doei = dataclasses.asdict(cfg.doei_config())
+    return cfg
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

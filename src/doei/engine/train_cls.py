@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +33,7 @@ import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from doei.core import DOEIConfig
 from doei.engine import distributed as dist_util
 from doei.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from doei.engine.losses import classification_loss, prediction_logits
@@ -41,6 +42,8 @@ from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_
 from doei.errors import DoeiError
 from doei.train_config import TrainConfig, train_config_from_dict
 from doei.utils.io import append_jsonl, atomic_write_text, truncate_jsonl_epochs
+
+DOEI_FIELDS = tuple(f.name for f in fields(DOEIConfig))
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -176,6 +179,12 @@ class TrainResult:
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
     """Rebuild the network of a training checkpoint from its stored config and load its weights."""
     ckpt = load_checkpoint(path)
+    stored = ckpt["config"].get("doei") or {}
+    if stored.get("enabled") and set(stored) != set(DOEI_FIELDS):
+        import warnings
+
+        warnings.warn(f"{path}: the stored DOEI settings {sorted(stored)} predate complete records; the unset "
+                      "knobs take today's DOEIConfig defaults (sf_c2c was -0.5 before it became 0)", stacklevel=2)
     cfg = train_config_from_dict(ckpt["config"], where=f"{path}:config")
     cfg.model.pretrained = None
     model = build_model(cfg)
