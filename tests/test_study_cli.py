@@ -10,6 +10,7 @@ import pytest
 from doei.cli import main as cli_main
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ablate.yaml")
+CONFIG_TSCAM = str(Path(__file__).resolve().parents[1] / "configs" / "ablate_tscam.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,38 @@ def test_bad_input_exits_2(tmp_path, capsys):
     bad.write_text(Path(CONFIG).read_text().replace("cam_layers: 3", "cam_layer: 3"))
     assert cli_main(["ablate", "--config", str(bad), "--out", str(tmp_path)]) == 2
     assert "study: unknown key(s) ['cam_layer']" in capsys.readouterr().err
+
+
+def test_tscam_study_runs_only_its_rows(tmp_path):
+    """configs/ablate_tscam.yaml: one class token, so study.rows limits the grid to baseline/PPDO/PPDO+HFA;
+    CPDO never selects anything (no class-token block statistics)."""
+    out = tmp_path / "tscam"
+    assert cli_main(["ablate", "--config", CONFIG_TSCAM, "--out", str(out), "--quick", "--seeds", "1"]) == 0
+    doc = json.loads((out / "ablation.json").read_text())
+    assert list(doc["rows"]) == ["baseline", "ppdo", "ppdo_hfa"]
+    assert len(list((out / "runs").iterdir())) == 3
+    assert all(not d["doei"].get("cpdo", False) for d in doc["rows"].values())
+    stats = doc["rows"]["ppdo_hfa"]["block_stats"]
+    assert stats and all(b["k_c2c"] is None or b["k_c2c"] == 0 for b in stats)
+    assert "| PPDO + HFA |" in (out / "ablation.md").read_text() and "| CPDO |" not in (out / "ablation.md").read_text()
+
+
+def test_bad_rows_key_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad_rows.yaml"
+    bad.write_text(Path(CONFIG_TSCAM).read_text().replace("rows: [baseline, ppdo, ppdo_hfa]", "rows: [ppdo, hfa]"))
+    assert cli_main(["ablate", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "study.rows: unknown row(s) ['hfa']" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_quick_shrinks_only_models_that_take_size_options(tmp_path):
+    from doei.study.runner import load_study
+
+    root = Path(CONFIG).parent
+    vit = load_study(root / "ablate_tscam.yaml", tmp_path / "a", quick=True)
+    assert vit.train_dict["model"]["options"] == {"depth": 2, "embed_dim": 32, "num_heads": 2}
+    conformer = load_study(root / "ablate_transcam.yaml", tmp_path / "b", quick=True)
+    assert "options" not in conformer.train_dict["model"]   # the synth Conformer takes none
+    assert conformer.train_dict["train"]["epochs"] == 1 and conformer.n_train == 16
+    assert [r.name for r in conformer.rows] == ["baseline", "ppdo", "ppdo_hfa"]

@@ -96,3 +96,15 @@ def test_block_stats_mean_keeps_missing_parts_missing():
     (b,) = table.block_stats_mean(runs)
     assert b["k_p2c"] == 7 and b["k_c2c"] is None and b["delta_ratio_patch"] == pytest.approx(0.2)
     assert table.fmt_blocks([b]) == "b1 k 7/–, Δ 20/–%"
+
+
+def test_select_rows_keeps_table_order_and_requires_the_baseline():
+    assert grid.select_rows(None, "x") == TABLE4
+    rows = grid.select_rows(["ppdo_hfa", "baseline", "ppdo"], "cfg: study.rows")
+    assert [r.name for r in rows] == ["baseline", "ppdo", "ppdo_hfa"]
+    with pytest.raises(DoeiError, match=r"cfg: study.rows: unknown row\(s\) \['ppdo\+hfa'\]"):
+        grid.select_rows(["baseline", "ppdo+hfa"], "cfg: study.rows")
+    with pytest.raises(DoeiError, match="must include 'baseline'"):
+        grid.select_rows(["ppdo"], "cfg: study.rows")
+    with pytest.raises(DoeiError, match="expected a list of row names"):
+        grid.select_rows("baseline", "cfg: study.rows")
