@@ -148,3 +148,17 @@ def test_loading_official_layouts_from_files(base, images, tmp_path):
     torch.save({"model": sd, "args": argparse.Namespace(lr=1.0)}, tmp_path / "pickle.pth")
     with pytest.raises(DoeiError, match="weights-only"):     # never unpickles arbitrary objects
         load_transcam_weights(synth(), tmp_path / "pickle.pth")
+
+
+def test_doei_stats_attribute_records_as_the_vit_does(base, images):
+    """``model.doei_stats = []`` then ``model(x)`` collects the per-block statistics (the protocol the
+    study's block_stats uses for every family); ``None`` (the default) records nothing."""
+    m = with_doei(base, DOEIConfig(enabled=True)).eval()
+    assert m.doei_stats is None
+    with torch.no_grad():
+        want = m.forward_all(images).doei_stats
+        m.doei_stats = []
+        m(images)
+    assert [s["block"] for s in m.doei_stats] == list(range(1, DEPTH + 1))
+    assert [s["k_p2c"] for s in m.doei_stats] == [s["k_p2c"] for s in want]
+    assert all(s["delta_ratio_patch"] > 0 for s in m.doei_stats)

@@ -5,11 +5,13 @@ Each run trains a seeded classifier, writes CAMs of the held-out split and sweep
 and ``OUT/ablation.md`` give per row the seed mean ± std of mIoU, FP, FN (at each run's best β and at one
 fixed β chosen on the baseline), the paired difference to the baseline with the same seed and the wins,
 plus k and ‖Δ‖/‖X‖ per block. Re-running the command skips finished runs (``OUT/runs/<key>/result.json``).
+The config's ``study.rows`` picks a subset of the rows (TS-CAM/TransCAM: baseline, PPDO, PPDO + HFA).
 
 Examples::
 
     doei ablate --config configs/ablate.yaml --out /tmp/ablate --seeds 3
     doei ablate --config configs/ablate.yaml --out /tmp/abl_quick --seeds 2 --quick
+    doei ablate --config configs/ablate_tscam.yaml --out /tmp/abl_tscam --seeds 3
 """
 from __future__ import annotations
 

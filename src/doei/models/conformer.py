@@ -209,6 +209,7 @@ class Conformer(nn.Module):
         self.stem_pool = stem_pool
         self.total_stride = patch_size if stem_pool else patch_size // 2
         self.doei = doei
+        self.doei_stats: list[dict] | None = None  # set to [] to record per-block DOEI statistics (as the ViT)
         dpr = [v.item() for v in torch.linspace(0, drop_path_rate, depth)]
         c1, c2, c3 = base_channel * channel_ratio, base_channel * channel_ratio * 2, base_channel * channel_ratio * 4
         dw = patch_size // 4
@@ -306,6 +307,8 @@ class Conformer(nn.Module):
 
         x_conv = self.conv_cls_head(x_cnn)
         tokens = self.trans_norm(x_t)
+        if self.doei_stats is not None:
+            self.doei_stats.extend(stats)
         return ConformerOutput(
             logits_conv=self.pooling(x_conv).flatten(1), logits_trans=self.trans_cls_head(tokens[:, 0]),
             x_conv=x_conv, feature=x_cnn, tokens=tokens, grid=grid, attn_sum=attn_sum, attn_layers=layers,
