@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from doei.study.grid import TABLE4, Row, run_key, row_doei
+from doei.study.grid import Row, run_key, row_doei
 from doei.errors import DoeiError
 from doei.study.runner import Study, finished_results, prepare, run_all
 from doei.study.table import fixed_beta, fmt_blocks, fmt_ms, markdown_table, summarize
@@ -13,11 +13,11 @@ from doei.study.table import fixed_beta, fmt_blocks, fmt_ms, markdown_table, sum
 def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] | None = None,
                  report_only: bool = False) -> dict:
     """Train and evaluate every row × seed (finished runs reused), then write the table files.
-    ``rows``: default the study config's ``study.rows``, else all of TABLE4.
+    ``rows``: default the study config's ``study.rows`` (all of TABLE4 unless it names some).
     ``report_only``: train nothing; tabulate the runs that have finished (a row lists the seeds it has)."""
     from doei.utils.io import atomic_write_json, atomic_write_text
 
-    rows = tuple(rows or study.rows or TABLE4)
+    rows = tuple(rows or study.rows)
     t0 = time.time()
     prepare(study)
     plan = [(row, row_doei(row, study.base_doei), s) for row in rows for s in seeds]

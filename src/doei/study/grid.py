@@ -36,21 +36,22 @@ TABLE4: tuple[Row, ...] = (
     Row("cpdo_ppdo_hfa", "CPDO + PPDO + HFA", {"cpdo": True, "ppdo": True, "hfa": True}),
 )
 
+
 def select_rows(names: Sequence[str] | None, where: str) -> tuple[Row, ...]:
     """The TABLE4 rows named in ``names`` (all when ``None``), in the table's order. The baseline must be
     among them (every other row is reported as a paired difference to it). A single-class-token model
     (TS-CAM, TransCAM: CPDO undefined) uses ``[baseline, ppdo, ppdo_hfa]``."""
     if names is None:
         return TABLE4
+    known = [r.name for r in TABLE4]
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise DoeiError(f"{where}: expected a list of row names from {[r.name for r in TABLE4]}, got {names!r}")
-    known = {r.name for r in TABLE4}
+        raise DoeiError(f"{where}: expected a list of row names from {known}, got {names!r}")
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise DoeiError(f"{where}: unknown row(s) {unknown}; expected some of {[r.name for r in TABLE4]}")
+        raise DoeiError(f"{where}: unknown row(s) {unknown}; expected some of {known}")
     if "baseline" not in names:
         raise DoeiError(f"{where}: the rows must include 'baseline' (the other rows are paired differences to it)")
-    return tuple(r for r in TABLE4 if r.name in set(names))
+    return tuple(r for r in TABLE4 if r.name in names)
 
 
 # Sweepable knobs: how a value given on the command line is parsed, and whether its plot uses a log x-axis.

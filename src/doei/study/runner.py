@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from doei.errors import DoeiError
-from doei.study.grid import run_key, select_rows, validate_doei
+from doei.study.grid import TABLE4, run_key, select_rows, validate_doei
 
 RESULT_NAME = "result.json"
 LOG_NAME = "study_log.jsonl"
@@ -52,7 +52,7 @@ class Study:
     cam_layers: int = 3
     betas: str = "0.05:0.95:0.05"
     stats_images: int = 32
-    rows: tuple = ()  # the Table-4 rows ``doei ablate`` runs (grid.Row); empty = all seven
+    rows: tuple = TABLE4  # the Table-4 rows (grid.Row) ``doei ablate`` runs: the config's ``study.rows``
     config_path: str = ""
     quick: bool = False
     synth_meta: dict = field(default_factory=dict)
