@@ -11,6 +11,7 @@ The "pickle that would execute code" cases hand the loaders a ``torch.save`` of 
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -305,6 +306,42 @@ def c_run_unknown_stage(b, t):
 def c_coco_masks_corrupt_json(b, t):
     (t / "inst.json").write_text('{"images": [ {"id": 1, "file_name"')
     return ["coco-masks", "--ann", str(t / "inst.json"), "--out", str(t / "out")], r"inst\.json"
+
+
+def _coco_json(t, edit):
+    """One 6x8 image with one polygon annotation (id 10) of category 17 (cat), after ``edit(d)``."""
+    d = {"images": [{"id": 1, "file_name": "a.jpg", "height": 6, "width": 8}],
+         "annotations": [{"id": 10, "image_id": 1, "category_id": 17, "iscrowd": 0, "area": 12.0,
+                          "bbox": [1, 1, 4, 3], "segmentation": [[1, 1, 5, 1, 5, 4, 1, 4]]}],
+         "categories": [{"id": 17, "name": "cat"}]}
+    edit(d)
+    (t / "inst.json").write_text(json.dumps(d))
+    return str(t / "inst.json")
+
+
+def c_coco_masks_polygon_three_numbers(b, t):
+    ann = _coco_json(t, lambda d: d["annotations"][0].__setitem__("segmentation", [[1, 2, 3]]))
+    return ["coco-masks", "--ann", ann, "--out", str(t / "out")], r"inst\.json: annotation 10 .*3 coordinates"
+
+
+def c_coco_masks_malformed_rle(b, t):
+    ann = _coco_json(t, lambda d: d["annotations"][0].__setitem__("segmentation", {"size": [6, 8], "counts": [5, 9]}))
+    return ["coco-masks", "--ann", ann, "--out", str(t / "out")], r"inst\.json: annotation 10 .*RLE.*48"
+
+
+def c_coco_masks_negative_bbox(b, t):
+    ann = _coco_json(t, lambda d: d["annotations"][0]["bbox"].__setitem__(2, -4))
+    return ["coco-masks", "--ann", ann, "--out", str(t / "out")], r"inst\.json: annotation 10 .*bbox"
+
+
+def c_coco_labels_without_categories(b, t):
+    ann = _coco_json(t, lambda d: d.pop("categories"))
+    return ["labels", "--dataset", "coco", "--ann", ann, "--out", str(t / "out")], r"inst\.json.*categories"
+
+
+def c_coco_labels_unknown_image_id(b, t):
+    ann = _coco_json(t, lambda d: d["annotations"][0].__setitem__("image_id", 5))
+    return ["labels", "--dataset", "coco", "--ann", ann, "--out", str(t / "out")], r"inst\.json: annotation 10 .*image_id 5"
 
 
 CASES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("c_") and callable(fn)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -118,3 +119,108 @@ def test_coco_masks_command_resumable_checksum_and_ids(coco_mini, tmp_path, caps
     assert s.mask.shape == s.image.shape[:2] == (480, 640)
     from doei.data.common import classes_in_mask
     assert classes_in_mask(s.mask) == s.classes
+
+
+def _mini_json(tmp_path, edit, name="inst.json"):
+    """A 2-image instances JSON (one polygon, one uncompressed-RLE crowd) after ``edit(d)``."""
+    d = {"images": [{"id": 1, "file_name": "a.jpg", "height": 6, "width": 8},
+                    {"id": 2, "file_name": "b.jpg", "height": 4, "width": 4}],
+         "annotations": [{"id": 10, "image_id": 1, "category_id": 17, "iscrowd": 0, "area": 12.0,
+                          "bbox": [1, 1, 4, 3], "segmentation": [[1, 1, 5, 1, 5, 4, 1, 4]]},
+                         {"id": 11, "image_id": 2, "category_id": 63, "iscrowd": 1, "area": 4.0,
+                          "bbox": [0, 0, 2, 2], "segmentation": {"size": [4, 4], "counts": [0, 2, 2, 2, 10]}}],
+         "categories": [{"id": 17, "name": "cat"}, {"id": 63, "name": "couch"}]}
+    edit(d)
+    p = tmp_path / name
+    p.write_text(json.dumps(d))
+    return p
+
+
+def _ann(d, k):
+    return d["annotations"][k]
+
+
+BAD_GEOMETRY = {
+    "odd_polygon": (lambda d: _ann(d, 0)["segmentation"][0].pop(), r"annotation 10 .*polygon 0 has 7 coordinates.*even"),
+    "three_numbers": (lambda d: _ann(d, 0).__setitem__("segmentation", [[1, 2, 3]]), r"annotation 10 .*3 coordinates.*>= 6"),
+    "four_numbers": (lambda d: _ann(d, 0).__setitem__("segmentation", [[1, 1, 4, 4]]), r"annotation 10 .*4 coordinates"),
+    "no_polygon": (lambda d: _ann(d, 0).__setitem__("segmentation", []), r"annotation 10 .*empty segmentation"),
+    "nan_coordinate": (lambda d: _ann(d, 0)["segmentation"][0].__setitem__(2, float("nan")),
+                       r"annotation 10 .*coordinate nan.*finite"),
+    "string_coordinate": (lambda d: _ann(d, 0)["segmentation"][0].__setitem__(2, "5"), r"annotation 10 .*coordinate '5'"),
+    "negative_bbox_height": (lambda d: _ann(d, 0)["bbox"].__setitem__(3, -3), r"annotation 10 .*bbox .*-3.*>= 0"),
+    "inf_bbox_width": (lambda d: _ann(d, 0)["bbox"].__setitem__(2, float("inf")), r"annotation 10 .*bbox .*inf.*finite"),
+    "short_bbox": (lambda d: _ann(d, 0).__setitem__("bbox", [1, 2, 3]), r"annotation 10 .*bbox \[1, 2, 3\]"),
+    "nan_area": (lambda d: _ann(d, 0).__setitem__("area", float("nan")), r"annotation 10 .*area nan"),
+    "rle_short": (lambda d: _ann(d, 1)["segmentation"].__setitem__("counts", [0, 2]),
+                  r"annotation 11 .*RLE run lengths sum to 2, expected .*16"),
+    "rle_negative": (lambda d: _ann(d, 1)["segmentation"].__setitem__("counts", [0, 2, -2, 16]),
+                     r"annotation 11 .*negative run length -2"),
+    "rle_wrong_size": (lambda d: _ann(d, 1)["segmentation"].__setitem__("size", [4, 5]),
+                       r"annotation 11 .*RLE size \[4, 5\] differs .*\[4, 4\]"),
+    "rle_bad_string": (lambda d: _ann(d, 1)["segmentation"].__setitem__("counts", "zz~"),
+                       r"annotation 11 .*malformed compressed RLE"),
+    "rle_string_wrong_total": (lambda d: _ann(d, 1)["segmentation"].__setitem__("counts", "52"),
+                               r"annotation 11 .*sum to \d+, expected"),
+    "rle_no_counts": (lambda d: _ann(d, 1).__setitem__("segmentation", {"size": [4, 4]}), r"annotation 11 .*RLE dict"),
+    "unknown_image": (lambda d: _ann(d, 1).__setitem__("image_id", 99), r"annotation 11 refers to unknown image_id 99"),
+    "unknown_category": (lambda d: _ann(d, 1).__setitem__("category_id", 18),
+                         r"annotation 11 has category_id 18 that is not in the file's 'categories'"),
+    "category_outside_80": (lambda d: _ann(d, 1).__setitem__("category_id", 12), r"annotation 11 has category_id 12 outside"),
+    "no_categories": (lambda d: d.pop("categories"), r"missing 'categories'"),
+    "empty_categories": (lambda d: d.__setitem__("categories", []), r"'categories' is empty"),
+    "duplicate_annotation_id": (lambda d: _ann(d, 1).__setitem__("id", 10), r"annotation id 10 appears twice"),
+    "duplicate_image_id": (lambda d: d["images"][1].__setitem__("id", 1), r"image id 1 appears twice"),
+    "image_without_size": (lambda d: d["images"][0].pop("height"), r"image 1 has height None"),
+    "crowd_flag": (lambda d: _ann(d, 0).__setitem__("iscrowd", 2), r"annotation 10 .*iscrowd 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GEOMETRY))
+def test_bad_geometry_is_one_line_naming_file_and_annotation(case, tmp_path, capsys):
+    edit, pattern = BAD_GEOMETRY[case]
+    ann = _mini_json(tmp_path, edit)
+    with pytest.raises(DoeiError, match=r"inst\.json: " + pattern) as e:
+        load_coco_api(ann)
+    assert "\n" not in str(e.value)
+    # both commands that read the JSON refuse it with that line and write nothing
+    for argv in (["coco-masks", "--ann", str(ann), "--out", str(tmp_path / "masks")],
+                 ["labels", "--dataset", "coco", "--ann", str(ann), "--out", str(tmp_path / "labels.json")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and re.search(pattern, err), err
+    assert not (tmp_path / "masks").exists() and not (tmp_path / "labels.json").exists()
+
+
+def test_valid_mini_json_renders_polygon_and_rle(tmp_path):
+    """The checks accept what pycocotools rasterises exactly: polygons, uncompressed and compressed RLE."""
+    import pycocotools.mask as mask_utils
+
+    api = load_coco_api(_mini_json(tmp_path, lambda d: None))
+    assert render_mask(api, 1).sum() > 0
+    m2 = render_mask(api, 2, crowd="class")
+    assert (m2 == COUCH + 1).sum() == 4
+    rle = mask_utils.encode(np.asfortranarray((m2 > 0).astype(np.uint8)))
+    api3 = load_coco_api(_mini_json(tmp_path, lambda d: _ann(d, 1).__setitem__(
+        "segmentation", {"size": [4, 4], "counts": rle["counts"].decode()}), "c.json"))
+    assert np.array_equal(render_mask(api3, 2, crowd="class"), m2)
+    # zero-area boxes and polygons exist in the real COCO files: accepted
+    load_coco_api(_mini_json(tmp_path, lambda d: _ann(d, 0).__setitem__("bbox", [1, 1, 1.0, 0.0]), "z.json"))
+
+
+def test_rle_string_counts_matches_pycocotools():
+    import pycocotools.mask as mask_utils
+
+    from doei.data.coco import rle_string_counts
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        m = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        flat = m.flatten(order="F")
+        change = np.flatnonzero(np.diff(flat)) + 1
+        runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+        if flat[0] == 1:
+            runs = [0] + runs
+        counts = mask_utils.encode(np.asfortranarray(m))["counts"].decode()
+        assert rle_string_counts(counts) == runs

@@ -26,6 +26,7 @@ with their class like the others (``crowd="class"``).
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -67,8 +68,159 @@ def category_lut() -> np.ndarray:
     return lut
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def rle_string_counts(s: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (``counts`` of ``{"size", "counts": str}``).
+
+    Format (COCO mask API): each run length is written in 5-bit groups, low bits first, one character
+    per group (``chr(48 + group)``); bit 0x20 of a group says another group follows, bit 0x10 of the
+    last group is the sign; from the third run on, the value stored is the difference to the run two
+    places earlier. Raises ``ValueError`` on a character outside ``chr(48)..chr(111)`` or a cut-off run.
+    """
+    counts: list[int] = []
+    pos, n = 0, len(s)
+    while pos < n:
+        x, shift, more = 0, 0, True
+        while more:
+            if pos >= n:
+                raise ValueError("string ends inside a run length")
+            c = ord(s[pos]) - 48
+            if not 0 <= c <= 63:
+                raise ValueError(f"character {s[pos]!r} outside '0'..'o'")
+            x |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and c & 0x10:
+                x -= 1 << shift
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def _check_segmentation(seg: Any, h: int, w: int, where: str) -> None:
+    """Polygons ``[[x1, y1, x2, y2, x3, y3, ...], ...]`` or RLE ``{"size": [h, w], "counts": ...}``."""
+    if isinstance(seg, list):
+        if not seg:
+            raise DoeiError(f"{where}: empty segmentation (expected a list of polygons or an RLE dict)")
+        for j, poly in enumerate(seg):
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                n = len(poly) if isinstance(poly, list) else type(poly).__name__
+                raise DoeiError(f"{where}: polygon {j} has {n} coordinates (expected an even number >= 6: "
+                                "x1,y1,x2,y2,x3,y3,...)")
+            try:
+                total = sum(poly)
+            except TypeError:
+                total = None
+            if not _is_number(total):  # NaN/Inf anywhere makes the sum non-finite; str/None/list: TypeError
+                bad = next((v for v in poly if not _is_number(v)), total)
+                raise DoeiError(f"{where}: polygon {j} has coordinate {bad!r} (expected finite numbers)")
+        return
+    if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+        raise DoeiError(f"{where}: segmentation is neither a list of polygons nor an RLE dict with 'size' "
+                        f"and 'counts' (got {type(seg).__name__})")
+    size, counts = seg["size"], seg["counts"]
+    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) for v in size) or size != [h, w]:
+        raise DoeiError(f"{where}: RLE size {size!r} differs from the image's [height, width] {[h, w]}")
+    if isinstance(counts, str):
+        try:
+            runs = rle_string_counts(counts)
+        except ValueError as e:
+            raise DoeiError(f"{where}: malformed compressed RLE counts ({e})") from None
+    elif isinstance(counts, list) and all(_is_int(v) for v in counts):
+        runs = counts
+    else:
+        raise DoeiError(f"{where}: RLE counts must be a list of integers or a compressed string "
+                        f"(got {type(counts).__name__})")
+    if any(r < 0 for r in runs):
+        raise DoeiError(f"{where}: RLE has a negative run length {min(runs)} (expected run lengths >= 0)")
+    if sum(runs) != h * w:
+        raise DoeiError(f"{where}: RLE run lengths sum to {sum(runs)}, expected height*width = {h}*{w} = {h * w}")
+
+
+def check_instances(d: Any, ann_file: str | Path) -> None:
+    """Validate a parsed instances JSON before pycocotools indexes or rasterises any of it.
+
+    Checks the structure (``images``, ``annotations``, a non-empty ``categories`` list of the 80 COCO
+    classes), every image (unique integer id, positive integer width/height) and every annotation
+    (unique id, known ``image_id`` and ``category_id``, ``bbox`` = 4 finite numbers with width and
+    height >= 0, finite ``area`` >= 0, ``iscrowd`` 0/1, a segmentation that pycocotools can rasterise
+    exactly: polygons of >= 3 finite points, or an RLE of the image's size whose runs cover it).
+    Raises a one-line :class:`DoeiError` naming the file, the image or annotation id and what was expected.
+    """
+    if not isinstance(d, dict):
+        raise DoeiError(f"{ann_file}: top level is a {type(d).__name__}, expected a COCO instances JSON object")
+    for key in ("images", "annotations", "categories"):
+        if key not in d:
+            raise DoeiError(f"{ann_file}: missing {key!r} (expected a COCO instances JSON with 'images', "
+                            "'annotations' and 'categories')")
+        if not isinstance(d[key], list):
+            raise DoeiError(f"{ann_file}: {key!r} is a {type(d[key]).__name__}, expected a list")
+    if not d["categories"]:
+        raise DoeiError(f"{ann_file}: 'categories' is empty (expected the COCO categories the annotations use)")
+    listed: set[int] = set()
+    for cat in d["categories"]:
+        cid, name = (cat.get("id"), cat.get("name")) if isinstance(cat, dict) else (None, None)
+        if not isinstance(cat, dict) or not _is_int(cid) or cid not in CATEGORY_TO_INDEX:
+            raise DoeiError(f"{ann_file}: category id {cid!r} ({name!r}) is not one of the 80 COCO classes")
+        if name is not None and name != COCO_CLASSES[CATEGORY_TO_INDEX[cid]]:
+            raise DoeiError(f"{ann_file}: category id {cid} is named {name!r}, expected "
+                            f"{COCO_CLASSES[CATEGORY_TO_INDEX[cid]]!r}")
+        listed.add(cid)
+    sizes: dict[int, tuple[int, int]] = {}
+    for img in d["images"]:
+        iid = img.get("id") if isinstance(img, dict) else None
+        if not _is_int(iid):
+            raise DoeiError(f"{ann_file}: image entry with id {iid!r} (expected an object with an integer 'id')")
+        if iid in sizes:
+            raise DoeiError(f"{ann_file}: image id {iid} appears twice in 'images'")
+        h, w = img.get("height"), img.get("width")
+        if not (_is_int(h) and _is_int(w) and h > 0 and w > 0):
+            raise DoeiError(f"{ann_file}: image {iid} has height {h!r} and width {w!r} (expected positive integers)")
+        sizes[iid] = (h, w)
+    seen: set[Any] = set()
+    for ann in d["annotations"]:
+        if not isinstance(ann, dict):
+            raise DoeiError(f"{ann_file}: annotation entry is a {type(ann).__name__}, expected an object")
+        aid = ann.get("id")
+        if not _is_int(aid):
+            raise DoeiError(f"{ann_file}: annotation with id {aid!r} (expected an integer 'id')")
+        if aid in seen:
+            raise DoeiError(f"{ann_file}: annotation id {aid} appears twice")
+        seen.add(aid)
+        cid, iid = ann.get("category_id"), ann.get("image_id")
+        if not _is_int(cid) or cid not in CATEGORY_TO_INDEX:
+            raise DoeiError(f"{ann_file}: annotation {aid} has category_id {cid!r} outside the 80 COCO classes")
+        if cid not in listed:
+            raise DoeiError(f"{ann_file}: annotation {aid} has category_id {cid} that is not in the file's "
+                            f"'categories' (listed: {sorted(listed)})")
+        if not _is_int(iid) or iid not in sizes:
+            raise DoeiError(f"{ann_file}: annotation {aid} refers to unknown image_id {iid!r}")
+        where = f"{ann_file}: annotation {aid} (image {iid})"
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
+                and bbox[2] >= 0 and bbox[3] >= 0):
+            raise DoeiError(f"{where}: bbox {bbox!r} (expected [x, y, width, height], finite, width and height >= 0)")
+        area = ann.get("area", 0.0)
+        if not _is_number(area) or area < 0:
+            raise DoeiError(f"{where}: area {area!r} (expected a finite number >= 0)")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise DoeiError(f"{where}: iscrowd {ann.get('iscrowd')!r} (expected 0 or 1)")
+        if "segmentation" not in ann:
+            raise DoeiError(f"{where}: no 'segmentation' (expected polygons or an RLE dict)")
+        _check_segmentation(ann["segmentation"], *sizes[iid], where)
+
+
 def load_coco_api(ann_file: str | Path) -> Any:
-    """``pycocotools.coco.COCO`` of an instances JSON, with its categories checked against the 80 classes."""
+    """``pycocotools.coco.COCO`` of an instances JSON, validated first by :func:`check_instances`."""
     ann_file = Path(ann_file)
     if not ann_file.is_file():
         raise DoeiError(f"{ann_file}: instances JSON not found")
@@ -78,27 +230,18 @@ def load_coco_api(ann_file: str | Path) -> Any:
         raise DoeiError("pycocotools is not installed (pip install 'doei[coco]')") from None
     import contextlib
     import io
+    import json
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            api = COCO(str(ann_file))
-    except (ValueError, KeyError, TypeError, OSError) as e:
+        with open(ann_file, "rb") as f:
+            d = json.load(f)
+    except (ValueError, OSError, RecursionError) as e:
         raise DoeiError(f"{ann_file}: not a COCO instances JSON ({e.__class__.__name__}: {e})") from None
-    if "images" not in api.dataset or "annotations" not in api.dataset:
-        raise DoeiError(f"{ann_file}: missing 'images' or 'annotations' (expected a COCO instances JSON)")
-    for cat in api.dataset.get("categories", []):
-        cid, name = cat.get("id"), cat.get("name")
-        if cid not in CATEGORY_TO_INDEX:
-            raise DoeiError(f"{ann_file}: category id {cid!r} ({name!r}) is not one of the 80 COCO classes")
-        if name is not None and name != COCO_CLASSES[CATEGORY_TO_INDEX[cid]]:
-            raise DoeiError(f"{ann_file}: category id {cid} is named {name!r}, expected "
-                            f"{COCO_CLASSES[CATEGORY_TO_INDEX[cid]]!r}")
-    for ann in api.dataset["annotations"]:
-        if ann.get("category_id") not in CATEGORY_TO_INDEX:
-            raise DoeiError(f"{ann_file}: annotation {ann.get('id')} has category_id "
-                            f"{ann.get('category_id')!r} outside the 80 COCO classes")
-        if ann.get("image_id") not in api.imgs:
-            raise DoeiError(f"{ann_file}: annotation {ann.get('id')} refers to unknown image_id {ann.get('image_id')!r}")
+    check_instances(d, ann_file)
+    api = COCO()
+    api.dataset = d
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        api.createIndex()
     return api
 
 
