@@ -101,6 +101,9 @@ class RefineTrainSection(LoopSettings):
     color_jitter: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.3, 0.1])
     hflip: bool = True
     radius: int = 5
+    # processes computing the CRF seed-score cache (0 = in this process); a runtime setting (same files
+    # whatever the count). ~1.1 s per VOC image serially, so ~3 h over train_aug on one core
+    crf_workers: int = 0
 
 
 @dataclass
@@ -184,7 +187,11 @@ class EvalSection:
     """What ``doei run``'s eval stage scores (seed CAMs over a β sweep, pseudo masks, segmentation)."""
 
     seed_betas: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
-    workers: int = 1
+    # the split the Seed and Mask rows are scored on (null = data.train_split); its ids must have CAMs and
+    # pseudo masks, i.e. be part of the split those stages ran on. The baselines score seeds and pseudo masks
+    # on VOC `train` (1,464 images; MCTformer run.sh `--list voc12/train_id.txt`, DOEI Table 1)
+    train_split: Optional[str] = None
+    workers: Optional[int] = None               # evaluation processes; null = the CPU cores available
 
 
 @dataclass
@@ -238,7 +245,9 @@ class PipelineConfig:
             (si.crf_iterations >= 1, "seg.infer.crf_iterations", si.crf_iterations, ">= 1"),
             (bool(self.eval.seed_betas) and all(0 <= b <= 1 for b in self.eval.seed_betas), "eval.seed_betas",
              self.eval.seed_betas, "thresholds in [0, 1]"),
-            (self.eval.workers >= 1, "eval.workers", self.eval.workers, ">= 1"),
+            (self.eval.workers is None or self.eval.workers >= 1, "eval.workers", self.eval.workers,
+             ">= 1 or null (all available cores)"),
+            (rt.crf_workers >= 0, "refine.train.crf_workers", rt.crf_workers, ">= 0"),
         ]
         for dev_key, dev in (("run.device", self.run.device), ("refine.train.device", rt.device),
                              ("refine.infer.device", ri.device), ("seg.train.device", st.device),
@@ -283,6 +292,21 @@ def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -
     """Read YAML ``path``, apply ``--set key=value`` overrides, build, validate, resolve default paths."""
     data = apply_overrides(load_yaml(path), overrides or [])
     return pipeline_config_from_dict(data, where=str(path))
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def eval_workers(cfg: "PipelineConfig") -> int:
+    """``eval.workers``, or the available cores when it is null (counts are integers: same result)."""
+    return cfg.eval.workers if cfg.eval.workers is not None else available_cpus()
 
 
 def resolve_device(name: str) -> str:

@@ -74,8 +74,8 @@ def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
         "refine": {"refine": d["refine"]},
         "train-seg": {"seg_train": d["seg"]["train"]},
         "infer-seg": {"seg_infer": d["seg"]["infer"]},
-        "eval": {"eval": d["eval"]},
-    }[stage]
+        "eval": {"eval": {k: v for k, v in d["eval"].items() if not (k == "train_split" and v is None)}},
+    }[stage]          # eval.train_split only counts when set: markers written before the key existed stay valid
     return _strip_runtime(parts)
 
 
@@ -214,6 +214,54 @@ def stage_train_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
 
 
+def eval_rows(cfg: PipelineConfig) -> list[tuple[str, str, str, str, str, str]]:
+    """The eval table's rows ``(name, producing stage, prediction folder, split, pred type, mean)``.
+
+    Seed and Mask are scored on ``eval.train_split`` (default ``data.train_split``; the VOC paper
+    configs say ``train``, the 1,464 images of the baselines' Table 1), Seg rows on ``seg.infer.split``."""
+    tr, si = cfg.eval.train_split or cfg.data.train_split, cfg.seg.infer
+    rows = [("Seed", "cam", cfg.refine.train.cam_dir, tr, "cam", "all"),
+            ("Mask", "refine", cfg.refine.infer.out_dir, tr, "png", "all"),
+            ("Seg", "infer-seg", str(Path(si.out_dir) / "pred"), si.split, "png", "present")]
+    if si.crf:
+        rows.append(("Seg+CRF", "infer-seg", str(Path(si.out_dir) / "pred_crf"), si.split, "png", "present"))
+    return rows
+
+
+def _sharded_counts(pred: str, gt: Path, ids: list[str], num_classes: int, pred_type: str, betas, workers: int):
+    """:func:`doei.eval.evaluate.evaluate_dirs` over this rank's ids ``ids[rank::world]``, summed over ranks.
+
+    Counts are integers, so the sum over ranks equals the single-process counts exactly (float64
+    all-reduce: exact below 2**53 pixels per class). Every rank first checks that all files exist, so a
+    missing file fails every rank alike instead of leaving the others waiting in the all-reduce."""
+    import numpy as np
+
+    from doei.engine import distributed as dist_util
+    from doei.eval.evaluate import EvalCounts, evaluate_dirs
+    from doei.eval.reading import PRED_EXT, check_files_exist
+
+    rank, world = dist_util.rank(), dist_util.world_size()
+    if world == 1:
+        return evaluate_dirs(pred, gt, ids, num_classes=num_classes, pred_type=pred_type, betas=betas,
+                             workers=workers)
+    check_files_exist([Path(gt) / f"{i}.png" for i in ids], "ground truth")
+    check_files_exist([Path(pred) / f"{i}{PRED_EXT[pred_type]}" for i in ids], "prediction")
+    mine = dist_util.shard(ids, rank, world)
+    nb = 1 if betas is None else len(betas)
+    if mine:
+        c = evaluate_dirs(pred, gt, mine, num_classes=num_classes, pred_type=pred_type, betas=betas, workers=workers)
+        tp, p, t = c.tp, c.p, c.t
+    else:
+        tp = p = np.zeros((nb, num_classes), dtype=np.int64)
+        t = np.zeros(num_classes, dtype=np.int64)
+    flat = np.concatenate([tp.ravel(), p.ravel(), t]).astype(np.float64)
+    tot = dist_util.all_reduce_sum(flat).numpy().round().astype(np.int64)
+    n = nb * num_classes
+    betas64 = None if betas is None else np.asarray(list(betas), dtype=np.float64)
+    return EvalCounts(betas64, tot[:n].reshape(nb, num_classes), tot[n:2 * n].reshape(nb, num_classes), tot[2 * n:],
+                      len(ids), pred_type)
+
+
 def stage_infer_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     from doei.commands.infer_seg_cmd import infer_segmentation
 
@@ -225,6 +273,7 @@ def stage_infer_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
 def _gt_dir(cfg: PipelineConfig, split: str) -> tuple[Path | None, list[str]]:
     from doei.data.build import build_dataset
     from doei.engine.train_aff import _data_kwargs
+    from doei.pipeline_config import eval_workers
 
     ds = build_dataset(cfg.data.kind, cfg.data.root, split, **_data_kwargs(cfg))
     dirs = {r.mask_path.parent for r in ds.records if r.mask_path is not None}
@@ -235,25 +284,26 @@ def _gt_dir(cfg: PipelineConfig, split: str) -> tuple[Path | None, list[str]]:
 
 def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     """Seed (CAMs, best β), Mask (pseudo masks), Seg (val, without / with CRF) mIoU; ``<out>/eval.json``.
-    Under torchrun rank 0 evaluates and writes; the other ranks return ``{}`` and wait for it."""
-    from doei.engine import distributed as dist_util
 
-    if not dist_util.is_main():
-        return {}
-    from doei.eval.evaluate import evaluate_dirs
+    Under torchrun every rank scores its shard of each row's images and the integer counts are summed
+    over ranks (COCO: ~120 k images scored twice would otherwise keep the other ranks waiting at a
+    barrier past the process group's timeout); rank 0 writes ``eval.json`` and returns the table, the
+    other ranks return ``{}``."""
+    import os
+
+    from doei.engine import distributed as dist_util
     from doei.eval.report import build_report
     from doei.utils.io import atomic_write_json
 
     c = cfg.data.num_classes + 1
-    tr, si = cfg.data.train_split, cfg.seg.infer
-    rows = [("Seed", "cam", cfg.refine.train.cam_dir, tr, "cam", "all"),
-            ("Mask", "refine", cfg.refine.infer.out_dir, tr, "png", "all"),
-            ("Seg", "infer-seg", str(Path(si.out_dir) / "pred"), si.split, "png", "present")]
-    if si.crf:
-        rows.append(("Seg+CRF", "infer-seg", str(Path(si.out_dir) / "pred_crf"), si.split, "png", "present"))
+    if not dist_util.is_main():
+        return {}
+    workers = eval_workers(cfg)
+    if cfg.eval.workers is None and dist_util.world_size() > 1:   # the node's cores are shared by its ranks
+        workers = max(1, workers // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     results: dict = {}
     table = []
-    for name, producer, pred, split, ptype, mean in rows:
+    for name, producer, pred, split, ptype, mean in eval_rows(cfg):
         if producer not in cfg.run.stages and not Path(pred).is_dir():
             log(f"eval: {name}: stage {producer} is not in run.stages and {pred} does not exist; skipped")
             continue
@@ -261,9 +311,39 @@ def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
         if gt is None:
             log(f"eval: {name}: split {split!r} has no ground-truth masks; skipped")
             continue
-        counts = evaluate_dirs(pred, gt, ids, num_classes=c, pred_type=ptype,
-                               betas=cfg.eval.seed_betas if ptype == "cam" else None, workers=cfg.eval.workers)
+        counts = _sharded_counts(pred, gt, ids, c, ptype, cfg.eval.seed_betas if ptype == "cam" else None, workers)
         rep = build_report(counts, mean)
+def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]) -> None:
+    """Cheap checks of what later ``stages`` will read, before the first (expensive) one starts.
+
+    * ``refine.train.init_weights`` / ``seg.train.init_weights``: the file exists, its shapes fit the
+      model and enough of the expected keys are in it (:mod:`doei.models.initial_weights`; the model is
+      built on the meta device, so this costs a file read, not a 100M-parameter net);
+    * ``eval.train_split``: its ids are part of the split the CAMs and pseudo masks are made for.
+    """
+    from doei.models.initial_weights import preflight_initial_weights
+
+    rt, st = cfg.refine.train, cfg.seg.train
+    if "refine" in stages and rt.init_weights:
+        cov = preflight_initial_weights(rt.model, rt.model_options, rt.init_weights, "refine.train.init_weights")
+        log(f"refine.train.init_weights: {cov.summary()}")
+    if "train-seg" in stages and st.init_weights:
+        cov = preflight_initial_weights(st.model, st.model_options, st.init_weights, "seg.train.init_weights",
+                                        num_classes=cfg.data.num_classes + 1)
+        log(f"seg.train.init_weights: {cov.summary()}")
+    es = cfg.eval.train_split
+    if "eval" in stages and es and es != cfg.data.train_split:
+        from doei.data.build import build_dataset
+        from doei.engine.train_aff import _data_kwargs
+
+        have = set(build_dataset(cfg.data.kind, cfg.data.root, cfg.refine.infer.split, **_data_kwargs(cfg)).ids)
+        ids = build_dataset(cfg.data.kind, cfg.data.root, es, **_data_kwargs(cfg)).ids
+        outside = [i for i in ids if i not in have]
+        if outside:
+            raise DoeiError(f"eval.train_split = {es!r}: {len(outside)} of its {len(ids)} ids (e.g. {outside[0]}) are not "
+                            f"in split {cfg.refine.infer.split!r}, which the CAMs and pseudo masks are made for")
+
+
         results[name] = {k: rep[k] for k in ("mIoU", "FP", "FN", "beta", "mean_convention", "num_images")}
         results[name].update({"split": split, "pred": pred, "means": rep["means"]})
         table.append({"stage": name, "split": split, "mIoU": round(rep["mIoU"], 2), "beta": rep["beta"],
@@ -291,6 +371,7 @@ STAGE_FUNCS: dict[str, Callable[[PipelineConfig, Callable[[str], None]], dict]] 
 
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
     """Run the configured stages in order, skipping completed ones; returns ``{stage: summary}``.
+    preflight(cfg, [st for st in STAGES if st in cfg.run.stages and _read_marker(marker_path(cfg, st)) is None], log)
 
     Under ``torchrun`` every rank runs every stage (training with DDP, per-image stages sharded,
     eval on rank 0 only); all ranks meet at a barrier after each stage, then rank 0 alone writes the

@@ -11,8 +11,9 @@ Loss :func:`doei.refine.loss.affinity_loss`; SGD + poly (:mod:`doei.engine.sgd_l
 four groups (backbone weights ×1 with weight decay, biases ×2, new layers ×10 with weight decay,
 their biases ×20); BatchNorm frozen as the official net (:mod:`doei.models.resnet38`).
 
-CRF-refined stacks cost ~0.5 s per VOC image, too slow to recompute every epoch: they are computed
-once into ``<out_dir>/seed_scores_la<low>_ha<high>/<id>.npz`` (float16, resumable) before training.
+CRF-refined stacks cost ~1.1 s per VOC image, too slow to recompute every epoch: they are computed
+once into ``<out_dir>/seed_scores_la<low>_ha<high>/<id>.npz`` (float16, resumable) before training, in
+``refine.train.crf_workers`` processes (``benchmarks/refine_data.py`` times it against the serial loop).
 """
 from __future__ import annotations
 
@@ -147,33 +148,66 @@ class AffinityDataset(Dataset):
         return torch.from_numpy(img), bg, fg, neg
 
 
+def _crf_scores_job(job: tuple) -> str:
+    """Worker: the CRF-refined ``la``/``ha`` stacks of one image → ``<score_dir>/<id>.npz`` (float16)."""
+    from doei.refine.labels import scores_with_background
+
+    rid, image, cams, low_alpha, high_alpha, score_dir = job
+    la = scores_with_background(cams, low_alpha, image)
+    ha = scores_with_background(cams, high_alpha, image)
+    atomic_save_npz(Path(score_dir) / f"{rid}.npz", la=la.astype(np.float16), ha=ha.astype(np.float16))
+    return rid
+
+
 def precompute_crf_scores(base, cam_dir: str | Path, score_dir: str | Path, sec: RefineTrainSection,
                           progress: bool = True) -> int:
     """Write ``score_dir/<id>.npz`` (``la``, ``ha`` CRF-refined ``[K+1,H,W]`` float16) for every image that
     lacks one (atomic, resumable); returns how many were computed.
 
+    With ``sec.crf_workers > 0`` the CRFs run in that many spawned processes (as ``doei infer-seg``'s
+    CRF pool): the main process reads image + CAMs and keeps at most ``2 × crf_workers`` images in
+    flight; every file is computed by the same function, so the cache is identical for any count.
     Under torchrun (process group joined) the missing ids are split ``todo[rank::world]`` after a
     barrier, each rank writes its own files, and the returned count is the sum over ranks (the
     all-reduce also waits until every rank's files exist, before training reads them)."""
+    import multiprocessing as mp
+
     from tqdm import tqdm
 
     from doei.cam.io import load_cam
     from doei.engine import distributed as dist_util
-    from doei.refine.labels import scores_with_background
 
     score_dir = Path(score_dir)
     todo = [i for i, r in enumerate(base.records) if not (score_dir / f"{r.id}.npz").is_file()]
     dist_util.barrier()  # every rank has the same todo list before anything is written
     rank = dist_util.rank()
     mine = dist_util.shard(todo, rank, dist_util.world_size())
-    for i in tqdm(mine, desc="seed CRF scores", disable=not progress or rank != 0, dynamic_ncols=True,
-                  leave=False):
-        rid = base.records[i].id
-        image = base.sample(i, with_mask=False).image
-        _, cams = load_cam(Path(cam_dir) / f"{rid}.npz")
-        la = scores_with_background(cams, sec.low_alpha, np.ascontiguousarray(image))
-        ha = scores_with_background(cams, sec.high_alpha, np.ascontiguousarray(image))
-        atomic_save_npz(score_dir / f"{rid}.npz", la=la.astype(np.float16), ha=ha.astype(np.float16))
+    workers = sec.crf_workers if len(mine) > 1 else 0
+    pool = mp.get_context("spawn").Pool(workers) if workers else None
+    pending: list = []
+    try:
+        for i in tqdm(mine, desc="seed CRF scores", disable=not progress or rank != 0, dynamic_ncols=True,
+                      leave=False):
+            rid = base.records[i].id
+            image = np.ascontiguousarray(base.sample(i, with_mask=False).image)
+            _, cams = load_cam(Path(cam_dir) / f"{rid}.npz")
+            job = (rid, image, cams, sec.low_alpha, sec.high_alpha, str(score_dir))
+            if pool is None:
+                _crf_scores_job(job)
+                continue
+            pending.append(pool.apply_async(_crf_scores_job, (job,)))
+            while len(pending) > 2 * workers:
+                pending.pop(0).get()
+        for p in pending:
+            p.get()
+        if pool is not None:
+            pool.close()
+            pool.join()
+            pool = None
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     return int(dist_util.all_reduce_sum([len(mine)])[0])
 
 
@@ -187,10 +221,12 @@ def affinity_loss_fn(model: nn.Module, batch: tuple, device: torch.device) -> tu
 
 
 # ------------------------------------------------------------------------------ model
-def build_affinity_model(name: str, options: dict, init_weights: str | None = None, radius: int = 5) -> nn.Module:
+def build_affinity_model(name: str, options: dict, init_weights: str | None = None, radius: int = 5,
+                         log: Callable[[str], None] | None = None) -> nn.Module:
     """A registered AffinityNet (``psa_resnet38_aff`` or ``psa_resnet38_aff_small``) whose pair radius is
-    ``radius``, with optional initial weights loaded non-strictly (ImageNet / classification ResNet38
-    weights lack the heads)."""
+    ``radius``, with optional initial weights (ImageNet ``.params`` / classification ResNet38 weights lack
+    the heads ``f8_3``, ``f8_4``, ``f8_5``, ``f9``): loaded non-strictly after a coverage check
+    (:mod:`doei.models.initial_weights`: too few matching keys is a one-line error), reported to ``log``."""
     import doei.models.resnet38_small  # noqa: F401  (registers the reduced-width factories)
     from doei.models.registry import create_model
 
@@ -202,9 +238,11 @@ def build_affinity_model(name: str, options: dict, init_weights: str | None = No
         raise DoeiError(f"refine model {name!r}: not an AffinityNet (expected psa_resnet38_aff or psa_resnet38_aff_small)")
     model.radius = radius
     if init_weights:
-        from doei.models.checkpoint import load_model_weights
+        from doei.models.initial_weights import load_initial_weights
 
-        load_model_weights(model, init_weights, strict=False)
+        cov = load_initial_weights(model, init_weights, name)
+        if log is not None:
+            log(f"refine.train.init_weights {init_weights}: {cov.summary()}")
     return model
 
 
@@ -240,7 +278,8 @@ def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after:
             log(f"computed CRF seed scores of {n} images into {score_dir}")
     ds = AffinityDataset(base, cam_dir, sec, score_dir)
     seed_everything(epoch_seed(sec.seed, -1, "init"))
-    model = build_affinity_model(sec.model, sec.model_options, sec.init_weights, sec.radius)
+    model = build_affinity_model(sec.model, sec.model_options, sec.init_weights, sec.radius,
+                                 log=log if dist_util.is_main() else None)
     w, b, hw, hb = parameter_groups(model)
     groups = [(w, 1.0, sec.weight_decay), (b, 2.0, 0.0), (hw, 10.0, sec.weight_decay), (hb, 20.0, 0.0)]
     config = {**{k: v for k, v in vars(sec).items()}, "data": vars(d).copy()}

@@ -128,9 +128,11 @@ def seg_loss_fn(model: nn.Module, batch: tuple, device: torch.device) -> tuple[t
     return loss, {"valid_frac": float((y != 255).float().mean())}
 
 
-def build_seg_model(name: str, num_classes: int, options: dict, init_weights: str | None = None) -> nn.Module:
+def build_seg_model(name: str, num_classes: int, options: dict, init_weights: str | None = None,
+                    log: Callable[[str], None] | None = None) -> nn.Module:
     """A registered DeepLab ResNet38 (``deeplab_resnet38`` / ``deeplab_resnet38_small``) with ``num_classes``
-    outputs (background included); initial weights loaded non-strictly."""
+    outputs (background included); initial weights loaded non-strictly after a coverage check
+    (:mod:`doei.models.initial_weights`; new: the head ``fc8_seg_conv1/2``), reported to ``log``."""
     import doei.models.resnet38_small  # noqa: F401  (registers the reduced-width factories)
     from doei.models.registry import create_model
 
@@ -141,9 +143,11 @@ def build_seg_model(name: str, num_classes: int, options: dict, init_weights: st
     if not hasattr(model, "from_scratch_names"):
         raise DoeiError(f"seg model {name!r}: not a DeepLab ResNet38 (expected deeplab_resnet38 or deeplab_resnet38_small)")
     if init_weights:
-        from doei.models.checkpoint import load_model_weights
+        from doei.models.initial_weights import load_initial_weights
 
-        load_model_weights(model, init_weights, strict=False)
+        cov = load_initial_weights(model, init_weights, name)
+        if log is not None:
+            log(f"seg.train.init_weights {init_weights}: {cov.summary()}")
     return model
 
 
@@ -172,7 +176,10 @@ def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_af
                      "run doei refine infer first, or set seg.train.pseudo_dir", sec.split)
     ds = SegDataset(base, pseudo, sec)
     seed_everything(epoch_seed(sec.seed, -1, "init"))
-    model = build_seg_model(sec.model, d.num_classes + 1, sec.model_options, sec.init_weights)
+    from doei.engine import distributed as dist_util
+
+    model = build_seg_model(sec.model, d.num_classes + 1, sec.model_options, sec.init_weights,
+                            log=log if dist_util.is_main() else None)
     config = {**{k: v for k, v in vars(sec).items()}, "data": vars(d).copy()}
     fixed = ["model", "model_options", "init_weights", "pseudo_dir", "split", "crop_size", "batch_size", "epochs",
              "lr", "head_lr_mult", "weight_decay", "momentum", "optimizer", "power", "scale_range", "hflip", "pad_label", "seed",
