@@ -214,6 +214,25 @@ def stage_train_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
 
 
+def stage_infer_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    from doei.commands.infer_seg_cmd import infer_segmentation
+
+    s = infer_segmentation(cfg, log=log)
+    log(f"infer-seg: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
+    return s
+
+
+def _gt_dir(cfg: PipelineConfig, split: str) -> tuple[Path | None, list[str]]:
+    from doei.data.build import build_dataset
+    from doei.engine.train_aff import _data_kwargs
+
+    ds = build_dataset(cfg.data.kind, cfg.data.root, split, **_data_kwargs(cfg))
+    dirs = {r.mask_path.parent for r in ds.records if r.mask_path is not None}
+    if len(dirs) != 1 or not ds.has_masks:
+        return None, ds.ids
+    return dirs.pop(), ds.ids
+
+
 def eval_rows(cfg: PipelineConfig) -> list[tuple[str, str, str, str, str, str]]:
     """The eval table's rows ``(name, producing stage, prediction folder, split, pred type, mean)``.
 
@@ -262,26 +281,6 @@ def _sharded_counts(pred: str, gt: Path, ids: list[str], num_classes: int, pred_
                       len(ids), pred_type)
 
 
-def stage_infer_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
-    from doei.commands.infer_seg_cmd import infer_segmentation
-
-    s = infer_segmentation(cfg, log=log)
-    log(f"infer-seg: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
-    return s
-
-
-def _gt_dir(cfg: PipelineConfig, split: str) -> tuple[Path | None, list[str]]:
-    from doei.data.build import build_dataset
-    from doei.engine.train_aff import _data_kwargs
-    from doei.pipeline_config import eval_workers
-
-    ds = build_dataset(cfg.data.kind, cfg.data.root, split, **_data_kwargs(cfg))
-    dirs = {r.mask_path.parent for r in ds.records if r.mask_path is not None}
-    if len(dirs) != 1 or not ds.has_masks:
-        return None, ds.ids
-    return dirs.pop(), ds.ids
-
-
 def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     """Seed (CAMs, best β), Mask (pseudo masks), Seg (val, without / with CRF) mIoU; ``<out>/eval.json``.
 
@@ -293,11 +292,10 @@ def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
 
     from doei.engine import distributed as dist_util
     from doei.eval.report import build_report
+    from doei.pipeline_config import eval_workers
     from doei.utils.io import atomic_write_json
 
     c = cfg.data.num_classes + 1
-    if not dist_util.is_main():
-        return {}
     workers = eval_workers(cfg)
     if cfg.eval.workers is None and dist_util.world_size() > 1:   # the node's cores are shared by its ranks
         workers = max(1, workers // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
@@ -313,6 +311,27 @@ def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
             continue
         counts = _sharded_counts(pred, gt, ids, c, ptype, cfg.eval.seed_betas if ptype == "cam" else None, workers)
         rep = build_report(counts, mean)
+        results[name] = {k: rep[k] for k in ("mIoU", "FP", "FN", "beta", "mean_convention", "num_images")}
+        results[name].update({"split": split, "pred": pred, "means": rep["means"]})
+        table.append({"stage": name, "split": split, "mIoU": round(rep["mIoU"], 2), "beta": rep["beta"],
+                      "mean": mean, "images": rep["num_images"]})
+    if not dist_util.is_main():
+        return {}
+    out = {"table": table, "results": results}
+    atomic_write_json(Path(cfg.run.out_dir) / "eval.json", out)
+    log(format_table(table))
+    return out
+
+
+def format_table(table: list[dict]) -> str:
+    """The Seed / Mask / Seg rows as a small text table."""
+    lines = [f"{'stage':<8} {'split':<10} {'mIoU':>6}  {'beta':>5}  mean", "-" * 42]
+    for r in table:
+        beta = "" if r["beta"] is None else f"{r['beta']:.2f}"
+        lines.append(f"{r['stage']:<8} {r['split']:<10} {r['mIoU']:>6.2f}  {beta:>5}  {r['mean']}")
+    return "\n".join(lines)
+
+
 def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]) -> None:
     """Cheap checks of what later ``stages`` will read, before the first (expensive) one starts.
 
@@ -344,25 +363,6 @@ def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]
                             f"in split {cfg.refine.infer.split!r}, which the CAMs and pseudo masks are made for")
 
 
-        results[name] = {k: rep[k] for k in ("mIoU", "FP", "FN", "beta", "mean_convention", "num_images")}
-        results[name].update({"split": split, "pred": pred, "means": rep["means"]})
-        table.append({"stage": name, "split": split, "mIoU": round(rep["mIoU"], 2), "beta": rep["beta"],
-                      "mean": mean, "images": rep["num_images"]})
-    out = {"table": table, "results": results}
-    atomic_write_json(Path(cfg.run.out_dir) / "eval.json", out)
-    log(format_table(table))
-    return out
-
-
-def format_table(table: list[dict]) -> str:
-    """The Seed / Mask / Seg rows as a small text table."""
-    lines = [f"{'stage':<8} {'split':<10} {'mIoU':>6}  {'beta':>5}  mean", "-" * 42]
-    for r in table:
-        beta = "" if r["beta"] is None else f"{r['beta']:.2f}"
-        lines.append(f"{r['stage']:<8} {r['split']:<10} {r['mIoU']:>6.2f}  {beta:>5}  {r['mean']}")
-    return "\n".join(lines)
-
-
 STAGE_FUNCS: dict[str, Callable[[PipelineConfig, Callable[[str], None]], dict]] = {
     "train-cls": stage_train_cls, "cam": stage_cam, "refine": stage_refine, "train-seg": stage_train_seg,
     "infer-seg": stage_infer_seg, "eval": stage_eval,
@@ -371,7 +371,6 @@ STAGE_FUNCS: dict[str, Callable[[PipelineConfig, Callable[[str], None]], dict]] 
 
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
     """Run the configured stages in order, skipping completed ones; returns ``{stage: summary}``.
-    preflight(cfg, [st for st in STAGES if st in cfg.run.stages and _read_marker(marker_path(cfg, st)) is None], log)
 
     Under ``torchrun`` every rank runs every stage (training with DDP, per-image stages sharded,
     eval on rank 0 only); all ranks meet at a barrier after each stage, then rank 0 alone writes the
@@ -391,6 +390,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     if main:
         atomic_write_json(out / "pipeline_config.json", cfg.to_dict())
     results: dict = {}
+    preflight(cfg, [st for st in STAGES if st in cfg.run.stages and _read_marker(marker_path(cfg, st)) is None], log)
     for stage in STAGES:
         if stage not in cfg.run.stages:
             continue
