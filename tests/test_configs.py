@@ -30,7 +30,7 @@ def _validate(path: Path, tmp_path: Path) -> str:
 
         cfg = load_pipeline_config(path)
         tcfg = classifier_config(cfg)
-        cam_config(cfg, tcfg.model.name)
+        cam_config(cfg)
         return "pipeline"
     if "study" in data:
         from doei.study.runner import load_study

@@ -90,7 +90,7 @@ def test_timm_failures_are_one_line_errors(fake_timm):
 
 
 def test_train_config_pretrained_timm_reaches_build_model(fake_timm, tmp_path):
-    from doei.engine.train_cls import build_model
+    from doei.engine.classifier import build_classifier as build_model
     from doei.train_config import train_config_from_dict
 
     cfg = train_config_from_dict({"model": {"name": "tscam_tiny_conv", "num_classes": 3, "img_size": 64,

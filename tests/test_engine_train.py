@@ -139,7 +139,7 @@ def test_checkpoint_records_every_doei_knob_and_old_partial_records_warn(tmp_pat
 
     from doei.core import DOEIConfig
     from doei.engine.checkpoint import save_checkpoint
-    from doei.engine.train_cls import build_model
+    from doei.engine.classifier import build_classifier as build_model
 
     cfg = train_config_from_dict({"model": {"name": "mctformer_v2_tiny_conv", "num_classes": 3, "img_size": 32,
                                             "options": {"depth": 2, "embed_dim": 32, "num_heads": 2}},

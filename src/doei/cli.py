@@ -5,15 +5,17 @@ Each sub-command lives in ``doei.commands.<module>`` and exposes ``add_arguments
 fast and a broken optional dependency affects only the command that needs it.
 
 Errors: a :class:`doei.errors.DoeiError` (bad input) prints one line ``doei <cmd>: error: ...``
-to stderr and exits with status 2.
+to stderr and exits with status 2. A :class:`doei.errors.DoeiWarning` (a setting that can do nothing, an
+explicit override) prints one line ``doei <cmd>: warning: ...`` and the command goes on.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import warnings
 
-from doei.errors import DoeiError
+from doei.errors import DoeiError, DoeiWarning
 
 # name -> (module under doei.commands, one-line help). Add a line here to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,6 +46,16 @@ def _top_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings(name: str, fallback):
+    """``warnings.showwarning`` that prints a DoeiWarning as ``doei <name>: warning: ...`` (others as before)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DoeiWarning):
+            print(f"doei {name}: warning: {str(message).strip().splitlines()[0]}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -56,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
-        return int(module.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DoeiWarning)
+            warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
+            return int(module.run(args) or 0)
     except DoeiError as e:
         print(f"doei {name}: error: {e}", file=sys.stderr)
         return 2

@@ -11,22 +11,31 @@ Example ``cam.yaml``::
     crf_alphas: [1, 12]      # PSA affinity labels (low/high background exponent)
 
 Command-line flags override the file; the file overrides the defaults below (the official MCTformer-V2
-settings: scale 1.0 + flip, the last 3 blocks, fused maps, patch-affinity refinement).
+settings: scale 1.0 + flip, the last 3 blocks, fused maps, patch-affinity refinement). With a doei
+training checkpoint the model keys (``model``, ``num_classes``, ``model_kwargs``, ``doei``) can be left
+out: the network is rebuilt from the checkpoint (:func:`doei.engine.classifier.load_classifier`).
+Official weights can be run with DOEI by giving a ``doei:`` section (``enabled: true`` + knobs).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
+from doei.core import DOEIConfig
 from doei.errors import DoeiError
 
 
 @dataclass
 class CamConfig:
-    # model
-    model: str = "mctformer_v2_deit_small"
-    num_classes: int = 20
+    # model. A doei training checkpoint records its network: leave these unset (None / {}) and it is
+    # rebuilt as trained; values given must agree with it. An external weights file (official
+    # checkpoints, a state dict) is built from them (model default mctformer_v2_deit_small,
+    # num_classes default the dataset's, DOEI off unless a doei section is given).
+    model: Optional[str] = None
+    num_classes: Optional[int] = None
     model_kwargs: dict = field(default_factory=dict)   # extra factory arguments (depth, embed_dim, ...)
+    doei: Optional[DOEIConfig] = None                  # DOEI settings (None = the checkpoint's; external: off)
+    override_doei: bool = False                        # run a training checkpoint with other DOEI settings
     # data
     dataset: Literal["voc", "synth", "coco", "folder"] = "voc"
     data_root: str = ""
@@ -51,7 +60,7 @@ class CamConfig:
     num_workers: int = 0
 
     def validate(self) -> "CamConfig":
-        if self.num_classes < 1:
+        if self.num_classes is not None and self.num_classes < 1:
             raise DoeiError(f"num_classes: expected >= 1, got {self.num_classes}")
         if not self.scales or any(not (s > 0) for s in self.scales):
             raise DoeiError(f"scales: expected positive numbers, got {self.scales}")

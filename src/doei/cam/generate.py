@@ -16,6 +16,7 @@ all-reduce of the per-rank counts, which also waits for every rank to finish.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -29,23 +30,42 @@ from doei.errors import DoeiError
 SETTINGS_FILE = "cam_settings.json"
 LOG_FILE = "cam_log.jsonl"
 # settings that change the numbers in the outputs: a resumed run must use the same ones
-PIPELINE_KEYS = ("model", "num_classes", "model_kwargs", "dataset", "split", "scales", "flip", "n_layers", "kind",
+PIPELINE_KEYS = ("model", "num_classes", "model_kwargs", "doei", "dataset", "split", "scales", "flip", "n_layers", "kind",
                  "patch_refine", "amp", "cam_dtype", "seed_beta", "crf_image", "checkpoint")
 
 
 def open_dataset(cfg):
     """The split of a ``CamConfig`` as a ClassificationDataset (raw access via ``.sample``); its class
-    count must be ``cfg.num_classes``."""
+    count must be ``cfg.num_classes`` when that is set."""
     from doei.data.build import build_dataset
 
     ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split)
-    _check_classes(ds, cfg)
+    if cfg.num_classes is not None:
+        _check_classes(ds, cfg)
     return ds
+
+
+def load_cam_model(cfg, checkpoint: str | Path, ds=None):
+    """The classifier of ``checkpoint`` for a ``CamConfig`` through the one loader
+    (:func:`doei.engine.classifier.load_classifier`): a training checkpoint is rebuilt as trained (the
+    config's model keys, if set, must agree; ``doei`` + ``override_doei`` for an ablation), external
+    weights are built from the config (class count default: the dataset's). Returns ``(model, spec, cfg)``
+    with ``cfg``'s ``model``/``num_classes``/``doei`` resolved to what was built."""
+    from doei.engine.classifier import load_classifier
+
+    model, spec = load_classifier(checkpoint, name=cfg.model, num_classes=cfg.num_classes,
+                                  options=cfg.model_kwargs or None, doei=cfg.doei, override_doei=cfg.override_doei,
+                                  default_num_classes=ds.num_classes if ds is not None else None)
+    cfg = dataclasses.replace(cfg, model=spec.name, num_classes=spec.num_classes, doei=spec.doei)
+    if ds is not None:
+        _check_classes(ds, cfg)
+    return model, spec, cfg
 
 
 def _check_classes(ds, cfg) -> None:
     if ds.num_classes != cfg.num_classes:
-        raise DoeiError(f"{cfg.data_root}: dataset has {ds.num_classes} classes but num_classes is {cfg.num_classes}")
+        raise DoeiError(f"{cfg.data_root}: dataset has {ds.num_classes} classes but the classifier"
+                        f"{' (' + cfg.model + ')' if cfg.model else ''} has {cfg.num_classes}")
 
 
 def crf_dir(alpha: float) -> str:
@@ -114,14 +134,16 @@ def _as_list(batch: list) -> list:
     return batch
 
 
-def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str | Path, *, ds=None,
+def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str | Path, *, ds=None, spec=None,
                   limit: int | None = None, progress: bool = True, desc: str = "doei cam") -> dict:
     """CAMs of ``cfg``'s split (a validated ``doei.cam.config.CamConfig``) into ``out``; see the module docstring.
 
     ``model``: the classifier with its weights (any device: it is moved to ``cfg.device``, or to
     ``cuda:LOCAL_RANK`` under torchrun, and put in eval mode); ``checkpoint``: the file its weights
     came from (recorded in the settings, so another classifier cannot continue the folder); ``ds``:
-    the opened split (default :func:`open_dataset`); ``limit``: only the first N ids.
+    the opened split (default :func:`open_dataset`); ``spec``: the
+    :class:`doei.engine.classifier.ClassifierSpec` :func:`load_cam_model` returned (recorded in
+    ``cam_settings.json``: where the network and its DOEI settings came from); ``limit``: only the first N ids.
     Returns ``{"images", "computed", "skipped", "seconds", "out_dir", "processes"}`` on every rank
     (counts summed over ranks).
     """
@@ -139,7 +161,10 @@ def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str 
     device = dist_util.device_for(torch.device(cfg.device))   # cuda -> cuda:LOCAL_RANK with several ranks
     model = model.to(device).eval()
     out = Path(out)
-    settings = {**vars(cfg), "checkpoint": str(Path(checkpoint).resolve())}
+    settings = {**dataclasses.asdict(cfg), "checkpoint": str(Path(checkpoint).resolve())}
+    if spec is not None:
+        settings["classifier"] = {"source": spec.source, "doei_source": spec.doei_source, "doei_enabled":
+                                  bool(spec.doei.enabled), "img_size": spec.img_size, "options": spec.options}
     check_settings(out, settings)
 
     indices = list(range(len(ds)))[:limit] if limit is not None else list(range(len(ds)))
@@ -229,5 +254,5 @@ def _write_outputs(out: Path, item: dict, cams: np.ndarray, cfg, class_names) ->
     save_cam(out / f"{image_id}.npz", classes, kept, dtype=np.float16 if cfg.cam_dtype == "float16" else np.float32)
 
 
-__all__ = ["generate_cams", "open_dataset", "check_settings", "is_done", "output_paths", "crf_dir", "SETTINGS_FILE",
+__all__ = ["generate_cams", "open_dataset", "load_cam_model", "check_settings", "is_done", "output_paths", "crf_dir", "SETTINGS_FILE",
            "LOG_FILE", "PIPELINE_KEYS"]

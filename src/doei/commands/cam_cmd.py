@@ -49,8 +49,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or a bare state dict; 'module.' prefixes are stripped)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", default=None, help="split name (train, train_aug, val, ...) or an id-list .txt")
-    p.add_argument("--model", default=None, help="registered model name (default mctformer_v2_deit_small)")
-    p.add_argument("--num-classes", type=int, default=None, help="foreground classes (20 VOC, 80 COCO)")
+    p.add_argument("--model", default=None, help="registered model name: a doei training checkpoint records its "
+                   "own (a different one is refused); for external weights default mctformer_v2_deit_small")
+    p.add_argument("--num-classes", type=int, default=None, help="foreground classes (default: the checkpoint's, "
+                   "or for external weights the dataset's: 20 VOC, 80 COCO)")
+    p.add_argument("--doei", choices=("on", "off"), default=None, help="run the weights with DOEI on/off, as an "
+                   "explicit override of what a training checkpoint was trained with (default: as trained; "
+                   "external weights: off unless the config has a doei section)")
     p.add_argument("--data-root", default=None, help="dataset folder (VOC2012 layout for voc/synth)")
     p.add_argument("--dataset", choices=("voc", "synth", "coco", "folder"), default=None)
     p.add_argument("--scales", default=None, help="comma-separated scales (default 1.0, MCTformer's psa run; "
@@ -107,21 +112,8 @@ def build_config(args: argparse.Namespace):
     return from_dict(CamConfig, d, where="doei cam").validate()
 
 
-def build_model(cfg, checkpoint: str) -> torch.nn.Module:
-    """``cfg.model`` (with ``cfg.model_kwargs``) holding the weights of ``checkpoint`` (strict), in eval mode."""
-    from doei.models.checkpoint import load_model_weights
-    from doei.models.registry import create_model
-
-    try:
-        model = create_model(cfg.model, num_classes=cfg.num_classes, **cfg.model_kwargs)
-    except TypeError as e:
-        raise DoeiError(f"model_kwargs {cfg.model_kwargs}: not accepted by {cfg.model} ({e})") from None
-    load_model_weights(model, checkpoint, strict=True)
-    return model.eval()
-
-
 def run(args: argparse.Namespace) -> int:
-    from doei.cam.generate import generate_cams, open_dataset
+    from doei.cam.generate import generate_cams, load_cam_model, open_dataset
     from doei.engine import distributed as dist_util
 
     cfg = build_config(args)
@@ -130,10 +122,24 @@ def run(args: argparse.Namespace) -> int:
         raise DoeiError(f"{ckpt}: checkpoint file not found")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise DoeiError(f"--device {cfg.device}: CUDA is not available on this machine")
+    if args.doei is not None:
+        cfg = _switch_doei(cfg, ckpt, args.doei == "on")
     ds = open_dataset(cfg)
-    model = build_model(cfg, str(ckpt))
-    s = generate_cams(model, cfg, args.out, ckpt, ds=ds, limit=args.limit, progress=not args.no_progress)
+    model, spec, cfg = load_cam_model(cfg, ckpt, ds)
+    s = generate_cams(model, cfg, args.out, ckpt, ds=ds, spec=spec, limit=args.limit, progress=not args.no_progress)
     if dist_util.is_main():
         print(f"doei cam: {s['computed']} computed, {s['skipped']} already done, {s['seconds']:.1f} s "
               f"-> {s['out_dir']}")
     return 0
+
+
+def _switch_doei(cfg, ckpt: Path, on: bool):
+    """``--doei on|off``: the checkpoint's (or the config's) DOEI settings with ``enabled`` set, applied as an
+    explicit override (logged, and recorded in ``cam_settings.json``)."""
+    import dataclasses
+
+    from doei.core import DOEIConfig
+    from doei.engine.classifier import stored_doei
+
+    base = cfg.doei or stored_doei(ckpt) or DOEIConfig()
+    return dataclasses.replace(cfg, doei=dataclasses.replace(base, enabled=on), override_doei=True)

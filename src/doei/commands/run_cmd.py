@@ -141,15 +141,15 @@ def stage_train_cls(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
 
 
-def cam_config(cfg: PipelineConfig, model_name: str):
-    """The CamConfig of the cam stage (``cam`` section + model/data/split/device from the run)."""
+def cam_config(cfg: PipelineConfig):
+    """The CamConfig of the cam stage (``cam`` section + data/split/device from the run). The model keys
+    stay as the section gives them: the classifier checkpoint supplies the rest
+    (:func:`doei.cam.generate.load_cam_model`)."""
     from doei.cam.config import CamConfig
     from doei.config import from_dict
     from doei.pipeline_config import resolve_device
 
     d = dict(cfg.cam)
-    d.setdefault("model", model_name)
-    d.setdefault("num_classes", cfg.data.num_classes)
     d.setdefault("dataset", cfg.data.kind)
     d.setdefault("data_root", cfg.data.root)
     d.setdefault("split", cfg.data.train_split)
@@ -157,38 +157,19 @@ def cam_config(cfg: PipelineConfig, model_name: str):
     return from_dict(CamConfig, d, where="cam").validate()
 
 
-def _cam_model(cfg: PipelineConfig, ckpt: Path):
-    """(model name, model) for CAMs: a doei training checkpoint is rebuilt from its own config (DOEI
-    included); any other weights file goes through ``doei cam``'s builder with the ``cam`` settings."""
-    from doei.engine.checkpoint import load_checkpoint
-
-    try:
-        load_checkpoint(ckpt)
-        is_ours = True
-    except DoeiError:
-        is_ours = False
-    if is_ours:
-        from doei.engine.train_cls import load_trained_model
-
-        model, tcfg = load_trained_model(ckpt)
-        return tcfg.model.name, model
-    from doei.commands import cam_cmd
-
-    ccfg = cam_config(cfg, str(cfg.cam.get("model", "mctformer_v2_deit_small")))
-    return ccfg.model, cam_cmd.build_model(ccfg, str(ckpt))
-
-
 def stage_cam(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     """CAMs of the train split into ``refine.train.cam_dir`` (:func:`doei.cam.generate.generate_cams`:
-    per image, resumable, sharded over the ranks under torchrun)."""
-    from doei.cam.generate import generate_cams, open_dataset
+    per image, resumable, sharded over the ranks under torchrun), with the classifier built by the one
+    loader, exactly as ``doei cam`` builds it."""
+    from doei.cam.generate import generate_cams, load_cam_model, open_dataset
 
     ckpt = classifier_checkpoint(cfg)
     if not ckpt.is_file():
         raise DoeiError(f"{ckpt}: classifier checkpoint not found (run the train-cls stage first)")
-    name, model = _cam_model(cfg, ckpt)
-    ccfg = cam_config(cfg, name)
-    s = generate_cams(model, ccfg, cfg.refine.train.cam_dir, ckpt, ds=open_dataset(ccfg), progress=cfg.run.progress,
+    ccfg = cam_config(cfg)
+    ds = open_dataset(ccfg)
+    model, spec, ccfg = load_cam_model(ccfg, ckpt, ds)
+    s = generate_cams(model, ccfg, cfg.refine.train.cam_dir, ckpt, ds=ds, spec=spec, progress=cfg.run.progress,
                       desc="cam")
     log(f"cam: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
     return {"computed": s["computed"], "skipped": s["skipped"], "out_dir": s["out_dir"]}

@@ -87,7 +87,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     from doei.models.checkpoint import load_weights_only
 
     path = Path(path)
-    obj = load_weights_only(path, "weights-only checkpoint")
+    return check_checkpoint(load_weights_only(path, "weights-only checkpoint"), path)
+
+
+def check_checkpoint(obj: object, path: str | os.PathLike) -> dict[str, Any]:
+    """``obj`` (a loaded file) if it is a complete training checkpoint, else a one-line DoeiError."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise DoeiError(f"{path}: not a doei training checkpoint (format {got!r}, expected {FORMAT!r})")

@@ -144,9 +144,9 @@ def write_cams(checkpoint: Path, synth_root: Path, out_dir: Path, cam_layers: in
     from doei.cam.io import save_cam
     from doei.data.build import build_dataset
     from doei.data.transforms import cam_transform
-    from doei.engine.train_cls import load_trained_model
+    from doei.engine.classifier import load_classifier
 
-    model, _ = load_trained_model(checkpoint)
+    model, _ = load_classifier(checkpoint)
     ext = CamExtractor(model, scales=(1.0,), flip=True, n_layers=min(cam_layers, model.depth),
                        patch_refine=patch_refine, normalize=False)
     ds = build_dataset("synth", synth_root, "val", transform=cam_transform())
@@ -231,9 +231,9 @@ def pipeline_config(o: DemoOptions, run: str, synth_root: Path, split: str, chec
                                     "stages": list(PIPELINE_STAGES)})
     d.setdefault("data", {}).update({"kind": "synth", "root": str(synth_root), "train_split": split,
                                      "val_split": "val"})
-    from doei.engine.train_cls import load_trained_model
+    from doei.engine.classifier import load_classifier
 
-    depth = load_trained_model(checkpoint)[0].depth                 # as write_cams: at most the model's depth
+    depth = load_classifier(checkpoint)[0].depth                 # as write_cams: at most the model's depth
     d.setdefault("cam", {}).update({"n_layers": min(o.cam_layers, depth), "patch_refine": patch_refine})
     return pipeline_config_from_dict(d, where=str(path))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -33,17 +33,15 @@ import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from doei.core import DOEIConfig
 from doei.engine import distributed as dist_util
 from doei.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from doei.engine.classifier import build_classifier, load_classifier
 from doei.engine.losses import classification_loss, prediction_logits
 from doei.engine.optim import build_optimizer, lr_at, set_lr
 from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_deterministic
 from doei.errors import DoeiError
 from doei.train_config import TrainConfig, train_config_from_dict
 from doei.utils.io import append_jsonl, atomic_write_text, truncate_jsonl_epochs
-
-DOEI_FIELDS = tuple(f.name for f in fields(DOEIConfig))
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -60,23 +58,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DoeiError(f"train.device = {name!r} but CUDA is not available (use cpu or auto)")
     return torch.device(name)
-
-
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """The configured network (weights from ``model.pretrained`` when set)."""
-    from doei.models.registry import create_model
-
-    m = cfg.model
-    try:
-        model = create_model(m.name, num_classes=m.num_classes, doei=cfg.doei_config(), img_size=m.img_size,
-                             drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate, **m.options)
-    except (TypeError, ValueError) as e:
-        raise DoeiError(f"model {m.name!r}: {e}") from None
-    if m.pretrained:
-        from doei.engine.pretrained import load_pretrained
-
-        load_pretrained(model, m.pretrained)
-    return model
 
 
 def train_transform(cfg: TrainConfig) -> Callable:
@@ -177,19 +158,10 @@ class TrainResult:
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """Rebuild the network of a training checkpoint from its stored config and load its weights."""
-    ckpt = load_checkpoint(path)
-    stored = ckpt["config"].get("doei") or {}
-    if stored.get("enabled") and set(stored) != set(DOEI_FIELDS):
-        import warnings
-
-        warnings.warn(f"{path}: the stored DOEI settings {sorted(stored)} predate complete records; the unset "
-                      "knobs take today's DOEIConfig defaults (sf_c2c was -0.5 before it became 0)", stacklevel=2)
-    cfg = train_config_from_dict(ckpt["config"], where=f"{path}:config")
-    cfg.model.pretrained = None
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), cfg
+    """The network of a training checkpoint (through :func:`doei.engine.classifier.load_classifier`, the one
+    loader) and its stored training config."""
+    model, _ = load_classifier(path, device=device)
+    return model, train_config_from_dict(load_checkpoint(path)["config"], where=f"{path}:config")
 
 
 def _check_resume_config(saved: dict, now: dict, path: Path) -> None:
@@ -230,7 +202,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
 
     # -- model and optimiser (init seeded from the run seed, not from whatever ran before)
     seed_everything(epoch_seed(tc.seed, -1, "init"))
-    model = build_model(cfg).to(device)
+    model = build_classifier(cfg).to(device)
     peak_lr = cfg.peak_lr()
     optimizer = build_optimizer(model, peak_lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -354,5 +326,5 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
     return TrainResult(out_dir, ckpt_path, end_epoch - start_epoch, last, time.time() - t_start)
 
 
-__all__ = ["train", "TrainResult", "build_model", "build_dataset", "train_transform", "load_trained_model",
+__all__ = ["train", "TrainResult", "build_dataset", "train_transform", "load_trained_model",
            "classification_metrics", "average_precision", "mctformer_loss", "predict_logits", "resolve_device"]

@@ -8,8 +8,6 @@ Accepted layouts (what the baselines and common trainers write): a bare state di
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -30,9 +28,14 @@ def load_weights_only(path: str | os.PathLike, what: str = "weights-only torch c
         raise DoeiError(f"{path}: checkpoint file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DoeiError(f"{path}: not a readable {what} ({first})") from None
+    except MemoryError:
+        raise DoeiError(f"{path}: not a readable {what} (it claims more memory than there is)") from None
+    except Exception as e:  # noqa: BLE001 - any failure to decode a user's file is bad input, not a bug
+        # torch.load on arbitrary bytes raises UnpicklingError, but also IndexError, KeyError, EOFError,
+        # RuntimeError, ValueError, zipfile.BadZipFile ... depending on the bytes: all mean "not a checkpoint".
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DoeiError(f"{path}: not a readable {what} ({type(e).__name__}{': ' + first if first else ''})"
+                        ) from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -66,7 +69,7 @@ def unwrap_state_dict(obj: object, where: str = "checkpoint") -> dict[str, torch
 
 
 def load_model_weights(model: nn.Module, path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
-                       strict: bool = True) -> nn.Module:
+                       strict: bool = True, where: str | None = None) -> nn.Module:
     """Load weights into ``model`` (in place) and return it.
 
     With ``strict`` every model key must be present, no extra key may exist, and every shape must
@@ -75,10 +78,10 @@ def load_model_weights(model: nn.Module, path_or_state_dict: str | os.PathLike |
     ``strict`` missing/unexpected keys are allowed but shape mismatches are still errors.
     """
     if isinstance(path_or_state_dict, Mapping):
-        where = "state dict"
+        where = where or "state dict"
         sd = unwrap_state_dict(path_or_state_dict, where)
     else:
-        where = str(path_or_state_dict)
+        where = where or str(path_or_state_dict)
         sd = read_state_dict(path_or_state_dict)
     own = model.state_dict()
     mismatched = [f"{k} {tuple(sd[k].shape)} vs model {tuple(v.shape)}"

@@ -125,9 +125,9 @@ def block_stats(checkpoint: Path, synth_root: Path, n_images: int) -> list[dict]
     the CAM transform): ``[{block, k_p2c, k_c2c, delta_ratio_patch, delta_ratio_cls}]``; [] with DOEI off."""
     from doei.data.build import build_dataset
     from doei.data.transforms import cam_transform
-    from doei.engine.train_cls import load_trained_model
+    from doei.engine.classifier import load_classifier
 
-    model, _ = load_trained_model(checkpoint)
+    model, _ = load_classifier(checkpoint)
     ds = build_dataset("synth", synth_root, "val", transform=cam_transform())
     x = torch.stack([ds[i][0] for i in range(min(n_images, len(ds)))])
     model.doei_stats = []
