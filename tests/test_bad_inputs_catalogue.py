@@ -344,6 +344,24 @@ def c_coco_labels_unknown_image_id(b, t):
     return ["labels", "--dataset", "coco", "--ann", ann, "--out", str(t / "out")], r"inst\.json: annotation 10 .*image_id 5"
 
 
+def c_labels_conflict_with_existing_file(b, t):
+    # the existing file (another split's labels + a different label for ids[0]) must be left as it is
+    from doei.data.common import write_labels_json
+    from doei.data.voc import VOC_CLASSES
+
+    write_labels_json(t / "out", {b["ids"][0]: [19], "other_1": [3]}, VOC_CLASSES, source="test")
+    argv = ["labels", "--dataset", "voc", "--root", str(b["data"]), "--source", "masks", "--split", "train",
+            "--out", str(t / "out")]
+    return argv, rf"out: image '{b['ids'][0]}' is labelled \[tvmonitor\] there but .*--overwrite"
+
+
+def c_labels_existing_file_other_classes(b, t):
+    # synth's own cls_labels.json names 10 synthetic classes: not merged into a VOC labels file
+    shutil.copy(b["data"] / "cls_labels.json", t / "out")
+    argv = ["labels", "--dataset", "voc", "--root", str(b["data"]), "--source", "masks", "--out", str(t / "out")]
+    return argv, r"--out .*out exists but cannot be merged.*class names"
+
+
 CASES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("c_") and callable(fn)}
 
 

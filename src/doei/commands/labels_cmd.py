@@ -9,6 +9,13 @@ Examples::
 
 The VOC loader picks up ``<root>/cls_labels.json`` automatically; the COCO loader picks up
 ``<root>/cls_labels_<split>.json``. Format: {"format", "source", "classes", "labels": {id: [0-based classes]}}.
+
+An existing output file is merged, never truncated: its other images keep their labels, new ids are
+added, ids already there with the same labels are left alone, and an id whose labels differ is refused
+(one line naming the id, the file and both label sets) unless ``--overwrite`` (then the new labels
+replace those ids, the rest is still kept). So ``doei labels --split val`` adds val to a complete
+``cls_labels.json`` instead of replacing it. The existing file is read (and its class names checked)
+before any labels are computed; the result is written atomically, and not at all when nothing changed.
 """
 from __future__ import annotations
 
@@ -29,7 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ann", action="append", default=None, help="COCO instances JSON (repeatable)")
     p.add_argument("--ids", choices=("annotated", "all"), default="all",
                    help="COCO images to list: all (empty label for unannotated) or annotated only (default all)")
-    p.add_argument("--out", default=None, help="output JSON (default <root>/cls_labels.json for voc)")
+    p.add_argument("--out", default=None, help="output JSON (default <root>/cls_labels.json for voc); an existing "
+                   "file is merged: other images kept, same labels left alone, different labels refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the labels of ids already in --out that differ (other ids are still kept)")
 
 
 def _voc(args) -> tuple[dict, list[str], str, Path]:
@@ -77,11 +87,79 @@ def _coco(args) -> tuple[dict, list[str], str, Path]:
     return table, list(COCO_CLASSES), f"instances {', '.join(args.ann)} ({args.ids} ids)", Path(args.out)
 
 
-def run(args: argparse.Namespace) -> int:
-    from doei.data.common import write_labels_json
+def _out_path(args) -> Path | None:
+    """The output path as :func:`_voc`/:func:`_coco` will choose it (``None``: they will refuse first)."""
+    if args.out:
+        return Path(args.out)
+    if args.dataset == "voc" and (args.from_npy or args.root):
+        return Path(args.root or ".") / "cls_labels.json"
+    return None
 
+
+def _read_existing(out: Path | None, n_classes: int, names: list[str]) -> dict[str, tuple[int, ...]] | None:
+    """The labels already in ``out`` (``None`` when there is no such file); class names must agree."""
+    from doei.data.common import read_labels_json
+
+    if out is None or not out.exists():
+        return None
+    if out.is_dir():
+        raise DoeiError(f"{out}: is a directory (expected a labels JSON file path for --out)")
+    try:
+        return read_labels_json(out, n_classes, names)
+    except DoeiError as e:
+        raise DoeiError(f"--out {out} exists but cannot be merged with: {e} (move it away or choose another --out)") from None
+
+
+def _fmt(classes: tuple[int, ...], names: list[str]) -> str:
+    return "[" + ", ".join(names[c] if 0 <= c < len(names) else str(c) for c in classes) + "]"
+
+
+def merge_labels(old: dict[str, tuple[int, ...]], new: dict[str, tuple[int, ...]], *, overwrite: bool,
+                 where: Path, names: list[str], desc: str) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """``old`` updated with ``new``: ids only in ``old`` kept, new ids added, equal labels left alone;
+    differing labels refused with a one-line :class:`DoeiError` unless ``overwrite``. Returns the merged
+    table and the counts ``added``, ``same``, ``replaced``, ``kept``."""
+    conflicts = [k for k in new if k in old and tuple(old[k]) != tuple(new[k])]
+    if conflicts and not overwrite:
+        k = conflicts[0]
+        raise DoeiError(f"{where}: image {k!r} is labelled {_fmt(tuple(old[k]), names)} there but "
+                        f"{_fmt(tuple(new[k]), names)} by {desc} ({len(conflicts)} id(s) differ); "
+                        "pass --overwrite to replace them")
+    merged = dict(old)
+    merged.update(new)
+    added = sum(1 for k in new if k not in old)
+    counts = {"added": added, "same": len(new) - added - len(conflicts), "replaced": len(conflicts),
+              "kept": sum(1 for k in old if k not in new)}
+    return merged, counts
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from doei.data.coco import COCO_CLASSES
+    from doei.data.common import write_labels_json
+    from doei.data.voc import VOC_CLASSES
+
+    names0 = list(VOC_CLASSES if args.dataset == "voc" else COCO_CLASSES)
+    old = _read_existing(_out_path(args), len(names0), names0)        # before any (slow) labelling
     table, names, desc, out = _voc(args) if args.dataset == "voc" else _coco(args)
-    write_labels_json(out, table, names, source=desc)
-    n_empty = sum(1 for v in table.values() if not v)
-    print(f"wrote {out}: {len(table)} images ({n_empty} without a foreground class), labels from {desc}")
+    if old is None:
+        write_labels_json(out, table, names, source=desc)
+        n_empty = sum(1 for v in table.values() if not v)
+        print(f"wrote {out}: {len(table)} images ({n_empty} without a foreground class), labels from {desc}")
+        return 0
+    merged, c = merge_labels(old, table, overwrite=args.overwrite, where=out, names=names, desc=desc)
+    n_empty = sum(1 for v in merged.values() if not v)
+    summary = (f"{len(merged)} images ({c['added']} added, {c['same']} already there with the same labels, "
+               f"{c['replaced']} replaced, {c['kept']} other images kept; {n_empty} without a foreground class)")
+    if not c["added"] and not c["replaced"]:
+        print(f"{out} unchanged: {summary}, labels from {desc}")
+        return 0
+    try:
+        prev = json.loads(out.read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        prev = None
+    source = desc if not isinstance(prev, str) or not prev or prev == desc else f"{prev}; {desc}"
+    write_labels_json(out, merged, names, source=source)
+    print(f"merged into {out}: {summary}, labels from {desc}")
     return 0
