@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 from doei.cam.extractor import CamExtractor, official_views
 from doei.cam.io import load_cam
 from doei.cli import main
+from doei.errors import DoeiError
 from doei.models.registry import create_model
 
 SIZES = [(64, 80), (64, 80), (72, 56), (50, 61), (64, 80)]
@@ -145,12 +147,20 @@ def test_config_file_and_float32(voc, tmp_path, capsys):
     assert rc == 2 and "unknown key 'scale'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["missing", "wrong_classes", "garbage", "cuda"])
+# Fixed byte patterns: torch.load(weights_only=True) on random bytes raises UnpicklingError mostly, but
+# random.Random(2).randbytes(64) raises IndexError and random.Random(20).randbytes(64) KeyError.
+GARBAGE = {"garbage_unpickling": lambda: random.Random(0).randbytes(64),
+           "garbage_index_error": lambda: random.Random(2).randbytes(64),
+           "garbage_key_error": lambda: random.Random(20).randbytes(64),
+           "text": lambda: b"this is a text file, not a checkpoint\n"}
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong_classes", *GARBAGE, "cuda"])
 def test_bad_input_exit_2_nothing_written(voc, tmp_path, capsys, case):
     ckpt = {"missing": voc["root"] / "nope.pth", "wrong_classes": voc["root"] / "ckpt10.pth"}.get(case)
-    if case == "garbage":
+    if case in GARBAGE:
         ckpt = tmp_path / "garbage.pth"
-        ckpt.write_bytes(os.urandom(64))
+        ckpt.write_bytes(GARBAGE[case]())
     if case == "cuda" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     out = tmp_path / "out"
@@ -163,9 +173,22 @@ def test_bad_input_exit_2_nothing_written(voc, tmp_path, capsys, case):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("doei cam: error:")
     expected = {"missing": "checkpoint file not found", "wrong_classes": "shape mismatch for cls_token (1, 10, 192)",
-                "garbage": "not a readable weights-only", "cuda": "CUDA is not available"}[case]
+                "cuda": "CUDA is not available", **{g: "not a readable weights-only" for g in GARBAGE}}[case]
     assert expected in err
     assert not out.exists()
+
+
+def test_any_bytes_are_refused_in_one_line(tmp_path):
+    """Property over 200 fixed seeds (64 and 300 bytes): every file of random bytes is a one-line DoeiError
+    naming the file, whatever exception torch.load raised inside."""
+    from doei.models.checkpoint import load_weights_only
+
+    f = tmp_path / "bytes.pth"
+    for seed in range(200):
+        f.write_bytes(random.Random(seed).randbytes(64 if seed % 2 else 300))
+        with pytest.raises(DoeiError) as e:
+            load_weights_only(f)
+        assert str(e.value).startswith(f"{f}: not a readable") and "\n" not in str(e.value), seed
 
 
 def test_bad_dataset_exit_2(voc, tmp_path, capsys):
