@@ -4,7 +4,6 @@ written)."""
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import numpy as np
