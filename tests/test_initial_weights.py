@@ -186,3 +186,17 @@ def test_crf_score_cache_with_workers_equals_serial(tmp_path):
     for a, b in zip(outs[0], outs[2]):
         with np.load(a) as za, np.load(b) as zb:
             assert all(np.array_equal(za[k], zb[k]) for k in ("la", "ha"))
+
+
+@pytest.mark.parametrize("frozen_bn", [True, False])
+def test_resnet38_nets_use_every_trainable_parameter(frozen_bn):
+    """Why ``doei.engine.sgd_loop`` wraps them in DDP with ``find_unused_parameters=False``."""
+    from doei.engine.train_aff import build_affinity_model
+    from doei.engine.train_seg import build_seg_model
+
+    torch.manual_seed(0)
+    for model, size in ((build_affinity_model("psa_resnet38_aff_small", {**SMALL, "frozen_bn": frozen_bn}, radius=4), 72),
+                        (build_seg_model("deeplab_resnet38_small", 11, {**SMALL, "frozen_bn": frozen_bn}), 48)):
+        model.train()
+        model(torch.randn(2, 3, size, size)).sum().backward()
+        assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []

@@ -304,9 +304,18 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def eval_workers(cfg: "PipelineConfig") -> int:
-    """``eval.workers``, or the available cores when it is null (counts are integers: same result)."""
-    return cfg.eval.workers if cfg.eval.workers is not None else available_cpus()
+def auto_workers(n_items: int, per_worker: int = 64) -> int:
+    """Evaluation processes when none are configured: the available cores, but no more than one per
+    ``per_worker`` items (a pool costs more to start than a few dozen images take to score)."""
+    return max(1, min(available_cpus(), n_items // per_worker))
+
+
+def eval_workers(cfg: "PipelineConfig", n_items: int, ranks_per_node: int = 1) -> int:
+    """``eval.workers``, or :func:`auto_workers` shared by the ranks of a node when it is null (counts are
+    integers: the result is the same for any number)."""
+    if cfg.eval.workers is not None:
+        return cfg.eval.workers
+    return max(1, auto_workers(n_items) // max(1, ranks_per_node))
 
 
 def resolve_device(name: str) -> str:

@@ -55,7 +55,7 @@ class CamConfig:
     crf_image: Literal["official", "original"] = "official"
     save_overlays: bool = False
     # running
-    device: str = "cpu"
+    device: str = "auto"                  # auto = cuda when available (then --amp acts), else cpu
     batch_size: int = 1
     num_workers: int = 0
 
@@ -72,8 +72,12 @@ class CamConfig:
             raise DoeiError(f"seed_beta: expected a background threshold in [0, 1], got {self.seed_beta}")
         if any(not (a > 0) for a in self.crf_alphas):
             raise DoeiError(f"crf_alphas: expected positive exponents, got {self.crf_alphas}")
+        if self.device == "auto":
+            import torch
+
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise DoeiError(f"device {self.device!r}: expected cpu, cuda or cuda:N")
+            raise DoeiError(f"device {self.device!r}: expected auto, cpu, cuda or cuda:N")
         if not self.data_root:
             raise DoeiError("data_root: no dataset folder given (--data-root or data_root in the config)")
         return self

@@ -75,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CRF colour image: 'official' = the truncated de-normalised tensor (default, as the "
                         "official code), 'original' = the image's own pixels")
     p.add_argument("--save-overlays", action="store_true", help="also write overlays/<id>.png (jet heat maps)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto: cuda when available, else cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 1)")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader worker processes (default 0)")
     p.add_argument("--limit", type=int, default=None, help="only the first N ids of the split (smoke tests)")

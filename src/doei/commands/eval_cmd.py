@@ -61,7 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", choices=("all", "present"), default="all",
                    help="all: mean over all classes, absent = 0 (seed convention, default); "
                         "present: mean over classes present in GT or prediction (segmentation convention)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (counts are exact either way)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: the available cores, one per 64 images at most; counts are "
+                        "exact either way)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -83,11 +85,14 @@ def run(args: argparse.Namespace) -> int:
         betas = None if args.betas is None else parse_betas(args.betas)
     else:
         betas = parse_betas(args.betas if args.betas is not None else DEFAULT_BETAS)
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise DoeiError(f"--workers {args.workers}: expected >= 1")
+    from doei.pipeline_config import auto_workers
+
+    workers = args.workers if args.workers is not None else auto_workers(len(ids))
     counts = evaluate_dirs(
         args.pred, args.gt, ids, num_classes=args.num_classes, pred_type=pred_type, betas=betas,
-        trust_pickle=args.trust_pickle, workers=args.workers, progress=not args.no_progress,
+        trust_pickle=args.trust_pickle, workers=workers, progress=not args.no_progress,
     )
     rep = build_report(counts, args.mean)
     print(format_report(rep))

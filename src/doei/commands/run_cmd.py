@@ -277,9 +277,7 @@ def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     from doei.utils.io import atomic_write_json
 
     c = cfg.data.num_classes + 1
-    workers = eval_workers(cfg)
-    if cfg.eval.workers is None and dist_util.world_size() > 1:   # the node's cores are shared by its ranks
-        workers = max(1, workers // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist_util.world_size() > 1 else 1
     results: dict = {}
     table = []
     for name, producer, pred, split, ptype, mean in eval_rows(cfg):
@@ -290,6 +288,7 @@ def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
         if gt is None:
             log(f"eval: {name}: split {split!r} has no ground-truth masks; skipped")
             continue
+        workers = eval_workers(cfg, len(ids) // max(1, dist_util.world_size()), per_node)   # cores shared by ranks
         counts = _sharded_counts(pred, gt, ids, c, ptype, cfg.eval.seed_betas if ptype == "cam" else None, workers)
         rep = build_report(counts, mean)
         results[name] = {k: rep[k] for k in ("mIoU", "FP", "FN", "beta", "mean_convention", "num_images")}

@@ -144,8 +144,10 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        # every trainable parameter of the ResNet38 nets is in the loss (tests/test_initial_weights.py checks
+        # it), so DDP need not search the graph for unused ones after every backward
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=True)
+                                      find_unused_parameters=False)
     if start_epoch < epochs:
         n_params = sum(p.numel() for p in model.parameters())
         log(f"{desc}: {n_params / 1e6:.2f} M parameters, device {device}; {n} training images, "
