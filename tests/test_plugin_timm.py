@@ -226,3 +226,13 @@ def test_refusals_at_run_time_and_bad_options():
     with pytest.raises(DoeiError, match="outside a model forward pass"):
         m.blocks[0](torch.randn(1, 17, 32))
     assert m(image()).shape == (2, 5)
+
+
+def test_deepcopy_of_a_plugged_model_is_an_independent_plugged_model():
+    m = plug(tiny("deit_tiny_patch16_224").eval(), copy.deepcopy(ON))
+    c = copy.deepcopy(m)
+    assert get_plug(c) is not get_plug(m) and get_plug(c).model is c
+    with torch.no_grad():
+        assert torch.equal(c(image()), m(image()))
+    unplug(c)
+    assert hooks(c) == 0 and hooks(m) > 0
