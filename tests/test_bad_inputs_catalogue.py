@@ -362,6 +362,32 @@ def c_labels_existing_file_other_classes(b, t):
     return argv, r"--out .*out exists but cannot be merged.*class names"
 
 
+def c_eval_voc_default_on_synth(b, t):
+    # the synthetic benchmark's labels (<= 10) scored against VOC's 21 classes by default: refused
+    return _eval(b, t), r"VOC's 21 classes were assumed; labels .* go up to \d+.*--dataset synth"
+
+
+def c_eval_classes_disagree(b, t):
+    return _eval(b, t) + ["--num-classes", "21", "--dataset", "synth", "--data-root", str(b["data"])], \
+        r"--num-classes 21 but --dataset synth .*10 foreground classes"
+
+
+def c_eval_beta_outside_unit_interval(b, t):
+    return _eval(b, t, b["cams"]) + ["--betas", "0.5,1.5"], r"--betas '0\.5,1\.5': 1\.5 is outside \[0, 1\]"
+
+
+def c_eval_out_under_a_file(b, t):
+    (t / "afile").write_text("")
+    argv = _eval(b, t)
+    argv[argv.index("--out") + 1] = str(t / "afile" / "m.json")
+    return argv, r"--out .*afile/m\.json: .*afile is a file"
+
+
+def c_eval_out_is_a_directory(b, t):
+    (t / "out.json").mkdir()
+    return _eval(b, t), r"--out .*out\.json: is a directory"
+
+
 CASES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("c_") and callable(fn)}
 
 

@@ -311,3 +311,111 @@ def test_cam_without_classes_and_ambiguous_type(fixture_dirs, tmp_path, capsys):
     _write_png(tmp_path / "p" / f"{name}.png", gt)
     rc, _, err = _run(capsys, "--pred", tmp_path / "p", "--gt", root / "gt", "--list", tmp_path / "l.txt")
     assert rc == 2 and "--pred-type" in err
+
+
+# ------------------------------------------------------------------------------ class count, betas, --out
+
+
+@pytest.fixture(scope="module")
+def synth_small(tmp_path_factory):
+    """A tiny synthetic benchmark (10 classes + background): its GT masks serve as perfect predictions."""
+    from doei.data.synth import SynthParams, write_synth
+
+    root = tmp_path_factory.mktemp("synth_eval") / "synth"
+    write_synth(root, SynthParams(seed=3, n_train=2, n_val=6, size=32))
+    return root
+
+
+def _synth_argv(root, *extra, out=None):
+    argv = ["--pred", root / "SegmentationClass", "--gt", root / "SegmentationClass",
+            "--list", root / "ImageSets" / "Segmentation" / "val.txt", *extra]
+    return argv + (["--out", out] if out else [])
+
+
+def test_class_count_comes_from_the_data_not_voc(synth_small, tmp_path, capsys):
+    root = synth_small
+    names = json.loads((root / "meta.json").read_text())["classes"]
+    # no class count given: VOC's 21 would halve the mIoU of a perfect prediction -> refused, nothing written
+    out = tmp_path / "m.json"
+    rc, _, err = _run(capsys, *_synth_argv(root, out=out))
+    assert rc == 2 and not out.exists(), err
+    assert len(err.strip().splitlines()) == 1
+    assert "VOC's 21 classes were assumed" in err and "--dataset synth --data-root" in err, err
+    # from the benchmark itself (--dataset synth, or its meta.json / labels file as --classes): 11 classes, names
+    for extra, src in ((["--dataset", "synth", "--data-root", root], "--dataset synth"),
+                       (["--classes", root / "meta.json"], "--classes"), (["--classes", root / "cls_labels.json"], "--classes"),
+                       (["--num-classes", "11", "--dataset", "synth", "--data-root", root], "--dataset synth")):
+        rc, text, err = _run(capsys, *_synth_argv(root, *extra, out=out))
+        assert rc == 0 and err == "", err
+        rep = json.loads(out.read_text())
+        assert rep["num_classes"] == 11 and [r["name"] for r in rep["per_class"]] == ["background"] + names
+        assert rep["means"]["present"]["mIoU"] == pytest.approx(100, abs=1e-6)
+        assert rep["num_classes_from"].startswith(src) and names[-1] in text
+    # an explicit --num-classes 21 is honoured, with a loud warning
+    rc, _, err = _run(capsys, *_synth_argv(root, "--num-classes", "21", out=out))
+    assert rc == 0 and json.loads(out.read_text())["num_classes"] == 21
+    assert err.startswith("doei eval: warning: labels in the ground truth and predictions go up to ") and \
+        "21 classes are scored (--num-classes 21)" in err, err
+    # sources that disagree, or an incomplete one, are refused before anything is read
+    for extra, needle in ((["--num-classes", "21", "--classes", root / "meta.json"],
+                           "--num-classes 21 but --classes"),
+                          (["--dataset", "voc", "--classes", root / "meta.json"], "--dataset voc has 20 foreground classes but --classes"),
+                          (["--dataset", "synth"], "--dataset synth needs --data-root"),
+                          (["--classes", tmp_path / "none.txt"], "none.txt: class names file not found")):
+        out.unlink(missing_ok=True)
+        rc, _, err = _run(capsys, *_synth_argv(root, *extra, out=out))
+        assert rc == 2 and needle in err and not out.exists(), err
+
+
+def test_class_count_rule_keeps_voc_and_coco_defaults(fixture_dirs, tmp_path, capsys):
+    """Real VOC-class data (labels up to 20) passes the rule with the default 21 and VOC names."""
+    root, _ = fixture_dirs
+    out = tmp_path / "m.json"
+    rc, _, err = _run(capsys, "--pred", root / "png", "--gt", root / "gt", "--list", root / "list.txt", "--out", out)
+    assert rc == 0 and err == "", err
+    rep = json.loads(out.read_text())
+    assert rep["num_classes"] == 21 and rep["per_class"][15]["name"] == "person"
+    assert rep["num_classes_from"] == "default (VOC)"
+    rc, _, err = _run(capsys, "--pred", root / "png", "--gt", root / "gt", "--list", root / "list.txt",
+                      "--dataset", "coco", "--out", out)
+    assert rc == 0 and "81 classes are scored (--dataset coco)" in err  # warned: labels <= 20 of 80
+    assert json.loads(out.read_text())["per_class"][1]["name"] == "person"
+
+
+def test_betas_outside_unit_interval_refused(capsys, bad_setup):
+    for spec in ("1.5", "-0.1,0.3", "0:1.2:0.1", "-0.5:0.5:0.25"):
+        _expect_error(capsys, bad_setup, f"--betas {spec!r}: ", extra=[f"--betas={spec}"])
+    from doei.commands.eval_cmd import parse_betas
+
+    assert parse_betas("0,1") == [0.0, 1.0]
+
+
+def test_unwritable_out_refused_before_evaluation(capsys, bad_setup, monkeypatch):
+    import os
+
+    import doei.eval.evaluate as ev
+
+    def never(*a, **k):
+        raise AssertionError("evaluated before --out was checked")
+
+    monkeypatch.setattr(ev, "evaluate_dirs", never)
+    tmp_path = bad_setup / "o"
+    tmp_path.mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    cases = [(tmp_path / "adir", "is a directory"), (tmp_path / "afile" / "m.json", "afile is a file, not a folder"),
+             (tmp_path / "afile" / "deeper" / "m.json", "afile is a file, not a folder")]
+    if Path("/proc").is_dir():
+        cases.append((Path("/proc/m.json"), "cannot write in /proc"))
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        cases.append((ro / "m.json", "cannot write in"))
+    for out, needle in cases:
+        rc, _, err = _run(capsys, "--pred", bad_setup / "npz", "--gt", bad_setup / "gt", "--list",
+                          bad_setup / "list.txt", "--out", out)
+        assert rc == 2 and err.startswith(f"doei eval: error: --out {out}") and needle in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["afile", "adir"] + (["ro"] if os.geteuid() else []))
+    assert list((tmp_path / "adir").iterdir()) == []

@@ -6,18 +6,29 @@ Examples::
     doei eval --pred cams/ --gt gt/ --list val.txt --betas 0.3            # one threshold
     doei eval --pred seeds/ --gt gt/ --list val.txt --pred-type png --mean present
     doei eval --pred official_npy/ --gt gt/ --list val.txt --trust-pickle --betas 0:0.6:0.01
+    doei eval --pred cams/ --gt data/synth/SegmentationClass --list val.txt --dataset synth --data-root data/synth
 
 Prints a per-class table at the best β and the sweep, and writes the report JSON atomically
-(only after every file was read without error).
+(only after every file was read without error; ``--out`` is checked to be writable before anything
+is read).
+
+Which classes are scored (C, background included, and their names): ``--num-classes``, ``--classes``
+(a names file) or ``--dataset`` (voc 21, coco 81, synth/folder from ``--data-root``); several given
+must agree. With none, C = 21 (VOC) and the evaluation is refused when the largest label seen in the
+ground truth and predictions is at most (C - 1) / 2 = 10: such data is not VOC (the synthetic
+benchmark uses 0..10), and its absent classes would count as 0 IoU and halve the mIoU. When C comes
+from an option and that rule holds, a warning is printed instead.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from decimal import Decimal, InvalidOperation
 
 from doei.errors import DoeiError
 
 DEFAULT_BETAS = "0.05:0.95:0.05"
+DATASETS = ("voc", "coco", "synth", "folder")
 
 
 def parse_betas(spec: str) -> list[float]:
@@ -42,6 +53,10 @@ def parse_betas(spec: str) -> list[float]:
         raise DoeiError(f"--betas {spec!r}: not a number list (use 0.3, 0.1,0.2 or 0.05:0.95:0.05)") from None
     if not vals or any(v != v or v in (float("inf"), float("-inf")) for v in vals):
         raise DoeiError(f"--betas {spec!r}: expected finite numbers")
+    bad = [v for v in vals if not 0.0 <= v <= 1.0]
+    if bad:
+        raise DoeiError(f"--betas {spec!r}: {bad[0]:g} is outside [0, 1] (β is a background threshold on "
+                        "CAMs normalised to [0, 1])")
     return sorted(set(vals))
 
 
@@ -52,7 +67,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", required=True, help="text file with one image id per line")
     p.add_argument("--betas", default=None,
                    help=f"background thresholds for CAMs: START:END:STEP, X or X,Y,... (default {DEFAULT_BETAS})")
-    p.add_argument("--num-classes", type=int, default=21, help="classes including background (21 VOC, 81 COCO)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes including background (21 VOC, 81 COCO, 11 the synthetic benchmark). Default: "
+                        "from --classes or --dataset, else 21 (VOC) - refused when the largest label seen in "
+                        "GT and predictions is <= (C-1)/2, i.e. the data is not VOC")
+    p.add_argument("--classes", default=None,
+                   help="foreground class names (one per line, a JSON list, or a JSON with a 'classes' list: a "
+                        "synthetic benchmark's meta.json, a `doei labels` file); C = names + 1")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="take the classes from a dataset kind: voc (21), coco (81), synth / folder (need --data-root)")
+    p.add_argument("--data-root", default=None, help="dataset folder for --dataset synth / folder")
     p.add_argument("--out", default=None, help="write the metrics JSON here (atomically)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow reading official .npy CAM dicts (they are pickles: only for files you trust)")
@@ -67,12 +91,99 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def resolve_classes(num_classes: int | None, classes: str | None = None, dataset: str | None = None,
+                    data_root: str | None = None) -> tuple[int, list[str], str | None]:
+    """``(C, names of the C classes with 'background' first, where C came from)``; ``None`` as the
+    source means nothing was given and VOC's 21 is assumed (see :func:`check_class_count`)."""
+    from doei.eval.class_names import class_names
+
+    found: list[tuple[list[str], str]] = []
+    if classes is not None:
+        from doei.data.common import read_class_names
+
+        found.append((read_class_names(classes), f"--classes {classes}"))
+    if dataset is not None:
+        from doei.data.build import dataset_class_names
+
+        if dataset in ("synth", "folder") and not data_root:
+            raise DoeiError(f"--dataset {dataset} needs --data-root (the folder with its class names)")
+        where = f" ({data_root})" if dataset in ("synth", "folder") else ""
+        found.append((dataset_class_names(dataset, data_root), f"--dataset {dataset}{where}"))
+    for names, src in found[1:]:
+        if len(names) != len(found[0][0]):
+            raise DoeiError(f"{src} has {len(names)} foreground classes but {found[0][1]} has {len(found[0][0])}")
+    if found:
+        names, src = found[0]
+        c = len(names) + 1
+        if num_classes is not None and num_classes != c:
+            raise DoeiError(f"--num-classes {num_classes} but {src} names {len(names)} foreground classes "
+                            f"(+ background = {c})")
+        return c, ["background"] + list(names), src
+    if num_classes is not None:  # its range is checked by evaluate_dirs, before any file is read
+        return num_classes, class_names(num_classes), f"--num-classes {num_classes}"
+    return 21, class_names(21), None
+
+
+def largest_label_seen(counts) -> int:
+    """The highest class index with any ground-truth or predicted pixel (at any β); 0 if none."""
+    import numpy as np
+
+    seen = np.flatnonzero((counts.t > 0) | (counts.p > 0).any(axis=0))
+    return int(seen.max()) if seen.size else 0
+
+
+def check_class_count(counts, num_classes: int, source: str | None) -> str | None:
+    """The class-count rule: when the largest label seen is <= (C - 1) / 2, at least half of the scored
+    foreground classes never occur and would count as 0 IoU. Refused (DoeiError) when C was assumed
+    (``source`` None); returned as a warning line when C was given."""
+    m = largest_label_seen(counts)
+    if 2 * m > num_classes - 1:
+        return None
+    what = (f"labels in the ground truth and predictions go up to {m}, but {num_classes} classes are scored")
+    if source is None:
+        raise DoeiError(f"no --num-classes, --classes or --dataset given, so VOC's 21 classes were assumed; {what} "
+                        f"(classes {m + 1}..{num_classes - 1} absent, counted as 0 IoU): give the data's class count "
+                        f"(--num-classes N, N >= {m + 1}; or --classes FILE / --dataset KIND; the synthetic benchmark: "
+                        "--dataset synth --data-root DIR), or --num-classes 21 to score VOC's classes anyway")
+    return (f"{what} ({source}): classes {m + 1}..{num_classes - 1} never occur and count as 0 IoU in the "
+            "'all' mean; check the class count")
+
+
+def check_out_writable(out: str) -> None:
+    """Refuse an ``--out`` the report could not be written to, before the evaluation runs: an existing
+    directory, a path under a file, or a folder this process cannot create files in. Creates nothing
+    (a probe file in the nearest existing folder is created and removed at once)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(out)
+    if path.is_dir():
+        raise DoeiError(f"--out {out}: is a directory (expected a JSON file path)")
+    parent = path.parent if str(path.parent) else Path(".")
+    while not parent.exists():
+        if parent.is_symlink():
+            raise DoeiError(f"--out {out}: {parent} is a dangling link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DoeiError(f"--out {out}: {parent} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe.", dir=parent)
+    except OSError as e:
+        raise DoeiError(f"--out {out}: cannot write in {parent} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def run(args: argparse.Namespace) -> int:
     from doei.eval.evaluate import evaluate_dirs
     from doei.eval.reading import detect_pred_type, read_id_list
     from doei.eval.report import build_report, format_report
     from doei.utils.io import atomic_write_json
 
+    num_classes, names, class_source = resolve_classes(args.num_classes, args.classes, args.dataset, args.data_root)
+    if args.out:
+        check_out_writable(args.out)
     ids = read_id_list(args.list)
     pred_type = args.pred_type
     if pred_type == "auto":
@@ -91,11 +202,15 @@ def run(args: argparse.Namespace) -> int:
 
     workers = args.workers if args.workers is not None else auto_workers(len(ids))
     counts = evaluate_dirs(
-        args.pred, args.gt, ids, num_classes=args.num_classes, pred_type=pred_type, betas=betas,
+        args.pred, args.gt, ids, num_classes=num_classes, pred_type=pred_type, betas=betas,
         trust_pickle=args.trust_pickle, workers=workers, progress=not args.no_progress,
     )
-    rep = build_report(counts, args.mean)
+    warning = check_class_count(counts, num_classes, class_source)
+    rep = build_report(counts, args.mean, names)
+    rep["num_classes_from"] = class_source or "default (VOC)"
     print(format_report(rep))
+    if warning:
+        print(f"doei eval: warning: {warning}", file=sys.stderr)
     if args.out:
         atomic_write_json(args.out, rep)
     return 0

@@ -1,6 +1,8 @@
 """Turning summed counts into the metrics report (a JSON-ready dict) and a printed table."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from doei.eval.class_names import class_names
@@ -8,8 +10,9 @@ from doei.eval.evaluate import EvalCounts
 from doei.eval.metrics import MEAN_CONVENTIONS, MeanConvention, mean_scores, per_class_scores, present_mask
 
 
-def build_report(counts: EvalCounts, mean: MeanConvention = "all") -> dict:
-    """The metrics dict. All scores are percent (float64); counts are ints.
+def build_report(counts: EvalCounts, mean: MeanConvention = "all", names: Sequence[str] | None = None) -> dict:
+    """The metrics dict. All scores are percent (float64); counts are ints. ``names``: one per class
+    (background first); default :func:`doei.eval.class_names.class_names` (VOC/COCO names or numbers).
 
     Keys: ``mIoU``, ``FP``, ``FN`` (at the best β, ``mean`` convention), ``beta`` (best β, or None for
     label PNGs), ``best_beta_rule``, ``mean_convention`` (+ ``_text``), ``means`` (both conventions at
@@ -22,7 +25,10 @@ def build_report(counts: EvalCounts, mean: MeanConvention = "all") -> dict:
     best = int(np.argmax(miou))  # first (lowest beta) among equal maxima
     iou_k, fp_k, fn_k = per_class_scores(counts.tp[best], counts.p[best], counts.t)
     present = present_mask(counts.tp[best], counts.p[best], counts.t)
-    names = class_names(c)
+    if names is None:
+        names = class_names(c)
+    elif len(names) != c:
+        raise ValueError(f"{len(names)} class names for {c} classes")
     per_class = [
         {
             "class": k,
