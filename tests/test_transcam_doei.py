@@ -162,3 +162,17 @@ def test_doei_stats_attribute_records_as_the_vit_does(base, images):
     assert [s["block"] for s in m.doei_stats] == list(range(1, DEPTH + 1))
     assert [s["k_p2c"] for s in m.doei_stats] == [s["k_p2c"] for s in want]
     assert all(s["delta_ratio_patch"] > 0 for s in m.doei_stats)
+
+
+def test_training_forward_computes_no_statistics_unless_asked(base, images, monkeypatch):
+    """The training forward does not compute DOEI's per-block norms (a host sync each) unless
+    ``model.doei_stats`` is set; the numbers are the same either way."""
+    import doei.core.doei as core
+
+    m = with_doei(base, DOEIConfig(enabled=True)).eval()
+    with torch.no_grad():
+        want = m(images)
+    monkeypatch.setattr(core, "_ratio", lambda *a: (_ for _ in ()).throw(AssertionError("statistics computed")))
+    with torch.no_grad():
+        got = m(images)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

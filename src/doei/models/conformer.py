@@ -265,15 +265,18 @@ class Conformer(nn.Module):
         """Training forward: FOREGROUND logits (conv branch [B, num_classes], transformer branch
         [B, num_classes]); the background channel, if any, is dropped. TransCAM's loss is the
         multi-label soft-margin loss of their SUM (:func:`transcam_loss`)."""
-        out = self.forward_all(x)
+        out = self.forward_all(x, with_stats=self.doei_stats is not None)   # no per-block host syncs otherwise
         o = self.fg_offset
         return out.logits_conv[:, o:], out.logits_trans[:, o:]
 
-    def forward_all(self, x: Tensor, need_attn: bool = False, all_attn: bool = False) -> ConformerOutput:
+    def forward_all(self, x: Tensor, need_attn: bool = False, all_attn: bool = False,
+                    with_stats: bool = True) -> ConformerOutput:
         """x [B, 3, H, W] normalised image -> :class:`ConformerOutput` (all K outputs).
 
         ``need_attn`` accumulates Σ_blocks head-mean attention (for the CAMs); ``all_attn`` also
-        keeps every block's head-mean attention (L × [B, T, T]: large at big inputs).
+        keeps every block's head-mean attention (L × [B, T, T]: large at big inputs). ``with_stats``:
+        fill ``doei_stats`` (two norms and a host sync per DOEI block; the training forward skips it
+        unless ``model.doei_stats`` is set, as the ViT does).
         """
         self.check_input(x)
         b = x.shape[0]
@@ -287,7 +290,7 @@ class Conformer(nn.Module):
         stats: list[dict] = []
         attn_sum: Tensor | None = None
         layers: list[Tensor] | None = [] if all_attn else None
-        hook_for = self._doei_hooks(x, embed, grid, stats)
+        hook_for = self._doei_hooks(x, embed, grid, stats if with_stats or self.doei_stats is not None else None)
 
         def record(a: Tensor) -> None:
             nonlocal attn_sum
@@ -315,8 +318,9 @@ class Conformer(nn.Module):
             doei_stats=stats)
 
     def _doei_hooks(self, image: Tensor, embed: Tensor, grid: tuple[int, int],
-                    stats: list[dict]) -> Callable[[int], TokenHook | None]:
-        """Per-block DOEI hooks (None where DOEI does not act). Ĝ is built once per forward."""
+                    stats: list[dict] | None) -> Callable[[int], TokenHook | None]:
+        """Per-block DOEI hooks (None where DOEI does not act). Ĝ is built once per forward. ``stats``
+        None: no per-block statistics (no norms, no host sync)."""
         cfg = self.doei
         if cfg is None or not cfg.enabled:
             return lambda i: None
@@ -328,6 +332,8 @@ class Conformer(nn.Module):
                 return None
 
             def hook(x_t: Tensor, attn: Tensor) -> Tensor:
+                if stats is None:
+                    return doei_update(x_t, attn, 1, i, depth, cfg, g_hat, None)
                 s: dict = {"block": i}
                 out = doei_update(x_t, attn, 1, i, depth, cfg, g_hat, s)
                 stats.append(s)
