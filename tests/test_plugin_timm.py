@@ -166,6 +166,8 @@ def test_batch_independence_and_finite_gradients():
         both = m(x)
         alone = torch.cat([m(x[i:i + 1]) for i in range(3)])
     torch.testing.assert_close(both, alone, atol=1e-5, rtol=1e-5)
+    p = m.doei_plug
+    assert p._g_hat is None and p._attn == {} and p._image is None    # per-pass state freed after the pass
     m.train()
     m(x).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

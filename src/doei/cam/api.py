@@ -25,7 +25,7 @@ recorded tensors are released and the model's train/eval mode is restored.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from doei.models.mctformer import refine_with_patch_affinity
 from doei.models.timm_plugin import DoeiPlug, get_plug, plug, unplug
 
 TIMM_KINDS = ("attention", "semantic")
+Targets = Union[Tensor, np.ndarray, Sequence[Sequence[int]]]   # multi-hot [B, K] or B lists of class ids
 
 
 class TimmAttentionSource:
@@ -194,7 +195,7 @@ class AttentionCAM:
         if stack is not None:
             stack.close()
 
-    def __call__(self, images: Tensor | Sequence[Tensor], targets) -> Tensor | list[Tensor]:
+    def __call__(self, images: Tensor | Sequence[Tensor], targets: Targets) -> Tensor | list[Tensor]:
         if self._extractor is None:
             raise DoeiError("use AttentionCAM as a context manager: `with AttentionCAM(model) as cam: "
                             "maps = cam(images, targets)`")
@@ -208,7 +209,7 @@ class AttentionCAM:
         return [o.to(dev, dtype) for o in out]
 
 
-def targets_to_multihot(targets, batch: int, num_classes: int) -> Tensor:
+def targets_to_multihot(targets: Targets, batch: int, num_classes: int) -> Tensor:
     """Per-image targets -> multi-hot float32 [B, K]: a [B, K] tensor/array of 0/1 is taken as is;
     a list of B lists (or sets/tuples) of 0-based class indices is converted."""
     if isinstance(targets, (list, tuple)) and all(isinstance(t, (list, tuple, set, range)) for t in targets):
