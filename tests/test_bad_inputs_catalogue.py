@@ -388,6 +388,16 @@ def c_eval_out_is_a_directory(b, t):
     return _eval(b, t), r"--out .*out\.json: is a directory"
 
 
+def c_run_stages_out_of_order(b, t):
+    p = _pipeline(b, t, lambda c: c["run"].__setitem__("stages", ["eval", "cam"]))
+    return ["run", "--config", str(p)], r"pipe\.yaml.*run\.stages = \['eval', 'cam'\].*order"
+
+
+def c_run_stages_empty(b, t):
+    p = _pipeline(b, t, lambda c: c["run"].__setitem__("stages", []))
+    return ["run", "--config", str(p)], r"pipe\.yaml.*run\.stages = \[\].*at least one stage"
+
+
 CASES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("c_") and callable(fn)}
 
 

@@ -45,6 +45,10 @@ def test_default_paths_follow_run_out_dir():
     ({"data": {"root": "d"}, "seg": {"train": {"momentum": 1.5}}}, "seg.train.momentum"),
     ({"data": {"root": "d"}, "seg": {"infer": {"scales": []}}}, "seg.infer.scales"),
     ({"data": {"root": "d"}, "run": {"stages": ["cam", "bogus"]}}, "run.stages"),
+    ({"data": {"root": "d"}, "run": {"stages": []}}, "run.stages = [], expected at least one stage"),
+    ({"data": {"root": "d"}, "run": {"stages": ["eval", "cam"]}},
+     "run.stages = ['eval', 'cam'], expected each stage once, in the pipeline's order ['train-cls', 'cam'"),
+    ({"data": {"root": "d"}, "run": {"stages": ["cam", "refine", "cam"]}}, "expected each stage once"),
     ({"data": {"root": "d"}, "refine": {"train": {"low_alpha": 12, "high_alpha": 1}}}, "low_alpha"),
     ({"data": {"root": "d"}, "seg": {"train": {"device": "tpu"}}}, "seg.train.device"),
     ({"data": {"root": ""}}, "data.root"),
@@ -92,3 +96,8 @@ def test_exponent_floats_load_and_the_run_record_loads_back(tmp_path):
     rec.write_text(json.dumps(cfg.to_dict()))
     assert "1e-05" in rec.read_text() or "e-0" in rec.read_text()
     assert load_pipeline_config(rec).to_dict() == cfg.to_dict()
+
+
+def test_run_stages_subsets_in_pipeline_order_are_accepted():
+    for stages in (["eval"], ["cam", "eval"], ["train-cls", "cam", "refine", "train-seg", "infer-seg", "eval"]):
+        assert pipeline_config_from_dict({"data": {"root": "d"}, "run": {"stages": stages}}).run.stages == stages

@@ -210,9 +210,13 @@ class PipelineConfig:
     def validate(self, where: str = "config") -> "PipelineConfig":
         """Range checks the types cannot express; one-line DoeiError naming the key."""
         rt, ri, st, si = self.refine.train, self.refine.infer, self.seg.train, self.seg.infer
+        order = [STAGES.index(s) for s in self.run.stages if s in STAGES]  # must increase: no repeats, no reordering
         checks = [
             (self.data.num_classes >= 1, "data.num_classes", self.data.num_classes, ">= 1"),
             (all(s in STAGES for s in self.run.stages), "run.stages", self.run.stages, f"names from {list(STAGES)}"),
+            (bool(self.run.stages), "run.stages", self.run.stages, f"at least one stage of {list(STAGES)}"),
+            (all(a < b for a, b in zip(order, order[1:])), "run.stages", self.run.stages,
+             f"each stage once, in the pipeline's order {list(STAGES)} (they run in that order)"),
             (rt.crop_size >= 72 and rt.crop_size % 8 == 0, "refine.train.crop_size", rt.crop_size,
              "a multiple of 8, >= 72 (the stride-8 grid must fit the radius-5 pairs)"),
             (rt.batch_size >= 1, "refine.train.batch_size", rt.batch_size, ">= 1"),
