@@ -398,6 +398,17 @@ def c_run_stages_empty(b, t):
     return ["run", "--config", str(p)], r"pipe\.yaml.*run\.stages = \[\].*at least one stage"
 
 
+def c_refine_infer_negative_limit(b, t):
+    # a negative limit sliced records[:-1] (all but the last images) silently
+    p = _pipeline(b, t, lambda c: None)
+    return ["refine", "infer", "--config", str(p), "--limit", "-1"], r"--limit -1: expected .*>= 0"
+
+
+def c_infer_seg_negative_limit(b, t):
+    p = _pipeline(b, t, lambda c: None)
+    return ["infer-seg", "--config", str(p), "--limit", "-3"], r"--limit -3: expected .*>= 0"
+
+
 CASES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("c_") and callable(fn)}
 
 

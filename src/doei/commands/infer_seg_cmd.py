@@ -121,6 +121,8 @@ def infer_segmentation(cfg, limit: int | None = None, log: Callable[[str], None]
     from doei.seg.inference import multiscale_predict
     from doei.utils.io import append_jsonl, atomic_save_png
 
+    if limit is not None and limit < 0:
+        raise DoeiError(f"--limit {limit}: expected a number of images >= 0")
     si, d = cfg.seg.infer, cfg.data
     out = Path(si.out_dir)
     base = build_dataset(d.kind, d.root, si.split, **_data_kwargs(cfg))

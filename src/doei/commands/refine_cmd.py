@@ -103,6 +103,8 @@ def infer_pseudo_masks(cfg, limit: int | None = None, log: Callable[[str], None]
     from doei.refine.random_walk import random_walk_refine
     from doei.utils.io import append_jsonl
 
+    if limit is not None and limit < 0:
+        raise DoeiError(f"--limit {limit}: expected a number of images >= 0")
     ri = cfg.refine.infer
     d = cfg.data
     cam_dir, out = Path(ri.cam_dir), Path(ri.out_dir)
