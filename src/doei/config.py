@@ -21,6 +21,21 @@ class _Loader(yaml.SafeLoader):
     ``pipeline_config.json`` written by ``doei run`` (JSON writes ``1e-05``) would be refused."""
 
 
+def _construct_mapping_no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping whose keys are unique: a key given twice is an error naming it and its line (plain YAML
+    keeps the last one silently, so a second ``lr:`` further down would win unnoticed)."""
+    loader.flatten_mapping(node)
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_no_duplicates)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -109,6 +124,15 @@ def to_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
 
 
+def _first_line(e: yaml.YAMLError) -> str:
+    """The YAML error's problem and where, on one line (``duplicate key 'lr' (first on line 2), line 5``)."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if problem:
+        return f"{problem}, line {mark.line + 1}" if mark is not None else str(problem)
+    return str(e).strip().splitlines()[0]
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -116,7 +140,9 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise DoeiError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise DoeiError(f"{path}: not valid YAML ({_first_line(e)})") from None
+    except UnicodeDecodeError:
+        raise DoeiError(f"{path}: not a text file (expected a YAML config)") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -130,7 +156,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise DoeiError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        value = parse_yaml(raw)
+        if not key.strip():
+            raise DoeiError(f"--set {item!r}: expected key=value with a key")
+        try:
+            value = parse_yaml(raw)
+        except yaml.YAMLError as e:
+            raise DoeiError(f"--set {item!r}: the value is not valid YAML ({_first_line(e)})") from None
         node = data
         parts = key.split(".")
         for p in parts[:-1]:

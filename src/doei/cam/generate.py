@@ -98,10 +98,12 @@ def is_done(out: Path, image_id: str, classes: tuple[int, ...], cfg) -> bool:
     return tuple(int(k) for k in got) == tuple(classes)
 
 
-def check_settings(out: Path, settings: dict) -> None:
-    """Refuse to continue a folder whose ``cam_settings.json`` differs in a :data:`PIPELINE_KEYS` value."""
+def check_settings(out: Path, settings: dict, what: str = "--out") -> None:
+    """Refuse to continue a folder whose ``cam_settings.json`` differs in a :data:`PIPELINE_KEYS` value
+    while it holds CAMs made with them; a folder with settings but no CAM yet (a start that failed) is
+    simply started again. ``what`` names the option that chose the folder in the message."""
     f = out / SETTINGS_FILE
-    if not f.is_file():
+    if not f.is_file() or not any(out.glob("*.npz")):
         return
     try:
         old = json.loads(f.read_text(encoding="utf-8"))
@@ -109,8 +111,8 @@ def check_settings(out: Path, settings: dict) -> None:
         raise DoeiError(f"{f}: unreadable; delete it or choose another --out") from None
     for k in PIPELINE_KEYS:
         if old.get(k) != settings.get(k):
-            raise DoeiError(f"{f}: {k} was {old.get(k)!r}, now {settings.get(k)!r}; the folder holds another run "
-                            "(choose another --out)")
+            raise DoeiError(f"{f}: {k} was {old.get(k)!r}, now {settings.get(k)!r}; the folder holds CAMs of "
+                            f"another run (choose another {what}, or delete the folder)")
 
 
 class _SplitItems(torch.utils.data.Dataset):
@@ -135,7 +137,7 @@ def _as_list(batch: list) -> list:
 
 
 def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str | Path, *, ds=None, spec=None,
-                  limit: int | None = None, progress: bool = True, desc: str = "doei cam") -> dict:
+                  limit: int | None = None, progress: bool = True, desc: str = "doei cam", what: str = "--out") -> dict:
     """CAMs of ``cfg``'s split (a validated ``doei.cam.config.CamConfig``) into ``out``; see the module docstring.
 
     ``model``: the classifier with its weights (any device: it is moved to ``cfg.device``, or to
@@ -143,10 +145,21 @@ def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str 
     came from (recorded in the settings, so another classifier cannot continue the folder); ``ds``:
     the opened split (default :func:`open_dataset`); ``spec``: the
     :class:`doei.engine.classifier.ClassifierSpec` :func:`load_cam_model` returned (recorded in
-    ``cam_settings.json``: where the network and its DOEI settings came from); ``limit``: only the first N ids.
+    ``cam_settings.json``: where the network and its DOEI settings came from); ``limit``: only the first N
+    ids (>= 0); ``what``: the option that named ``out``, for messages. The folder is locked for the call
+    (:func:`doei.utils.outdir.folder_lock`: one writer).
     Returns ``{"images", "computed", "skipped", "seconds", "out_dir", "processes"}`` on every rank
     (counts summed over ranks).
     """
+    from doei.utils.outdir import check_out_dir, folder_lock
+
+    if limit is not None and limit < 0:
+        raise DoeiError(f"limit {limit}: expected a number of images >= 0")
+    with folder_lock(check_out_dir(out, what), "CAM folder"):
+        return _generate(model, cfg, Path(out), checkpoint, ds, spec, limit, progress, desc, what)
+
+
+def _generate(model, cfg, out: Path, checkpoint, ds, spec, limit, progress, desc, what) -> dict:
     from tqdm import tqdm
 
     from doei.cam.extractor import CamExtractor
@@ -160,12 +173,11 @@ def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str 
     rank, world = dist_util.init_from_env(torch.device(cfg.device).type)
     device = dist_util.device_for(torch.device(cfg.device))   # cuda -> cuda:LOCAL_RANK with several ranks
     model = model.to(device).eval()
-    out = Path(out)
     settings = {**dataclasses.asdict(cfg), "checkpoint": str(Path(checkpoint).resolve())}
     if spec is not None:
         settings["classifier"] = {"source": spec.source, "doei_source": spec.doei_source, "doei_enabled":
                                   bool(spec.doei.enabled), "img_size": spec.img_size, "options": spec.options}
-    check_settings(out, settings)
+    check_settings(out, settings, what)
 
     indices = list(range(len(ds)))[:limit] if limit is not None else list(range(len(ds)))
     todo = [i for i in indices if not is_done(out, ds.records[i].id, ds.records[i].classes, cfg)]

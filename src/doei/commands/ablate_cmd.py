@@ -39,9 +39,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise DoeiError(f"--seeds {args.seeds}: expected at least 1")
-    study = load_study(Path(args.config), Path(args.out), args.overrides, quick=args.quick)
+    from doei.utils.outdir import check_out_dir, folder_lock
+
+    study = load_study(Path(args.config), check_out_dir(args.out), args.overrides, quick=args.quick)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    doc = run_ablation(study, seeds, report_only=args.report_only)
+    with folder_lock(args.out, "study folder"):
+        doc = run_ablation(study, seeds, report_only=args.report_only)
     print((Path(args.out) / "ablation.md").read_text())
     print(f"ablation finished ({doc['wall_s_this_call']:.0f} s this call): {Path(args.out) / 'ablation.md'}")
     return 0

@@ -116,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
     from doei.cam.generate import generate_cams, load_cam_model, open_dataset
     from doei.engine import distributed as dist_util
 
+    from doei.utils.outdir import check_out_dir
+
     cfg = build_config(args)
+    check_out_dir(args.out)
+    if args.limit is not None and args.limit < 0:
+        raise DoeiError(f"--limit {args.limit}: expected a number of images >= 0")
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
         raise DoeiError(f"{ckpt}: checkpoint file not found")

@@ -36,16 +36,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from doei.data.coco import load_coco_api
+    from doei.utils.outdir import check_out_dir, folder_lock
+
+    out = check_out_dir(args.out)
+    api = load_coco_api(args.ann)
+    with folder_lock(out, "mask folder"):
+        return _write_masks(args, api, out)
+
+
+def _write_masks(args: argparse.Namespace, api, out: Path) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from doei.data.coco import coco_image_ids, image_key, load_coco_api, mask_content_hash, render_mask
+    from doei.data.coco import coco_image_ids, image_key, mask_content_hash, render_mask
     from doei.data.common import read_mask
     from doei.utils.io import atomic_save_png, atomic_write_json, atomic_write_text
 
-    api = load_coco_api(args.ann)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     nums = coco_image_ids(api, args.ids)
     if not nums:
         raise DoeiError(f"{args.ann}: no images to convert (--ids {args.ids})")

@@ -59,7 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "small model; on for transcam, whose CAM is the refined one; tscam has none)")
     p.add_argument("--no-patch-refine", dest="patch_refine", action="store_false", default=None,
                    help="no refinement (TransCAM: the plain conv-branch CAM)")
-    p.add_argument("--fresh", action="store_true", help="retrain even if finished runs exist in --out")
+    p.add_argument("--fresh", "--overwrite", dest="fresh", action="store_true",
+                   help="retrain even if finished runs exist in --out (they are replaced; without it a finished "
+                        "run made with other settings is refused, one with the same settings reused)")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
                    help="stop after the CAMs (skip AffinityNet, DeepLab, CRF and the Seed/Mask/Seg table)")
     p.add_argument("--pipeline-config", default=None,
@@ -84,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
         pipeline_config=Path(args.pipeline_config) if args.pipeline_config else None,
         pipeline_overrides=list(args.pipeline_overrides), pipeline_train=args.pipeline_train or mode["pipeline_train"],
     )
+    from doei.utils.outdir import check_out_dir, folder_lock
+
     t0 = time.time()
-    summary = run_demo(opts)
+    with folder_lock(check_out_dir(opts.out), "demo folder"):
+        summary = run_demo(opts)
     print(f"\ndemo finished in {time.time() - t0:.0f} s: {opts.out / 'report.md'}")
     print(summary)
     return 0

@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set refine.train.epochs=2 (repeatable)")
     p.add_argument("--resume", action="store_true", help="train: continue from <refine.train.out_dir>/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="train: start afresh even if <refine.train.out_dir> "
+                   "holds a run (it is replaced); without it that is refused")
     p.add_argument("--limit", type=int, default=None, help="infer: only the first N ids of the split (smoke tests)")
 
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "train":
         from doei.engine.train_aff import train_affinity
 
-        res = train_affinity(cfg, resume=bool(args.resume))
+        res = train_affinity(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite))
         if dist_util.is_main():
             print(f"done: {res.checkpoint} ({res.epochs_run} epochs run) in {res.seconds:.0f} s")
         return 0

@@ -170,7 +170,7 @@ def stage_cam(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     ds = open_dataset(ccfg)
     model, spec, ccfg = load_cam_model(ccfg, ckpt, ds)
     s = generate_cams(model, ccfg, cfg.refine.train.cam_dir, ckpt, ds=ds, spec=spec, progress=cfg.run.progress,
-                      desc="cam")
+                      desc="cam", what="refine.train.cam_dir")
     log(f"cam: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
     return {"computed": s["computed"], "skipped": s["skipped"], "out_dir": s["out_dir"]}
 
@@ -357,6 +357,13 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     stage marker and ``run_log.jsonl``, and a second barrier makes the marker and the stage's files
     visible to every rank before the next stage starts (docs/distributed.md). Other ranks do not log.
     """
+    from doei.utils.outdir import check_out_dir, folder_lock
+
+    with folder_lock(check_out_dir(cfg.run.out_dir, "run.out_dir"), "run folder"):
+        return _run_stages(cfg, log)
+
+
+def _run_stages(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     from doei.engine import distributed as dist_util
     from doei.pipeline_config import resolve_device
     from doei.utils.io import append_jsonl, atomic_write_json

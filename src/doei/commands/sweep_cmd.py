@@ -39,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise DoeiError(f"--seeds {args.seeds}: expected at least 1")
     params = [parse_param(s) for s in args.param]
-    study = load_study(Path(args.config), Path(args.out), args.overrides, quick=args.quick)
+    from doei.utils.outdir import check_out_dir, folder_lock
+
+    study = load_study(Path(args.config), check_out_dir(args.out), args.overrides, quick=args.quick)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    run_sweep(study, params, seeds)
+    with folder_lock(args.out, "study folder"):
+        run_sweep(study, params, seeds)
     print((Path(args.out) / "sweep.md").read_text())
     return 0

@@ -54,12 +54,19 @@ def params_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from doei.utils.outdir import check_out_dir, folder_lock
+
+    p = params_from_args(args)
+    out = check_out_dir(args.out)
+    with folder_lock(out, "benchmark folder", sibling=True):
+        return _write(args, p, out)
+
+
+def _write(args: argparse.Namespace, p, out: Path) -> int:
     from tqdm import tqdm
 
     from doei.data.synth import params_from_meta, read_meta, write_synth
 
-    p = params_from_args(args)
-    out = Path(args.out)
     if out.exists():
         if (out / "meta.json").is_file():
             try:

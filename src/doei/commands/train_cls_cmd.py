@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--resume", action="store_true",
                    help="continue bit-for-bit from <train.out_dir>/checkpoint.pt (the config must match)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if <train.out_dir> holds a run (it is replaced); without it that is refused")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from doei.train_config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)
-    res = train(cfg, resume=bool(args.resume))
+    res = train(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite))
     if not dist_util.is_main():                     # torchrun: rank 0 reports
         return 0
     summary = ", ".join(f"{k} {v:.2f}" for k, v in res.final.items()

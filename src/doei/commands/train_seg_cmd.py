@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set seg.train.lr=1e-3 (repeatable)")
     p.add_argument("--resume", action="store_true",
                    help="continue bit-for-bit from <seg.train.out_dir>/checkpoint.pt (the settings must match)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if <seg.train.out_dir> holds a run (it is replaced); without it that is refused")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from doei.pipeline_config import load_pipeline_config
 
     cfg = load_pipeline_config(args.config, args.overrides)
-    res = train_segmentation(cfg, resume=bool(args.resume))
+    res = train_segmentation(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite))
     if dist_util.is_main():
         print(f"done: {res.checkpoint} ({res.epochs_run} epochs run) in {res.seconds:.0f} s")
     return 0

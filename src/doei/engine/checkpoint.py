@@ -29,6 +29,8 @@ from doei.errors import DoeiError
 from doei.utils.io import atomic_path
 
 FORMAT = "doei-train-ckpt-v1"
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
 
 
 # ------------------------------------------------------------------------------------ RNG states
@@ -99,3 +101,17 @@ def check_checkpoint(obj: object, path: str | os.PathLike) -> dict[str, Any]:
         if key not in obj:
             raise DoeiError(f"{path}: checkpoint lacks {key!r}")
     return obj
+
+
+def refuse_to_replace(out_dir: str | os.PathLike, overwrite: bool, what: str = "out_dir") -> None:
+    """Before a fresh (not resumed) training into ``out_dir``, checked before any work: refused with one
+    line while the folder holds a run (its checkpoint: at least one finished epoch) unless ``overwrite``.
+    A folder left by a start that failed or was killed before its first checkpoint (a config, a log of a
+    few steps) holds nothing worth keeping and can be started again."""
+    from doei.utils.outdir import check_out_dir
+
+    out_dir = check_out_dir(out_dir, what)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    if ckpt_path.is_file() and not overwrite:
+        raise DoeiError(f"{what} {out_dir}: holds a training run ({CHECKPOINT_NAME}); continue it with --resume, "
+                        "or start afresh with --overwrite (replaces it)")

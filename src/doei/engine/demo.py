@@ -120,7 +120,7 @@ def train_or_reuse(cfg, fresh: bool) -> dict:
         except DoeiError:
             same = False
         resume = "auto" if same else False
-    res = train(cfg, resume=resume)
+    res = train(cfg, resume=resume, overwrite=fresh)
     if res.epochs_run == 0:
         print(f"reusing the finished run in {cfg.train.out_dir}")
     return res.final

@@ -29,13 +29,13 @@ import torch.nn as nn
 import yaml
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from doei.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from doei.engine.checkpoint import (CHECKPOINT_NAME, METRICS_NAME, load_checkpoint, refuse_to_replace, save_checkpoint,
+                                   set_rng_state)
 from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_deterministic
 from doei.errors import DoeiError
 from doei.utils.io import append_jsonl, atomic_write_text, truncate_jsonl_epochs
+from doei.utils.outdir import folder_lock
 
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
 
 LossFn = Callable[[nn.Module, tuple, torch.device], tuple[torch.Tensor, dict[str, float]]]
 
@@ -90,7 +90,7 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
         epochs: int, batch_size: int, seed: int, device: torch.device, out_dir: str | Path, config: dict,
         resume_fixed: Sequence[str], resume: bool | str = "auto", num_workers: int = 0, log_every: int = 10,
         progress: bool = True, deterministic: bool = True, stop_after: int | None = None, desc: str = "train",
-        log: Callable[[str], None] = print, optimizer: str = "sgd") -> FitResult:
+        log: Callable[[str], None] = print, optimizer: str = "sgd", overwrite: bool = False) -> FitResult:
     """Train ``model`` with SGD + poly lr; see the module docstring.
 
     ``loss_fn(model, batch, device) -> (loss, parts)``; ``dataset`` may define ``set_epoch(epoch)``
@@ -98,11 +98,24 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
     ``out_dir/checkpoint.pt`` (error if absent), ``"auto"`` = continue if it exists, False = start
     afresh. ``resume_fixed``: keys of ``config`` that must equal the checkpoint's to resume.
     ``stop_after``: return after at most that many epochs in this call (as an interrupted run).
+    ``overwrite``: a fresh start (``resume=False``) may replace a run in ``out_dir`` (else refused). The
+    folder is locked for the call (one writer).
     """
+    out_dir = Path(out_dir)
+    if not resume:
+        refuse_to_replace(out_dir, overwrite, f"{desc} out_dir")
+    with folder_lock(out_dir, f"{desc} training folder"):
+        return _fit(model, dataset, loss_fn, groups, base_lr, momentum, power, epochs, batch_size, seed, device,
+                    out_dir, config, resume_fixed, resume, num_workers, log_every, progress, deterministic,
+                    stop_after, desc, log, optimizer)
+
+
+def _fit(model, dataset, loss_fn, groups, base_lr, momentum, power, epochs, batch_size, seed, device, out_dir,
+         config, resume_fixed, resume, num_workers, log_every, progress, deterministic, stop_after, desc, log,
+         optimizer) -> FitResult:
     from tqdm import tqdm
 
     t_start = time.time()
-    out_dir = Path(out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
     set_deterministic(deterministic)
     from doei.engine import distributed as dist_util
@@ -137,6 +150,9 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
         raise DoeiError(f"{ckpt_path}: no checkpoint to resume from")
     elif is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt_path.exists():
+            log(f"note: --overwrite: starting afresh in {out_dir} (its previous checkpoint and log are removed)")
+            ckpt_path.unlink()     # never a new config and log beside the old run's weights
         atomic_write_text(log_path, "")
     if is_main:
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))

@@ -253,9 +253,22 @@ def _fixed_keys() -> list[str]:
 
 
 def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after: int | None = None,
-                   log: Callable[[str], None] = print):
+                   log: Callable[[str], None] = print, overwrite: bool = False):
     """Train AffinityNet as configured in ``cfg.refine.train`` on ``cfg.data``; returns a
-    :class:`doei.engine.sgd_loop.FitResult`. Writes into ``refine.train.out_dir``."""
+    :class:`doei.engine.sgd_loop.FitResult`. Writes into ``refine.train.out_dir``.
+    A fresh start (``resume=False``) into a folder that holds a run is refused unless ``overwrite``; the
+    folder is locked for the call (one writer)."""
+    from doei.engine.checkpoint import refuse_to_replace
+    from doei.utils.outdir import folder_lock
+
+    if not resume:
+        refuse_to_replace(cfg.refine.train.out_dir, overwrite, "refine.train.out_dir")
+    with folder_lock(cfg.refine.train.out_dir, "affinity training folder"):
+        return _train_affinity(cfg, resume, stop_after, log, overwrite)
+
+
+def _train_affinity(cfg: PipelineConfig, resume: bool | str, stop_after: int | None, log: Callable[[str], None],
+                    overwrite: bool):
     from doei.data.build import build_dataset
     from doei.engine import distributed as dist_util
     from doei.engine.seed import epoch_seed, seed_everything
@@ -288,7 +301,7 @@ def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after:
                device=torch.device(resolve_device(sec.device)), out_dir=out_dir, config=config,
                resume_fixed=_fixed_keys(), resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,
                progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="affinity",
-               log=log)
+               log=log, overwrite=overwrite)
 
 
 def require_id_files(folder: Path, ids: Sequence[str], suffix: str, what: str, hint: str,

@@ -34,7 +34,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from doei.engine import distributed as dist_util
-from doei.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from doei.engine.checkpoint import (CHECKPOINT_NAME, METRICS_NAME, load_checkpoint, refuse_to_replace, save_checkpoint,
+                                   set_rng_state)
 from doei.engine.classifier import build_classifier, load_classifier
 from doei.engine.losses import classification_loss, prediction_logits
 from doei.engine.optim import build_optimizer, lr_at, set_lr
@@ -42,9 +43,8 @@ from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_
 from doei.errors import DoeiError
 from doei.train_config import TrainConfig, train_config_from_dict
 from doei.utils.io import append_jsonl, atomic_write_text, truncate_jsonl_epochs
+from doei.utils.outdir import folder_lock
 
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
 # Config sections that must not change when resuming (they change what the epochs compute).
 _RESUME_FIXED = ("model", "data", "optim", "doei")
 _RESUME_FIXED_TRAIN = ("batch_size", "seed", "epochs", "num_workers", "amp")
@@ -179,11 +179,21 @@ def _check_resume_config(saved: dict, now: dict, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ the loop
 def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], None] = print,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
     """Train the classifier of ``cfg``. ``resume``: True = continue from ``out_dir/checkpoint.pt``
-    (error if absent), ``"auto"`` = continue if it exists, False = start afresh (overwrites).
+    (error if absent), ``"auto"`` = continue if it exists, False = start afresh — refused when the folder
+    holds a run (a checkpoint or a non-empty metrics log) unless ``overwrite``, which replaces it.
     ``stop_after``: return after at most that many epochs in this call (the schedule still spans
-    ``train.epochs``; a later ``resume`` continues), as an interrupted run would."""
+    ``train.epochs``; a later ``resume`` continues), as an interrupted run would. The folder is locked
+    for the call (:func:`doei.utils.outdir.folder_lock`: a second writer is refused at once)."""
+    out_dir = Path(cfg.train.out_dir)
+    if not resume:
+        refuse_to_replace(out_dir, overwrite, "train.out_dir")
+    with folder_lock(out_dir, "training folder"):
+        return _train(cfg, resume, log, stop_after)
+
+
+def _train(cfg: TrainConfig, resume: bool | str, log: Callable[[str], None], stop_after: int | None) -> TrainResult:
     t_start = time.time()
     from tqdm import tqdm
 
@@ -241,8 +251,9 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
         raise DoeiError(f"{ckpt_path}: no checkpoint to resume from (run without --resume first)")
     elif is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if ckpt_path.exists() or log_path.exists():
-            log(f"note: starting afresh in {out_dir} (overwriting its checkpoint and metrics log)")
+        if ckpt_path.exists():
+            log(f"note: --overwrite: starting afresh in {out_dir} (its previous checkpoint and log are removed)")
+            ckpt_path.unlink()     # never a new config and log beside the old run's weights
         atomic_write_text(log_path, "")
     if is_main:
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))

@@ -160,8 +160,21 @@ def seg_param_groups(model: nn.Module, weight_decay: float, head_mult: float) ->
 
 
 def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_after: int | None = None,
-                       log: Callable[[str], None] = print):
-    """Train the segmentation net as configured in ``cfg.seg.train``; returns a ``FitResult``."""
+                       log: Callable[[str], None] = print, overwrite: bool = False):
+    """Train the segmentation net as configured in ``cfg.seg.train``; returns a ``FitResult``.
+    A fresh start (``resume=False``) into a folder that holds a run is refused unless ``overwrite``; the
+    folder is locked for the call (one writer)."""
+    from doei.engine.checkpoint import refuse_to_replace
+    from doei.utils.outdir import folder_lock
+
+    if not resume:
+        refuse_to_replace(cfg.seg.train.out_dir, overwrite, "seg.train.out_dir")
+    with folder_lock(cfg.seg.train.out_dir, "seg training folder"):
+        return _train_segmentation(cfg, resume, stop_after, log, overwrite)
+
+
+def _train_segmentation(cfg: PipelineConfig, resume: bool | str, stop_after: int | None, log: Callable[[str], None],
+                        overwrite: bool):
     from doei.data.build import build_dataset
     from doei.engine.seed import epoch_seed, seed_everything
     from doei.engine.sgd_loop import fit
@@ -189,7 +202,8 @@ def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_af
                momentum=sec.momentum, optimizer=sec.optimizer, power=sec.power, epochs=sec.epochs, batch_size=sec.batch_size, seed=sec.seed,
                device=torch.device(resolve_device(sec.device)), out_dir=sec.out_dir, config=config,
                resume_fixed=fixed, resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,
-               progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="seg", log=log)
+               progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="seg", log=log,
+               overwrite=overwrite)
 
 
 __all__ = ["SegDataset", "train_segmentation", "build_seg_model", "check_not_ground_truth", "seg_param_groups",

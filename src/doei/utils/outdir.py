@@ -1,0 +1,129 @@
+"""Output locations: checked before any work, and written by one process at a time.
+
+* :func:`check_out_dir` / :func:`check_out_file` — cheap checks that an output folder/file can be
+  created and written (not an existing file where a folder is wanted, not under a file, the nearest
+  existing parent writable). They write nothing, so a command can call them before any expensive
+  work and fail with one line instead of a traceback at the end.
+* :func:`folder_lock` — one writer per output folder. The lock is an ``flock`` on ``<folder>/.doei.lock``,
+  so the kernel releases it when the process exits or is killed (no stale lock after a crash); a second
+  process that asks for it is refused at once with a one-line error naming the holder's pid. The lock
+  is re-entrant within one process (``doei run`` holds its run folder while its stages take their own
+  sub-folders), and under ``torchrun`` only rank 0 takes it (the ranks of one job share their folders).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+from doei.errors import DoeiError
+
+LOCK_NAME = ".doei.lock"
+_HELD: dict[str, int] = {}     # resolved folder -> nesting depth, in this process
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    return p
+
+
+def check_out_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a Path if it is (or can be created as) a writable folder; else a one-line DoeiError."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DoeiError(f"{what} {p}: exists and is a file, expected a folder")
+    base = _nearest_existing(p)
+    if not base.is_dir():
+        raise DoeiError(f"{what} {p}: lies under {base}, which is a file, expected a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise DoeiError(f"{what} {p}: {base} is not writable")
+    return p
+
+
+def check_out_file(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a Path if a file can be written there (atomically: its folder must be writable)."""
+    p = Path(path)
+    if p.is_dir():
+        raise DoeiError(f"{what} {p}: is a folder, expected a file path")
+    check_out_dir(p.parent, what=f"{what} {p}: folder")
+    return p
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | os.PathLike, what: str = "output folder", sibling: bool = False) -> Iterator[Path]:
+    """Hold the one-writer lock of folder ``path`` (created if needed) for the ``with`` block.
+
+    ``sibling``: the lock file is ``.<name>.doei.lock`` beside the folder instead of inside it, for writers
+    that build the folder elsewhere and rename it into place (``doei synth``)."""
+    folder = check_out_dir(path, what)
+    if not _is_rank_zero():
+        yield folder
+        return
+    home = folder.parent if sibling else folder
+    lock = home / (f".{folder.name}{LOCK_NAME}" if sibling else LOCK_NAME)
+    home.mkdir(parents=True, exist_ok=True)
+    key = str(lock.resolve())
+    if key in _HELD:                       # re-entrant within this process
+        _HELD[key] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[key] -= 1
+        return
+    fd = _acquire(lock, folder, what)
+    _HELD[key] = 1
+    try:
+        yield folder
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError):
+            os.unlink(lock)                # while still holding it: a waiter re-checks the inode
+        os.close(fd)
+
+
+def _acquire(lock: Path, folder: Path, what: str) -> int:
+    """Open and ``flock`` ``lock`` without waiting; retry if the file was replaced while we locked it."""
+    for _ in range(20):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise DoeiError(f"{folder}: cannot lock the {what} ({e.strerror})") from None
+            holder = _read_holder(lock)
+            raise DoeiError(f"{folder}: another doei process{holder} is writing this {what}; wait for it "
+                            "to finish or choose another folder") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+            return fd
+        os.close(fd)                       # the holder removed it as we locked it: lock the new one
+    raise DoeiError(f"{folder}: could not take the {what} lock (it keeps being replaced)")
+
+
+def _read_holder(lock: Path) -> str:
+    try:
+        pid, started = lock.read_text(encoding="utf-8").split()[:2]
+        return f" (pid {pid}, since {started})"
+    except (OSError, ValueError):
+        return ""
+
+
+__all__ = ["check_out_dir", "check_out_file", "folder_lock", "LOCK_NAME"]
