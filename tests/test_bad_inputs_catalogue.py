@@ -409,6 +409,69 @@ def c_infer_seg_negative_limit(b, t):
     return ["infer-seg", "--config", str(p), "--limit", "-3"], r"--limit -3: expected .*>= 0"
 
 
+def c_demo_n_train_zero(b, t):
+    # `args.n_train or 1000` turned 0 into the default
+    return ["demo", "--quick", "--out", str(t / "out"), "--n-train", "0"], r"--n-train 0: expected an integer >= 1"
+
+
+def c_synth_negative_seed(b, t):
+    # was a NumPy traceback (default_rng of a negative seed)
+    return ["synth", "--out", str(t / "out"), "--seed", "-1"], r"--seed -1: expected an integer >= 0"
+
+
+def c_ablate_negative_first_seed(b, t):
+    return ["ablate", "--out", str(t / "out"), "--quick", "--first-seed", "-2"], r"--first-seed -2"
+
+
+# ---- DOEI "on" that can do nothing, and factors outside their domain (refused before any training)
+def c_doei_layers_empty(b, t):
+    return _train(b, t, lambda c: c.__setitem__("doei", {"enabled": True, "layers": []})), r"doei\.layers \[\] names no block"
+
+
+def c_doei_all_factors_zero(b, t):
+    zero = {"enabled": True, "af_p2c": 0, "sf_p2c": 0, "af_c2c": 0, "sf_c2c": 0}
+    return _train(b, t, lambda c: c.__setitem__("doei", zero)), r"DOEI is enabled but can change nothing.*PPDO"
+
+
+def c_doei_cpdo_alone_one_class_token(b, t):
+    def edit(c):
+        c["model"]["name"] = "tscam_tiny_conv"
+        c["doei"] = {"enabled": True, "ppdo": False}
+    return _train(b, t, edit), r"tscam_tiny_conv.*can change nothing.*1 class token"
+
+
+def c_doei_negative_amplification(b, t):
+    return _train(b, t, lambda c: c.__setitem__("doei", {"enabled": True, "af_p2c": -0.5})), r"af_p2c must be >= 0.*-0\.5"
+
+
+def c_set_value_not_yaml(b, t):
+    return _train(b, t, lambda c: None) + ["--set", "optim.lr=[1,"], r"--set 'optim\.lr=\[1,'.*not valid YAML"
+
+
+def c_checkpoint_random_bytes_index_error(b, t):
+    import random
+
+    (t / "bytes.pth").write_bytes(random.Random(2).randbytes(64))
+    return _cam(b, t, ckpt=t / "bytes.pth"), r"bytes\.pth: not a readable.*IndexError"
+
+
+def c_checkpoint_text_file(b, t):
+    (t / "notes.pth").write_text("not a checkpoint\n")
+    return _cam(b, t, ckpt=t / "notes.pth"), r"notes\.pth: not a readable"
+
+
+def c_cam_flag_disagrees_with_training_checkpoint(b, t):
+    argv = _train(b, t, lambda c: c["train"].__setitem__("out_dir", str(t / "trained")))
+    assert main(argv) == 0
+    return _cam(b, t, ckpt=t / "trained" / "checkpoint.pt", n=10, "--set", "model_kwargs.depth=3"), \
+        r"model_kwargs\.depth = 3 disagrees with .*checkpoint\.pt"
+
+
+def c_train_out_dir_is_a_file(b, t):
+    (t / "out").write_text("keep\n")
+    return _train(b, t, lambda c: None), r"train\.out_dir .*out: exists and is a file"
+
+
 CASES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("c_") and callable(fn)}
 
 

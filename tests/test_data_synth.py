@@ -84,3 +84,24 @@ def test_cli_up_to_date_and_conflicts(tmp_path, capsys):
     assert json.loads((out / "meta.json").read_text())["params"]["seed"] == 1
     assert first.split("checksum sha256: ")[1].split()[0] != read_meta(out)["checksum_sha256"]
     assert main(["synth", "--out", str(tmp_path / "x"), "--size", "8"]) == 2
+
+
+@pytest.mark.parametrize("flag, value, needle", [
+    ("--seed", "-1", "--seed -1: expected an integer >= 0"),
+    ("--max-clutter", "-2", "--max-clutter -2: expected a number of shapes >= 0"),
+    ("--noise", "-5", "--noise -5.0: expected a finite pixel-noise std >= 0"),
+    ("--noise", "nan", "--noise nan: expected a finite"),
+    ("--workers", "0", "--workers 0: expected at least 1 process"),
+    ("--n-train", "0", "--n-train 0 / --n-val"),
+    ("--size", "16", "--size 16: expected 32..512"),
+])
+def test_synth_integer_and_noise_options_refused_not_replaced(flag, value, needle, tmp_path, capsys):
+    """Values that crashed (negative seed / clutter: NumPy traceback) or were changed silently (workers 0 -> 1,
+    NaN noise -> NaN images) are one-line errors, and nothing is written."""
+    from doei.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "s"), "--n-train", "2", "--n-val", "1", "--size", "32",
+                 f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("doei synth: error: ") and needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists()

@@ -109,3 +109,25 @@ def test_demo_rejects_unknown_model(tmp_path):
     with pytest.raises(SystemExit) as e:
         cli_main(["demo", "--out", str(tmp_path), "--model", "nope"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("flag, value, needle", [
+    ("--n-train", "0", "--n-train 0: expected an integer >= 1"),      # was replaced by the default 3000 / 1000
+    ("--n-val", "0", "--n-val 0: expected an integer >= 1"),
+    ("--pipeline-train", "0", "--pipeline-train 0: expected an integer >= 1"),
+    ("--cam-layers", "-1", "--cam-layers -1: expected an integer >= 1"),
+    ("--seed", "-3", "--seed -3: expected an integer >= 0"),
+    ("--train-seed", "-1", "--train-seed -1: expected an integer >= 0"),
+])
+def test_demo_integer_options_are_used_as_given_or_refused(flag, value, needle, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["demo", "--quick", "--out", str(out), f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"doei demo: error: {needle}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_demo_pipeline_train_above_n_train_refused(tmp_path, capsys):
+    assert cli_main(["demo", "--quick", "--out", str(tmp_path / "o"), "--n-train", "50", "--pipeline-train", "60"]) == 2
+    assert "--pipeline-train 60: expected at most --n-train (50)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

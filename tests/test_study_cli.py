@@ -144,3 +144,31 @@ def test_quick_shrinks_only_models_that_take_size_options(tmp_path):
     assert "options" not in conformer.train_dict["model"]   # the synth Conformer takes none
     assert conformer.train_dict["train"]["epochs"] == 1 and conformer.n_train == 16
     assert [r.name for r in conformer.rows] == ["baseline", "ppdo", "ppdo_hfa"]
+
+
+@pytest.mark.parametrize("cmd", ["ablate", "sweep"])
+def test_integer_options_and_study_keys_are_checked_before_anything_runs(cmd, tmp_path, capsys):
+    sweep = ["--param", "af_p2c=0.3,1"] if cmd == "sweep" else []
+    out = tmp_path / "o"
+    for extra, needle in ((["--seeds", "0"], "--seeds 0: expected at least 1"),
+                          (["--first-seed", "-1"], "--first-seed -1: expected an integer >= 0")):
+        assert cli_main([cmd, "--config", CONFIG, "--out", str(out), "--quick", *sweep, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"doei {cmd}: error: {needle}") and err.count("\n") == 1, err
+    text = Path(CONFIG).read_text()
+    for key, value in (("n_train", "0"), ("n_val", "-2"), ("synth_seed", "-1"), ("cam_layers", "0"),
+                       ("stats_images", "0"), ("n_train", "2.5")):
+        bad = tmp_path / "study.yaml"
+        bad.write_text(_with_study_key(text, key, value))
+        assert cli_main([cmd, "--config", str(bad), "--out", str(out), *sweep]) == 2
+        err = capsys.readouterr().err
+        assert f"study.yaml: study.{key} = {value}, expected an integer >=" in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def _with_study_key(text: str, key: str, value: str) -> str:
+    import yaml
+
+    d = yaml.safe_load(text)
+    d.setdefault("study", {})[key] = yaml.safe_load(value)
+    return yaml.safe_dump(d)

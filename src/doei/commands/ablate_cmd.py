@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise DoeiError(f"--seeds {args.seeds}: expected at least 1")
+    if args.first_seed < 0:
+        raise DoeiError(f"--first-seed {args.first_seed}: expected an integer >= 0")
     from doei.utils.outdir import check_out_dir, folder_lock
 
     study = load_study(Path(args.config), check_out_dir(args.out), args.overrides, quick=args.quick)

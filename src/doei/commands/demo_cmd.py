@@ -76,15 +76,16 @@ def run(args: argparse.Namespace) -> int:
     from doei.engine.demo import MODELS, DemoOptions, run_demo
 
     mode = MODES["quick" if args.quick else "default"]
+    n_train, n_val, pipeline_train = _sizes(args, mode)
     config = (Path(args.config) if args.config
               else _configs_dir() / MODELS[args.model][1]["quick" if args.quick else "default"])
     opts = DemoOptions(
         out=Path(args.out), config=config, overrides=list(args.overrides), model=args.model,
-        n_train=args.n_train or mode["n_train"], n_val=args.n_val or mode["n_val"], seed=args.seed,
+        n_train=n_train, n_val=n_val, seed=args.seed,
         cam_layers=args.cam_layers, patch_refine=args.patch_refine, train_seed=args.train_seed, fresh=args.fresh, quick=args.quick, betas=BETAS,
         overlay_classes=OVERLAY_CLASSES, pipeline=args.pipeline,
         pipeline_config=Path(args.pipeline_config) if args.pipeline_config else None,
-        pipeline_overrides=list(args.pipeline_overrides), pipeline_train=args.pipeline_train or mode["pipeline_train"],
+        pipeline_overrides=list(args.pipeline_overrides), pipeline_train=pipeline_train,
     )
     from doei.utils.outdir import check_out_dir, folder_lock
 
@@ -94,6 +95,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ndemo finished in {time.time() - t0:.0f} s: {opts.out / 'report.md'}")
     print(summary)
     return 0
+
+
+def _sizes(args: argparse.Namespace, mode: dict) -> tuple[int, int, int]:
+    """``(n_train, n_val, pipeline_train)``: a given value is used as given (never replaced by the
+    default: 0 is not "unset"), and every integer option is checked before anything is written."""
+    for flag, value, low in (("--n-train", args.n_train, 1), ("--n-val", args.n_val, 1),
+                             ("--pipeline-train", args.pipeline_train, 1), ("--cam-layers", args.cam_layers, 1),
+                             ("--seed", args.seed, 0), ("--train-seed", args.train_seed, 0)):
+        if value is not None and value < low:
+            raise DoeiError(f"{flag} {value}: expected an integer >= {low}")
+    n_train = mode["n_train"] if args.n_train is None else args.n_train
+    n_val = mode["n_val"] if args.n_val is None else args.n_val
+    if args.pipeline_train is not None and args.pipeline_train > n_train:
+        raise DoeiError(f"--pipeline-train {args.pipeline_train}: expected at most --n-train ({n_train}) "
+                        "training images")
+    pipeline_train = mode["pipeline_train"] if args.pipeline_train is None else args.pipeline_train
+    return n_train, n_val, pipeline_train
 
 
 def _configs_dir() -> Path:

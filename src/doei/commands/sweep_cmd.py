@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         raise DoeiError("--param: give at least one NAME=V1,V2,... (e.g. af_p2c=0.1,0.3,1)")
     if args.seeds < 1:
         raise DoeiError(f"--seeds {args.seeds}: expected at least 1")
+    if args.first_seed < 0:
+        raise DoeiError(f"--first-seed {args.first_seed}: expected an integer >= 0")
     params = [parse_param(s) for s in args.param]
     from doei.utils.outdir import check_out_dir, folder_lock
 

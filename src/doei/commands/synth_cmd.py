@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from doei.utils.outdir import check_out_dir, folder_lock
 
     p = params_from_args(args)
+    if args.workers < 1:
+        raise DoeiError(f"--workers {args.workers}: expected at least 1 process")
     out = check_out_dir(args.out)
     with folder_lock(out, "benchmark folder", sibling=True):
         return _write(args, p, out)
@@ -85,7 +87,7 @@ def _write(args: argparse.Namespace, p, out: Path) -> int:
         else:
             out.rmdir()
     with tqdm(total=p.n_train + p.n_val, desc="doei synth", unit="img") as bar:
-        meta = write_synth(out, p, workers=max(1, int(args.workers)), progress=bar.update)
+        meta = write_synth(out, p, workers=args.workers, progress=bar.update)
     print(f"wrote {out}: {meta['splits']['train']} train + {meta['splits']['val']} val images, "
           f"{len(meta['classes'])} classes, {p.size}px, seed {p.seed}")
     print(f"images per class: {meta['images_per_class']}")

@@ -82,6 +82,14 @@ class SynthParams:
         for k in ("p_context", "p_context_alone", "p_companion", "p_rocks"):
             if not 0.0 <= getattr(self, k) <= 1.0:
                 raise DoeiError(f"{k} = {getattr(self, k)}: expected a probability in [0, 1]")
+        if self.seed < 0:
+            raise DoeiError(f"--seed {self.seed}: expected an integer >= 0")
+        if self.max_clutter < 0:
+            raise DoeiError(f"--max-clutter {self.max_clutter}: expected a number of shapes >= 0")
+        if not 0.0 <= self.noise < float("inf"):
+            raise DoeiError(f"--noise {self.noise}: expected a finite pixel-noise std >= 0")
+        if not 0.0 <= self.max_overlap <= 1.0:
+            raise DoeiError(f"max_overlap = {self.max_overlap}: expected a fraction in [0, 1]")
         return self
 
 

@@ -90,6 +90,10 @@ def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bo
     probe = copy.deepcopy(d)
     probe["data"]["root"], probe["train"]["out_dir"] = "unset", "unset"
     train_config_from_dict(probe, where=str(config))
+    for key, low in (("n_train", 1), ("n_val", 1), ("synth_seed", 0), ("cam_layers", 1), ("stats_images", 1)):
+        v = study[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise DoeiError(f"{config}: study.{key} = {v!r}, expected an integer >= {low}")
     try:
         s = Study(out=Path(out), train_dict=d, base_doei=base, n_train=int(study["n_train"]),
                   n_val=int(study["n_val"]), synth_seed=int(study["synth_seed"]), cam_layers=int(study["cam_layers"]),
