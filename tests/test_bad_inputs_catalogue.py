@@ -463,7 +463,7 @@ def c_checkpoint_text_file(b, t):
 def c_cam_flag_disagrees_with_training_checkpoint(b, t):
     argv = _train(b, t, lambda c: c["train"].__setitem__("out_dir", str(t / "trained")))
     assert main(argv) == 0
-    return _cam(b, t, ckpt=t / "trained" / "checkpoint.pt", n=10, "--set", "model_kwargs.depth=3"), \
+    return _cam(b, t, None, t / "trained" / "checkpoint.pt", 10, "--set", "model_kwargs.depth=3"), \
         r"model_kwargs\.depth = 3 disagrees with .*checkpoint\.pt"
 
 

@@ -175,3 +175,24 @@ def test_load_classifier_external_needs_a_class_count(trained, tmp_path):
                                   options={"img_size": SIZE, **OPTIONS})
     assert spec.num_classes == 10 and spec.doei.enabled is False and np.isfinite(
         model(torch.zeros(1, 3, SIZE, SIZE))[0].detach().numpy()).all()
+
+
+def test_doei_settings_that_do_nothing_are_said(tmp_path, capsys):
+    """A doei section without ``enabled: true`` (silently off before) and CPDO with one class token (inert
+    beside PPDO) each print one ``warning:`` line; the run goes on."""
+    import warnings
+
+    from doei.engine.classifier import build_classifier
+    from doei.errors import DoeiWarning
+    from doei.train_config import train_config_from_dict
+
+    base = {"model": {"name": "tscam_tiny_conv", "num_classes": 10, "img_size": SIZE, "options": OPTIONS},
+            "data": {"root": str(tmp_path)}}
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        cfg = train_config_from_dict({**base, "doei": {"af_p2c": 2.0}})
+        assert cfg.doei_config().enabled is False
+        build_classifier(train_config_from_dict({**base, "doei": {"enabled": True}}))
+    msgs = [str(w.message) for w in got if issubclass(w.category, DoeiWarning)]
+    assert any("sets ['af_p2c'] but not enabled: true, so DOEI is OFF" in m for m in msgs), msgs
+    assert any("CPDO is on but does nothing (the model has 1 class token" in m for m in msgs), msgs

@@ -165,6 +165,13 @@ def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
     stored config says exactly which DOEI the model was trained with even after a default changes
     (``sf_c2c`` did: -0.5 -> 0)."""
     cfg = from_dict(TrainConfig, data, where=where).validate(where)
+    if cfg.doei and "enabled" not in cfg.doei:
+        import warnings
+
+        from doei.errors import DoeiWarning
+
+        warnings.warn(f"{where}: the doei section sets {sorted(cfg.doei)} but not enabled: true, so DOEI is OFF",
+                      DoeiWarning, stacklevel=2)
     if cfg.doei:
         cfg.doei = dataclasses.asdict(cfg.doei_config())
     return cfg

@@ -43,12 +43,42 @@ class DOEIConfig:
         if self.layers is not None:
             if any((not isinstance(i, int)) or i < 1 for i in self.layers):
                 raise ValueError(f"layers must be 1-based block indices, got {self.layers}")
+        for name in ("af_p2c", "af_c2c"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (an amplification factor), got {getattr(self, name)}")
+        for name in ("sf_p2c", "sf_c2c"):
+            if getattr(self, name) > 0:
+                raise ValueError(f"{name} must be <= 0 (a suppression factor), got {getattr(self, name)}")
 
     def applies_to(self, block: int, depth: int) -> bool:
         """Whether DOEI acts after 1-based ``block`` of a ``depth``-block network."""
         if not self.enabled or not (self.ppdo or self.cpdo):
             return False
         return block in self.layers if self.layers is not None else 1 <= block <= depth
+
+    def check_effect(self, num_class_tokens: int) -> list[str]:
+        """Settings that are "on" but can change nothing, for a model with ``num_class_tokens`` class tokens.
+
+        Raises ValueError where DOEI as configured can do nothing at all (every enabled part has zero
+        factors, or CPDO alone with one class token: there is no other class token to exchange with);
+        returns warnings for a part that is enabled but inert while another part acts."""
+        if not self.enabled:
+            return []
+        if self.layers is not None and not self.layers:
+            raise ValueError("doei.layers [] names no block, so DOEI would do nothing (use null for every block, "
+                             "or enabled: false)")
+        inert: dict[str, str] = {}
+        if self.ppdo and self.af_p2c == 0 and self.sf_p2c == 0:
+            inert["PPDO"] = "af_p2c = sf_p2c = 0"
+        if self.cpdo and self.af_c2c == 0 and self.sf_c2c == 0:
+            inert["CPDO"] = "af_c2c = sf_c2c = 0"
+        elif self.cpdo and num_class_tokens < 2:
+            inert["CPDO"] = f"the model has {num_class_tokens} class token (CPDO exchanges between class tokens)"
+        active = [p for p, on in (("PPDO", self.ppdo), ("CPDO", self.cpdo)) if on and p not in inert]
+        if not active:
+            why = "; ".join(f"{p}: {w}" for p, w in inert.items()) or "neither ppdo nor cpdo is on"
+            raise ValueError(f"DOEI is enabled but can change nothing ({why}); set enabled: false or change the factors")
+        return [f"DOEI: {p} is on but does nothing ({w})" for p, w in inert.items()]
 
     def validate_depth(self, depth: int) -> None:
         """Raise if ``layers`` names a block the network does not have."""

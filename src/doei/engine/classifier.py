@@ -67,11 +67,23 @@ def build_classifier(cfg: TrainConfig) -> nn.Module:
                              drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate, **m.options)
     except (TypeError, ValueError) as e:
         raise DoeiError(f"model {m.name!r}: {e}") from None
+    check_doei_effect(model, cfg.doei_config(), m.name)
     if m.pretrained:
         from doei.engine.pretrained import load_pretrained
 
         load_pretrained(model, m.pretrained)
     return model
+
+
+def check_doei_effect(model: nn.Module, doei: DOEIConfig, name: str) -> None:
+    """Refuse DOEI settings that are on but can do nothing on ``model``; warn where one part is inert
+    (:meth:`doei.core.DOEIConfig.check_effect`, with the model's number of class tokens)."""
+    try:
+        notes = doei.check_effect(int(getattr(model, "num_cls_tokens", 1)))
+    except ValueError as e:
+        raise DoeiError(f"model {name!r}: {e}") from None
+    for note in notes:
+        warnings.warn(f"model {name!r}: {note}", DoeiWarning, stacklevel=3)
 
 
 def is_training_checkpoint(path: str | Path) -> bool:
@@ -170,6 +182,7 @@ def _from_weights(path: Path, obj: object, name, num_classes, img_size, options,
         model = create_model(name, num_classes=num_classes, doei=doei, **kwargs)
     except (TypeError, ValueError) as e:
         raise DoeiError(f"{where}model_kwargs {kwargs}: not accepted by {name} ({e})") from None
+    check_doei_effect(model, doei, name)
     load_model_weights(model, unwrap_state_dict(obj, where=str(path)), strict=True, where=str(path))
     spec = ClassifierSpec(name, num_classes, kwargs.get("img_size"), {k: v for k, v in kwargs.items() if k != "img_size"},
                           doei, "weights file", "given")
