@@ -22,7 +22,7 @@ PIL at other scales. ``doei cam`` uses the exact path.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, NamedTuple, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,60 +31,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from doei.errors import DoeiError
+from doei.models.cam_source import CamSource, ViewCams
+from doei.models.mctformer import MCTformerCamSource  # noqa: F401  (re-exported: the name's old home)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ViewCams(NamedTuple):
-    """What a source returns for one batch of views."""
-
-    logits: Tensor        # [B, C] image-level scores (class-token logits for MCTformer)
-    cams: Tensor          # [B, C, h, w] raw maps before refinement
-    refined: Tensor       # [B, C, h, w] the maps the pipeline upsamples (== cams without refinement)
-
-
-class CamSource(Protocol):
-    """Model adapter: normalised views [B, 3, h, w] -> :class:`ViewCams` at the model's resolution."""
-
-    num_classes: int
-
-    def __call__(self, x: Tensor) -> ViewCams: ...
-
-
-class MCTformerCamSource:
-    """MCTformer-V2 maps: ``kind`` 'fused' | 'patchcam' | 'mtatt' over the last ``n_layers`` blocks,
-    optionally refined with the patch→patch attention of all blocks (the official ``--patch-attn-refine``)."""
-
-    def __init__(self, model: nn.Module, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> None:
-        depth = getattr(model, "depth", None)
-        if depth is not None and not 1 <= n_layers <= depth:
-            raise DoeiError(f"n_layers={n_layers}: expected 1..{depth} (the model's depth)")
-        if kind not in ("fused", "patchcam", "mtatt"):
-            raise DoeiError(f"CAM kind {kind!r}: expected one of fused, patchcam, mtatt")
-        self.model = model
-        self.num_classes = int(model.num_classes)
-        self.n_layers = n_layers
-        self.kind = kind
-        self.patch_refine = patch_refine
-
-    def __call__(self, x: Tensor) -> ViewCams:
-        from doei.models.mctformer import refine_with_patch_affinity
-
-        out = self.model.forward_cams(x, n_layers=self.n_layers, kind=self.kind)
-        refined = refine_with_patch_affinity(out.cams, out.patch_attn) if self.patch_refine else out.cams
-        return ViewCams(out.cls_logits, out.cams, refined)
-
-
 def cam_source_for(model: nn.Module, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> CamSource:
-    """The :class:`CamSource` for a model: a model may provide ``model.cam_source(**options)`` itself
-    (the hook for TS-CAM / TransCAM); MCTformer-V2 (anything with ``forward_cams``) gets
-    :class:`MCTformerCamSource`."""
+    """The :class:`CamSource` of a model: its family's ``model.cam_source(n_layers=, kind=, patch_refine=)``
+    (MCTformer-V2: :class:`MCTformerCamSource`; TS-CAM, TransCAM: their own). A model without that method
+    is a one-line DoeiError (a ``forward_cams`` alone does not say how to read its maps)."""
     if hasattr(model, "cam_source"):
         return model.cam_source(n_layers=n_layers, kind=kind, patch_refine=patch_refine)
-    if hasattr(model, "forward_cams"):
-        return MCTformerCamSource(model, n_layers=n_layers, kind=kind, patch_refine=patch_refine)
-    raise DoeiError(f"{type(model).__name__}: no CAM source known for this model (needs forward_cams or cam_source)")
+    raise DoeiError(f"{type(model).__name__}: no CAM source known for this model (a classifier family provides "
+                    "cam_source(n_layers=, kind=, patch_refine=); see doei.models.registry.Classifier)")
 
 
 def normalize_image(image: np.ndarray) -> Tensor:

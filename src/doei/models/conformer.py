@@ -45,6 +45,7 @@ from doei.core.config import DOEIConfig
 from doei.core.doei import doei_update
 from doei.core.hfa import hfa_affinity
 from doei.errors import DoeiError
+from doei.models.cam_source import ViewCams
 from doei.models.checkpoint import load_model_weights, read_state_dict, unwrap_state_dict
 from doei.models.registry import register_model
 from doei.models.vit import Block  # pre-norm block returning head-mean attention, eps 1e-6
@@ -367,9 +368,7 @@ class ConformerCamSource:
         self.model, self.method, self.patch_refine = model, method, patch_refine
         self.num_classes = int(model.num_classes)
 
-    def __call__(self, x: Tensor):
-        from doei.cam.extractor import ViewCams
-
+    def __call__(self, x: Tensor) -> ViewCams:
         o = self.model.fg_offset
         out = self.model.forward_all(x, need_attn=self.patch_refine and self.method != "convcam")
         cams = out.x_conv[:, o:]

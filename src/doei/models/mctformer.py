@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from doei.core import DOEIConfig
+from doei.errors import DoeiError
+from doei.models.cam_source import ViewCams
 from doei.models.registry import register_model
 from doei.models.vit import VisionTransformer
 
@@ -60,6 +62,10 @@ class MCTformerV2(VisionTransformer):
         cams = mctformer_cams(attn, head_out, n_layers, kind)
         c = self.num_classes
         return CamOutput(cls_logits, patch_logits, cams, attn[:, :, c:, c:])
+
+    def cam_source(self, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> "MCTformerCamSource":
+        """The family's CAM source for :class:`doei.cam.extractor.CamExtractor` (:class:`MCTformerCamSource`)."""
+        return MCTformerCamSource(self, n_layers=n_layers, kind=kind, patch_refine=patch_refine)
 
 
 def mctformer_cams(attn: Tensor, head_out: Tensor, n_layers: int = 3, kind: str = "fused") -> Tensor:
@@ -107,3 +113,25 @@ def mctformer_v2_tiny_conv(num_classes: int = 10, doei: DOEIConfig | None = None
     return MCTformerV2(num_classes=num_classes, img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
                        depth=depth, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True, drop_rate=drop_rate,
                        drop_path_rate=drop_path_rate, stem="conv", doei=doei)
+
+
+class MCTformerCamSource:
+    """MCTformer-V2 maps: ``kind`` 'fused' | 'patchcam' | 'mtatt' over the last ``n_layers`` blocks,
+    optionally refined with the patch→patch attention of all blocks (the official ``--patch-attn-refine``)."""
+
+    def __init__(self, model: nn.Module, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> None:
+        depth = getattr(model, "depth", None)
+        if depth is not None and not 1 <= n_layers <= depth:
+            raise DoeiError(f"n_layers={n_layers}: expected 1..{depth} (the model's depth)")
+        if kind not in ("fused", "patchcam", "mtatt"):
+            raise DoeiError(f"CAM kind {kind!r}: expected one of fused, patchcam, mtatt")
+        self.model = model
+        self.num_classes = int(model.num_classes)
+        self.n_layers = n_layers
+        self.kind = kind
+        self.patch_refine = patch_refine
+
+    def __call__(self, x: Tensor) -> ViewCams:
+        out = self.model.forward_cams(x, n_layers=self.n_layers, kind=self.kind)
+        refined = refine_with_patch_affinity(out.cams, out.patch_attn) if self.patch_refine else out.cams
+        return ViewCams(out.cls_logits, out.cams, refined)

@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from doei.core import DOEIConfig
+from doei.models.cam_source import ViewCams
 from doei.models.registry import register_model
 from doei.models.vit import VisionTransformer
 
@@ -60,8 +61,6 @@ class TSCAM(VisionTransformer):
         are cut (ReLU) before up-sampling, as the WSSS CAM definition in docs/doei-method.md asks
         (the official localisation code min-max normalises the raw map instead).
         """
-        from doei.cam.extractor import ViewCams
-
         model = self
 
         class _Source:
