@@ -472,6 +472,12 @@ def c_train_out_dir_is_a_file(b, t):
     return _train(b, t, lambda c: None), r"train\.out_dir .*out: exists and is a file"
 
 
+def c_sweep_config_not_found(b, t):
+    # a relative --config is looked up in the working directory, then the repository (its root, configs/)
+    return ["sweep", "--config", "nope_study.yaml", "--out", str(t / "out"), "--param", "af_p2c=1"], \
+        r"--config nope_study\.yaml: file not found \(looked in .*configs\)"
+
+
 CASES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("c_") and callable(fn)}
 
 

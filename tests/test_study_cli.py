@@ -172,3 +172,33 @@ def _with_study_key(text: str, key: str, value: str) -> str:
     d = yaml.safe_load(text)
     d.setdefault("study", {})[key] = yaml.safe_load(value)
     return yaml.safe_dump(d)
+
+
+@pytest.mark.parametrize("cmd", ["ablate", "sweep"])
+def test_default_and_relative_configs_found_from_any_folder(cmd, tmp_path, monkeypatch, capsys):
+    """The default configs/ablate.yaml (and a README-style relative --config) is found from another cwd.
+
+    A deliberate bad --set makes load_study fail right after reading the config, so no run starts; the
+    error names the file that was read: the repository's, by absolute path."""
+    repo_configs = Path(CONFIG).parent
+    monkeypatch.chdir(tmp_path)
+    sweep = ["--param", "af_p2c=1"] if cmd == "sweep" else []
+    for config, name in (([], "ablate.yaml"), (["--config", "configs/ablate_tscam.yaml"], "ablate_tscam.yaml"),
+                         (["--config", "ablate_transcam.yaml"], "ablate_transcam.yaml")):
+        assert cli_main([cmd, "--out", "o", "--quick", *sweep, *config, "--set", "train.epochz=1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"doei {cmd}: error: {repo_configs / name}.train: unknown key 'epochz'"), err
+    assert cli_main([cmd, "--out", "o", *sweep, "--config", "nope.yaml"]) == 2
+    assert f"--config nope.yaml: file not found (looked in {tmp_path}, " in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_find_config_prefers_the_working_directory(tmp_path, monkeypatch):
+    from doei.utils.repo_configs import configs_dir, find_config
+
+    monkeypatch.chdir(tmp_path)
+    assert find_config(None, "ablate.yaml") == configs_dir() / "ablate.yaml" == Path(CONFIG)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "ablate.yaml").write_text("x: 1\n")
+    assert find_config("configs/ablate.yaml", "ablate.yaml") == Path("configs/ablate.yaml")  # the user's own
+    assert find_config(str(tmp_path / "missing.yaml"), "ablate.yaml") == tmp_path / "missing.yaml"  # load_study says so

@@ -22,7 +22,9 @@ from doei.errors import DoeiError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/ablate.yaml", help="study config (default configs/ablate.yaml)")
+    p.add_argument("--config", default=None,
+                   help="study config (default: the repository's configs/ablate.yaml, found from any folder; a "
+                        "relative path missing from the working directory is looked up in the repository)")
     p.add_argument("--out", required=True, help="output folder (runs, benchmark, ablation.json/.md)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per row (default 3)")
     p.add_argument("--first-seed", type=int, default=0, help="first training seed (default 0)")
@@ -43,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
         raise DoeiError(f"--first-seed {args.first_seed}: expected an integer >= 0")
     from doei.utils.outdir import check_out_dir, folder_lock
 
-    study = load_study(Path(args.config), check_out_dir(args.out), args.overrides, quick=args.quick)
+    from doei.utils.repo_configs import find_config
+
+    study = load_study(find_config(args.config, "ablate.yaml"), check_out_dir(args.out), args.overrides,
+                       quick=args.quick)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     with folder_lock(args.out, "study folder"):
         doc = run_ablation(study, seeds, report_only=args.report_only)

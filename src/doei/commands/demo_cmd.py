@@ -116,8 +116,6 @@ def _sizes(args: argparse.Namespace, mode: dict) -> tuple[int, int, int]:
 
 def _configs_dir() -> Path:
     """The repository's ``configs/`` folder (the package is installed in editable mode by the Makefile)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "configs" / "demo.yaml").is_file():
-            return parent / "configs"
-    raise DoeiError("configs/demo.yaml not found next to the installed package; pass --config FILE")
+    from doei.utils.repo_configs import configs_dir
+
+    return configs_dir()
