@@ -47,6 +47,7 @@ from doei.core.hfa import hfa_affinity
 from doei.errors import DoeiError
 from doei.models.cam_source import ViewCams
 from doei.models.checkpoint import load_model_weights, read_state_dict, unwrap_state_dict
+from doei.models.pretrained import TIMM_PREFIX
 from doei.models.registry import register_model
 from doei.models.vit import Block  # pre-norm block returning head-mean attention, eps 1e-6
 
@@ -350,6 +351,16 @@ class Conformer(nn.Module):
         """The official ``Net.forward(method, x)``: (logits_conv [B,K], logits_trans [B,K], cams [B,K,h,w])."""
         out = self.forward_all(x, need_attn=method in ("transcam", "clsattn", "attnagg"))
         return out.logits_conv, out.logits_trans, transcam_maps(out.x_conv, out.attn_sum, method)
+
+    def load_pretrained(self, source: str | os.PathLike) -> list[str]:
+        """TransCAM's start: an ImageNet Conformer checkpoint FILE (timm has no Conformer), its two
+        classifier heads dropped (:func:`load_transcam_weights` with ``imagenet=True``); returns the
+        head keys (left at their initialisation)."""
+        if isinstance(source, str) and source.startswith(TIMM_PREFIX):
+            raise DoeiError(f"model.pretrained = {source!r}: a TransCAM Conformer loads an ImageNet Conformer "
+                            "checkpoint file (timm has no Conformer)")
+        load_transcam_weights(self, source, imagenet=True)
+        return [k for k in self.state_dict() if k in HEAD_KEYS]
 
 
 class ConformerCamSource:

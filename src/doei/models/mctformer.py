@@ -9,6 +9,7 @@ for the affinity refinement.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor
 from doei.core import DOEIConfig
 from doei.errors import DoeiError
 from doei.models.cam_source import ViewCams
+from doei.models.pretrained import load_deit_weights
 from doei.models.registry import register_model
 from doei.models.vit import VisionTransformer
 
@@ -66,6 +68,12 @@ class MCTformerV2(VisionTransformer):
     def cam_source(self, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> "MCTformerCamSource":
         """The family's CAM source for :class:`doei.cam.extractor.CamExtractor` (:class:`MCTformerCamSource`)."""
         return MCTformerCamSource(self, n_layers=n_layers, kind=kind, patch_refine=patch_refine)
+
+    def load_pretrained(self, source: str | os.PathLike) -> list[str]:
+        """ImageNet DeiT/timm weights (a file or ``timm:<name>``), the class token repeated per class and
+        the position grid resized (:func:`doei.models.pretrained.load_deit_weights`); returns the keys
+        left at their initialisation (``head.*``)."""
+        return load_deit_weights(self, source)
 
 
 def mctformer_cams(attn: Tensor, head_out: Tensor, n_layers: int = 3, kind: str = "fused") -> Tensor:

@@ -7,14 +7,17 @@ size works: position embeddings are interpolated as MCTformer does.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from doei.core import DOEIConfig
 from doei.models.cam_source import ViewCams
+from doei.models.pretrained import load_deit_weights
 from doei.models.registry import register_model
 from doei.models.vit import VisionTransformer
 
@@ -72,6 +75,12 @@ class TSCAM(VisionTransformer):
                 return ViewCams(out.logits, cams, cams)
 
         return _Source()
+
+    def load_pretrained(self, source: str | os.PathLike) -> list[str]:
+        """ImageNet DeiT/timm weights (a file or ``timm:<name>``) as they are (one class token), the
+        position grid resized (:func:`doei.models.pretrained.load_deit_weights`); returns the keys left
+        at their initialisation (``head.*``: TS-CAM's conv head replaces DeiT's linear one)."""
+        return load_deit_weights(self, source)
 
 
 def tscam_cams(attn: Tensor, head_out: Tensor) -> Tensor:
