@@ -1,4 +1,7 @@
-"""The classification objective of each classifier family, picked from the model.
+"""The classification objective of each classifier family, asked of the model.
+
+Each family provides ``classification_loss(outputs, target)`` and ``prediction_logits(outputs)`` as
+methods (the contract in :class:`doei.models.registry.Classifier`):
 
 * MCTformer-V2 (official engine.py): ``multilabel_soft_margin_loss(cls_logits, y) +
   multilabel_soft_margin_loss(patch_logits, y)``; the model returns ``(cls_logits, patch_logits)``
@@ -8,16 +11,17 @@
   ``logits_conv + logits_trans`` (the official objective; not the sum of two per-branch losses).
 
 Logits are cast to float32 (AMP-safe). A ``DistributedDataParallel`` / ``DataParallel`` wrapper is
-looked through (``.module``).
+looked through (``.module``). A model that does not provide the methods is a one-line DoeiError
+(it never silently gets another family's objective).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
+
+from doei.errors import DoeiError
 
 LossKind = Literal["mctformer", "tscam", "transcam"]
 
@@ -26,18 +30,24 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def loss_kind(model: nn.Module) -> LossKind:
-    """Which family's objective ``model`` trains with (``transcam`` for any Conformer, ``tscam`` for TS-CAM,
-    else ``mctformer``)."""
-    from doei.models.conformer import Conformer
-    from doei.models.tscam import TSCAM
-
+def _family_method(model: nn.Module, name: str) -> Callable:
     m = _unwrap(model)
-    if isinstance(m, Conformer):
-        return "transcam"
-    if isinstance(m, TSCAM):
-        return "tscam"
-    return "mctformer"
+    fn = getattr(m, name, None)
+    if fn is None:
+        raise DoeiError(f"{type(m).__name__}: not a classifier family (it has no {name}(); a family provides "
+                        "classification_loss, prediction_logits, cam_source and load_pretrained, see "
+                        "doei.models.registry.Classifier)")
+    return fn
+
+
+def loss_kind(model: nn.Module) -> LossKind:
+    """Which family's objective ``model`` trains with: its ``family`` ('mctformer', 'tscam', 'transcam')."""
+    m = _unwrap(model)
+    kind = getattr(m, "family", None)
+    if kind is None:
+        raise DoeiError(f"{type(m).__name__}: not a classifier family (no 'family' attribute; see "
+                        "doei.models.registry.Classifier)")
+    return kind
 
 
 def classification_loss(model: nn.Module, outputs: Tensor | tuple[Tensor, ...],
@@ -49,31 +59,13 @@ def classification_loss(model: nn.Module, outputs: Tensor | tuple[Tensor, ...],
     MCTformer-V2; for one-term objectives (TS-CAM, TransCAM) they are (total, 0) so that the training
     log keeps its ``loss_cls`` / ``loss_patch`` columns.
     """
-    kind = loss_kind(model)
-    if kind == "transcam":
-        from doei.models.conformer import transcam_loss
-
-        conv, trans = outputs
-        total = transcam_loss(conv.float(), trans.float(), target)
-        return total, total, torch.zeros_like(total)
-    if isinstance(outputs, Tensor):
-        total = F.multilabel_soft_margin_loss(outputs.float(), target)
-        return total, total, torch.zeros_like(total)
-    if kind == "tscam":
-        raise TypeError("TS-CAM's forward returns one logits tensor, got a tuple")
-    cls = F.multilabel_soft_margin_loss(outputs[0].float(), target)
-    pat = F.multilabel_soft_margin_loss(outputs[1].float(), target)
-    return cls + pat, cls, pat
+    return _family_method(model, "classification_loss")(outputs, target)
 
 
 def prediction_logits(model: nn.Module, outputs: Tensor | tuple[Tensor, ...]) -> Tensor:
     """The image-level scores [B, K] each family predicts with: MCTformer's class-token logits,
     TS-CAM's logits, TransCAM's ``logits_conv + logits_trans`` (what its loss is computed on)."""
-    if isinstance(outputs, Tensor):
-        return outputs
-    if loss_kind(model) == "transcam":
-        return outputs[0] + outputs[1]
-    return outputs[0]
+    return _family_method(model, "prediction_logits")(outputs)
 
 
 __all__ = ["classification_loss", "prediction_logits", "loss_kind", "LossKind"]

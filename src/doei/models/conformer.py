@@ -190,6 +190,8 @@ class Conformer(nn.Module):
     (official: 20 + 1 = 21). ``doei``: a :class:`DOEIConfig` (None = off).
     """
 
+    family = "transcam"   # the classifier family (doei.models.registry.Classifier)
+
     def __init__(self, num_classes: int = 20, background_channel: bool = True, patch_size: int = 16,
                  in_chans: int = 3, stem_channels: int = 64, base_channel: int = 64, channel_ratio: int = 4,
                  embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
@@ -361,6 +363,20 @@ class Conformer(nn.Module):
                             "checkpoint file (timm has no Conformer)")
         load_transcam_weights(self, source, imagenet=True)
         return [k for k in self.state_dict() if k in HEAD_KEYS]
+
+    def classification_loss(self, outputs: tuple[Tensor, Tensor], target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """TransCAM's objective (:func:`transcam_loss`: the soft-margin loss on the SUM ``logits_conv +
+        logits_trans``, float32; not the sum of two per-branch losses) as (total, total, 0)."""
+        conv, trans = outputs
+        total = transcam_loss(conv.float(), trans.float(), target)
+        return total, total, torch.zeros_like(total)
+
+    def prediction_logits(self, outputs: tuple[Tensor, Tensor]) -> Tensor:
+        """The image-level scores [B, num_classes] it predicts with: ``logits_conv + logits_trans`` (what
+        its loss is computed on)."""
+        if isinstance(outputs, Tensor):
+            return outputs
+        return outputs[0] + outputs[1]
 
 
 class ConformerCamSource:

@@ -35,6 +35,8 @@ class CamOutput(NamedTuple):
 class MCTformerV2(VisionTransformer):
     """MCTformer-V2 on a ViT backbone; ``doei`` switches DOEI on between blocks."""
 
+    family = "mctformer"   # the classifier family (doei.models.registry.Classifier)
+
     def __init__(self, num_classes: int = 20, **kwargs) -> None:
         super().__init__(num_cls_tokens=num_classes, **kwargs)
         self.num_classes = num_classes
@@ -74,6 +76,22 @@ class MCTformerV2(VisionTransformer):
         the position grid resized (:func:`doei.models.pretrained.load_deit_weights`); returns the keys
         left at their initialisation (``head.*``)."""
         return load_deit_weights(self, source)
+
+    def classification_loss(self, outputs: Tensor | tuple[Tensor, ...], target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """MCTformer-V2's objective (official engine.py): (total, class-token term, patch-token term) with
+        ``multilabel_soft_margin_loss(cls_logits, y) + multilabel_soft_margin_loss(patch_logits, y)``;
+        ``outputs`` = ``self(x)``, ``target`` [B, C] multi-hot float, logits cast to float32 (AMP-safe).
+        One tensor instead of the pair: its term only, (total, total, 0)."""
+        if isinstance(outputs, Tensor):
+            total = F.multilabel_soft_margin_loss(outputs.float(), target)
+            return total, total, torch.zeros_like(total)
+        cls = F.multilabel_soft_margin_loss(outputs[0].float(), target)
+        pat = F.multilabel_soft_margin_loss(outputs[1].float(), target)
+        return cls + pat, cls, pat
+
+    def prediction_logits(self, outputs: Tensor | tuple[Tensor, ...]) -> Tensor:
+        """The image-level scores [B, C] it predicts with: the class-token logits."""
+        return outputs if isinstance(outputs, Tensor) else outputs[0]
 
 
 def mctformer_cams(attn: Tensor, head_out: Tensor, n_layers: int = 3, kind: str = "fused") -> Tensor:

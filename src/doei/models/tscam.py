@@ -32,6 +32,8 @@ class TSCAMOutput(NamedTuple):
 class TSCAM(VisionTransformer):
     """TS-CAM; ``doei`` (PPDO + HFA, C = 1) switches DOEI on between blocks."""
 
+    family = "tscam"   # the classifier family (doei.models.registry.Classifier)
+
     def __init__(self, num_classes: int = 20, **kwargs) -> None:
         super().__init__(num_cls_tokens=1, **kwargs)
         self.num_classes = num_classes
@@ -81,6 +83,18 @@ class TSCAM(VisionTransformer):
         position grid resized (:func:`doei.models.pretrained.load_deit_weights`); returns the keys left
         at their initialisation (``head.*``: TS-CAM's conv head replaces DeiT's linear one)."""
         return load_deit_weights(self, source)
+
+    def classification_loss(self, outputs: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """TS-CAM's objective: ``multilabel_soft_margin_loss(logits, y)`` on its one output (the GAP of the
+        head map; float32), as (total, total, 0) so that the training log keeps two loss columns."""
+        if isinstance(outputs, Tensor):
+            total = F.multilabel_soft_margin_loss(outputs.float(), target)
+            return total, total, torch.zeros_like(total)
+        raise TypeError("TS-CAM's forward returns one logits tensor, got a tuple")
+
+    def prediction_logits(self, outputs: Tensor) -> Tensor:
+        """The image-level scores [B, K] it predicts with: its logits."""
+        return outputs if isinstance(outputs, Tensor) else outputs[0]
 
 
 def tscam_cams(attn: Tensor, head_out: Tensor) -> Tensor:
