@@ -5,13 +5,31 @@ import dataclasses
 import re
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 
 from doei.errors import DoeiError
 
 T = TypeVar("T")
+
+
+class OneOf:
+    """Metadata for ``Annotated[str, OneOf(names)]``: a string that must be one of ``names()``.
+
+    ``names`` is a function, asked when a config is read, so the known values can come from a
+    registry filled after the config class is defined (e.g. :data:`doei.data.build.DatasetKind`).
+    The error reads as a ``Literal``'s: ``<where>: 'x' is not one of ['a', 'b']``.
+    """
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self.names = names
+
+    def check(self, value: Any, where: str) -> Any:
+        known = list(self.names())
+        if value not in known:
+            raise DoeiError(f"{where}: {value!r} is not one of {known}")
+        return value
 
 
 class _Loader(yaml.SafeLoader):
@@ -52,6 +70,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
+        return value
+    if origin is typing.Annotated:
+        value = _coerce(value, args[0], where)
+        for meta in tp.__metadata__:
+            if isinstance(meta, OneOf):
+                value = meta.check(value, where)
         return value
     if origin is typing.Union or (origin is not None and str(origin) == "types.UnionType"):
         if value is None and type(None) in args:
@@ -109,7 +133,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     if not isinstance(data, dict):
         raise DoeiError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise DoeiError(f"{where}: unknown key {unknown[0]!r} (expected one of {sorted(fields)})")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from doei.config import apply_overrides, from_dict, load_yaml
+from doei.data.build import DatasetKind
 from doei.errors import DoeiError
 
 STAGES: tuple[str, ...] = ("train-cls", "cam", "refine", "train-seg", "infer-seg", "eval")
@@ -54,7 +55,7 @@ class PipelineData:
     ``num_classes`` counts FOREGROUND classes (20 VOC, 80 COCO); label maps use 0..num_classes.
     """
 
-    kind: Literal["voc", "synth", "coco", "folder"] = "voc"
+    kind: DatasetKind = "voc"              # a registered kind (doei.data.build.dataset_kinds)
     root: str = ""
     train_split: str = "train_aug"
     val_split: str = "val"

@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional
 
 from doei.config import apply_overrides, from_dict, load_yaml
 from doei.core import DOEIConfig
+from doei.data.build import DatasetKind
 from doei.errors import DoeiError
 
 
@@ -42,13 +43,15 @@ class ModelSection:
 class DataSection:
     """Where the images are and how they are augmented.
 
-    ``kind``: ``voc``, ``synth`` (the synthetic benchmark, VOC layout), ``coco``, ``folder``. ``transform``:
+    ``kind``: a registered dataset kind: ``voc``, ``synth`` (the synthetic benchmark, VOC layout), ``coco``,
+    ``folder``, ... (:func:`doei.data.build.dataset_kinds`); the loader gets the fields below that it
+    declares as options (:func:`doei.data.build.dataset_options`). ``transform``:
     ``mctformer`` (the official timm RandAugment recipe), ``simple`` (RandomResizedCrop with
     ``crop_scale`` + flip + ``color_jitter``; for tiny from-scratch models) or ``resize``.
     Validation uses MCTformer's Resize + CenterCrop with ``mctformer``, else a plain square resize.
     """
 
-    kind: Literal["voc", "synth", "coco", "folder"] = "voc"
+    kind: DatasetKind = "voc"              # a registered kind (doei.data.build.dataset_kinds)
     root: str = ""
     train_split: str = "train_aug"
     val_split: Optional[str] = None

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from doei.core import DOEIConfig
+from doei.data.build import DatasetKind
 from doei.errors import DoeiError
 
 
@@ -37,7 +38,7 @@ class CamConfig:
     doei: Optional[DOEIConfig] = None                  # DOEI settings (None = the checkpoint's; external: off)
     override_doei: bool = False                        # run a training checkpoint with other DOEI settings
     # data
-    dataset: Literal["voc", "synth", "coco", "folder"] = "voc"
+    dataset: DatasetKind = "voc"          # a registered kind (doei.data.build.dataset_kinds)
     data_root: str = ""
     split: str = "train"
     # CAM pipeline

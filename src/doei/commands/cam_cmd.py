@@ -57,7 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "explicit override of what a training checkpoint was trained with (default: as trained; "
                    "external weights: off unless the config has a doei section)")
     p.add_argument("--data-root", default=None, help="dataset folder (VOC2012 layout for voc/synth)")
-    p.add_argument("--dataset", choices=("voc", "synth", "coco", "folder"), default=None)
+    from doei.data.build import dataset_kinds
+
+    p.add_argument("--dataset", choices=dataset_kinds(), default=None, help="registered dataset kind (default voc)")
     p.add_argument("--scales", default=None, help="comma-separated scales (default 1.0, MCTformer's psa run; "
                    "MCTformer's --scales option takes e.g. 1.0,0.5,1.5)")
     p.add_argument("--no-flip", action="store_true", help="do not add the horizontally flipped views")

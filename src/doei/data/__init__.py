@@ -2,10 +2,26 @@
 
 Start with :func:`build_dataset` (-> :class:`ClassificationDataset`: ``ds[i]`` is
 ``(image [3, H, W], multi-hot label [C], id)``; ``ds.sample(id)`` the raw image and mask).
+Each kind is registered by its own module with :func:`register_dataset` (:mod:`doei.data.build`).
 See docs/datasets.md.
-"""
-from doei.data.build import DATASET_KINDS, build_dataset, dataset_class_names
-from doei.data.dataset import ClassificationDataset, ImageRecord, SegmentationSample
 
-__all__ = ["DATASET_KINDS", "build_dataset", "dataset_class_names", "ClassificationDataset", "ImageRecord",
-           "SegmentationSample"]
+The dataset classes are imported on first use, so ``doei.data.build`` (the registry, and
+:data:`~doei.data.build.DatasetKind` used by the config classes) loads without torch.
+"""
+from doei.data.build import (DatasetSpec, build_dataset, dataset_class_names, dataset_kinds, dataset_options,
+                             get_dataset_spec, register_dataset)
+
+_LAZY = {"ClassificationDataset": "doei.data.dataset", "ImageRecord": "doei.data.dataset",
+         "SegmentationSample": "doei.data.dataset"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["build_dataset", "dataset_class_names", "dataset_kinds", "dataset_options", "get_dataset_spec",
+           "register_dataset", "DatasetSpec", "ClassificationDataset", "ImageRecord", "SegmentationSample"]

@@ -1,61 +1,219 @@
-"""One entry point for every dataset kind: ``build_dataset(kind, root, split, ...)``."""
+"""The dataset registry and one entry point for every kind: ``build_dataset(kind, root, split, **options)``.
+
+A dataset module registers its loader once, with the options it accepts (timm's ``register_model`` /
+``create_model`` in spirit)::
+
+    @register_dataset("voc", options=("labels", "labels_file", "mask_dir", ...), default_split="train_aug",
+                      class_names=VOC_CLASSES)
+    def voc_dataset(root, split, *, transform=None, labels="auto", labels_file=None, mask_dir=None, ...):
+        ...
+
+The registered kinds are found by importing every module of the ``doei.data`` package the first time
+a kind is looked up, so adding a dataset is one new module under ``src/doei/data/`` (plus its test):
+nothing else lists the kinds. Config fields that name a kind (:data:`DatasetKind`), the choices of
+``doei cam --dataset`` and ``doei eval --dataset``, the loader arguments taken from a config's data
+section (:func:`dataset_options`) and the class names of reports all come from the registry.
+"""
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Mapping, Sequence, Union
 
-from doei.data.dataset import ClassificationDataset, Transform
+from doei.config import OneOf
 from doei.errors import DoeiError
 
-DATASET_KINDS: tuple[str, ...] = ("voc", "coco", "folder", "synth")
+if TYPE_CHECKING:
+    from doei.data.dataset import ClassificationDataset, Transform
+
+# the arguments every loader gets from build_dataset itself; no option may use these names
+_RESERVED = ("root", "split", "transform")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+ClassNames = Union[Sequence[str], Callable[[Path], Sequence[str]]]
 
 
-def build_dataset(kind: str, root: str | Path, split: str | None, *, transform: Transform | None = None,
-                  **kwargs) -> ClassificationDataset:
-    """A :class:`ClassificationDataset` of ``kind`` (``voc`` | ``coco`` | ``folder`` | ``synth``).
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registered dataset kind.
+
+    ``loader(root, split, *, transform=..., **options)`` returns a :class:`ClassificationDataset`;
+    ``options`` are the keyword arguments it accepts (``build_dataset`` refuses others);
+    ``config_options`` the subset a config's data section passes (:func:`dataset_options`);
+    ``default_split`` replaces an empty/None split (None: the loader gets the split as given);
+    ``class_names`` the foreground names, or a function of the dataset folder that reads them.
+    """
+
+    name: str
+    loader: Callable[..., "ClassificationDataset"]
+    options: tuple[str, ...]
+    config_options: tuple[str, ...]
+    default_split: str | None
+    class_names: ClassNames | None
+
+    @property
+    def names_from_root(self) -> bool:
+        """True when the class names are read from the dataset folder (so a root is needed)."""
+        return callable(self.class_names)
+
+    @property
+    def fixed_class_names(self) -> tuple[str, ...] | None:
+        """The foreground names when they are fixed by the kind (VOC, COCO), else None."""
+        if self.class_names is None or callable(self.class_names):
+            return None
+        return tuple(self.class_names)
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+_discovered = False
+
+
+def _accepted_keywords(fn: Callable) -> tuple[set[str], bool]:
+    """(keyword-capable parameter names, whether it takes ``**kwargs``)."""
+    params = inspect.signature(fn).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def register_dataset(name: str, *, options: Sequence[str] = (), config_options: Sequence[str] | None = None,
+                     default_split: str | None = None,
+                     class_names: ClassNames | None = None) -> Callable[[Callable], Callable]:
+    """Decorator registering ``loader(root, split, *, transform=None, **options)`` as dataset kind ``name``.
+
+    ``options``: every keyword the loader accepts besides ``transform`` (checked against its signature
+    unless it takes ``**kwargs``). ``config_options``: the ones a config's data section may set
+    (default: all of ``options``). The loader is returned unchanged. Registering a different loader
+    under a taken name is a ValueError (a programming error, not bad input).
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"dataset kind {name!r}: expected a lower-case name (letters, digits, _ or -)")
+    options = tuple(options)
+    config_options = options if config_options is None else tuple(config_options)
+    bad = [o for o in options if o in _RESERVED]
+    if bad:
+        raise ValueError(f"dataset kind {name!r}: option {bad[0]!r} is reserved ({', '.join(_RESERVED)} are "
+                         "build_dataset's own arguments)")
+    if len(set(options)) != len(options):
+        raise ValueError(f"dataset kind {name!r}: options {options} list a name twice")
+    extra = [o for o in config_options if o not in options]
+    if extra:
+        raise ValueError(f"dataset kind {name!r}: config option {extra[0]!r} is not one of its options {options}")
+
+    def decorate(loader: Callable) -> Callable:
+        accepted, var_kw = _accepted_keywords(loader)
+        if not var_kw:
+            missing = [o for o in ("transform",) + options if o not in accepted]
+            if missing:
+                raise ValueError(f"dataset kind {name!r}: loader {loader.__qualname__} has no parameter "
+                                 f"{missing[0]!r}")
+        old = _REGISTRY.get(name)
+        if old is not None and (old.loader.__module__, old.loader.__qualname__) != (loader.__module__,
+                                                                                   loader.__qualname__):
+            raise ValueError(f"dataset kind {name!r} is already registered by "
+                             f"{old.loader.__module__}.{old.loader.__qualname__}")
+        _REGISTRY[name] = DatasetSpec(name, loader, options, config_options, default_split, class_names)
+        return loader
+
+    return decorate
+
+
+def unregister_dataset(name: str) -> None:
+    """Remove kind ``name`` (for tests and plugins that register a temporary dataset)."""
+    _REGISTRY.pop(name, None)
+
+
+def _discover() -> None:
+    """Import every module of ``doei.data`` once, so each built-in dataset module registers itself."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import doei.data as pkg
+
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if not m.name.startswith("_") and m.name != "build":
+            importlib.import_module(f"{pkg.__name__}.{m.name}")
+
+
+def dataset_kinds() -> tuple[str, ...]:
+    """Every registered kind, sorted (``coco``, ``folder``, ``synth``, ``voc`` and any added)."""
+    _discover()
+    return tuple(sorted(_REGISTRY))
+
+
+def get_dataset_spec(kind: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``kind``; an unknown kind is a one-line DoeiError listing the known ones."""
+    _discover()
+    spec = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        raise DoeiError(f"dataset kind {kind!r} unknown (expected {', '.join(dataset_kinds())})")
+    return spec
+
+
+# a config field naming a dataset kind: a str checked against the registry when the config is read
+# (``<where>.kind: 'imagenet' is not one of ['coco', 'folder', 'synth', 'voc']``)
+DatasetKind = Annotated[str, OneOf(dataset_kinds)]
+
+
+def build_dataset(kind: str, root: str | Path, split: str | None, *, transform: "Transform | None" = None,
+                  **options: Any) -> "ClassificationDataset":
+    """A :class:`ClassificationDataset` of ``kind`` (see :func:`dataset_kinds`).
 
     ``split``: VOC/synth list name (``train_aug``, ``train``, ``val``; synth: ``train``, ``val``) or a
     ``.txt`` path; COCO ``train2014``/``val2014`` (or ``train``/``val``); folder: an id-list name or
-    None for every labelled image. Extra keyword arguments go to the kind's loader
-    (:func:`doei.data.voc.voc_dataset`, :func:`doei.data.coco.coco_dataset`,
-    :func:`doei.data.folder.folder_dataset`), e.g. ``labels_file=``, ``mask_dir=``, ``require_masks=``.
+    None for every labelled image. An empty split means the kind's default (VOC ``train_aug``, synth
+    ``train``, COCO ``train2014``). ``options`` go to the kind's loader (:func:`doei.data.voc.voc_dataset`,
+    :func:`doei.data.coco.coco_dataset`, :func:`doei.data.folder.folder_dataset`, ...), e.g.
+    ``labels_file=``, ``mask_dir=``, ``require_masks=``; one it does not declare is a one-line DoeiError.
     """
-    if kind == "voc":
-        from doei.data.voc import voc_dataset
+    spec = get_dataset_spec(kind)
+    unknown = [k for k in options if k not in spec.options]
+    if unknown:
+        raise DoeiError(f"dataset kind {kind!r}: option {unknown[0]!r} unknown "
+                        f"(expected {', '.join(spec.options) if spec.options else 'no options'})")
+    if not split and spec.default_split is not None:
+        split = spec.default_split
+    return spec.loader(root, split, transform=transform, **options)
 
-        return voc_dataset(root, split or "train_aug", transform=transform, **kwargs)
-    if kind == "synth":
-        from doei.data.synth import synth_dataset
 
-        return synth_dataset(root, split or "train", transform=transform, **kwargs)
-    if kind == "coco":
-        from doei.data.coco import coco_dataset
+def dataset_options(section: Any, kind: str | None = None) -> dict[str, Any]:
+    """The loader options a config's data section sets for its kind (``kind`` default ``section.kind``).
 
-        return coco_dataset(root, split or "train2014", transform=transform, **kwargs)
-    if kind == "folder":
-        from doei.data.folder import folder_dataset
-
-        return folder_dataset(root, split, transform=transform, **kwargs)
-    raise DoeiError(f"dataset kind {kind!r} unknown (expected {', '.join(DATASET_KINDS)})")
+    Every name the kind declares as a config option that is a field (or key) of ``section`` and is not
+    None or ``""`` (unset): e.g. ``labels``, ``labels_file``, ``mask_dir`` for VOC, ``labels_file``,
+    ``classes_file``, ``mask_dir`` for a folder. Fields the kind does not declare are not passed.
+    """
+    get = section.get if isinstance(section, Mapping) else (lambda k, d=None: getattr(section, k, d))
+    spec = get_dataset_spec(kind if kind is not None else get("kind"))
+    out: dict[str, Any] = {}
+    for name in spec.config_options:
+        value = get(name, None)
+        if value is not None and not (isinstance(value, str) and value == ""):
+            out[name] = value
+    return out
 
 
 def dataset_class_names(kind: str, root: str | Path | None = None) -> list[str]:
     """Foreground class names of a kind without building the dataset (synth/folder read them from ``root``)."""
-    if kind == "voc":
-        from doei.data.voc import VOC_CLASSES
+    spec = get_dataset_spec(kind)
+    if spec.class_names is None:
+        raise DoeiError(f"dataset kind {kind!r} does not declare its class names")
+    if spec.names_from_root:
+        if root is None or root == "":
+            raise DoeiError(f"dataset kind {kind!r} reads its class names from the dataset folder (give its root)")
+        return list(spec.class_names(Path(root)))
+    return list(spec.class_names)
 
-        return list(VOC_CLASSES)
-    if kind == "coco":
-        from doei.data.coco import COCO_CLASSES
 
-        return list(COCO_CLASSES)
-    if kind == "synth":
-        from doei.data.synth import read_meta
+def fixed_class_names() -> list[tuple[str, tuple[str, ...]]]:
+    """``[(kind, foreground names)]`` of the kinds whose names are fixed (VOC, COCO), sorted by kind."""
+    return [(k, s.fixed_class_names) for k in dataset_kinds()
+            if (s := _REGISTRY[k]).fixed_class_names is not None]
 
-        return list(read_meta(root)["classes"])
-    if kind == "folder":
-        from doei.data.common import read_class_names
 
-        root = Path(root)
-        f = root / "classes.txt" if (root / "classes.txt").is_file() else root / "classes.json"
-        return read_class_names(f)
-    raise DoeiError(f"dataset kind {kind!r} unknown (expected {', '.join(DATASET_KINDS)})")
+__all__ = ["DatasetSpec", "DatasetKind", "register_dataset", "unregister_dataset", "dataset_kinds",
+           "get_dataset_spec", "build_dataset", "dataset_options", "dataset_class_names", "fixed_class_names"]

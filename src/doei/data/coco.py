@@ -34,6 +34,7 @@ import numpy as np
 
 from doei.data.common import (IGNORE_INDEX, check_id, check_label, find_image_file, read_cls_labels_npy,
                               read_labels_json)
+from doei.data.build import register_dataset
 from doei.data.dataset import ClassificationDataset, ImageRecord, Transform
 from doei.errors import DoeiError
 
@@ -351,6 +352,12 @@ def coco_records(image_dir: str | Path, ann_file: str | Path | None = None, *, i
     return records, desc
 
 
+# config_options=(): a config's data.labels_file / data.mask_dir have never been passed to COCO (its
+# loader finds root/cls_labels_<split>.json and root/SegmentationClass/<split>/ itself); kept so by #14's
+# behaviour-preserving refactor. Dropping the argument would make a data section's options reach COCO.
+@register_dataset("coco", options=("ids", "image_dir", "ann_file", "labels_file", "mask_dir", "id_list",
+                                   "trust_pickle", "require_masks"),
+                  config_options=(), default_split="train2014", class_names=COCO_CLASSES)
 def coco_dataset(root: str | Path, split: str = "train2014", *, transform: Transform | None = None,
                  ids: str = "annotated", image_dir: str | Path | None = None, ann_file: str | Path | None = None,
                  labels_file: str | Path | None = None, mask_dir: str | Path | None = None,

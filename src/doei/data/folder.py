@@ -26,6 +26,7 @@ from typing import Sequence
 
 from doei.data.common import (check_id, check_label, check_unique, find_image_file, read_class_names,
                               read_id_list, read_labels_json)
+from doei.data.build import register_dataset
 from doei.data.dataset import ClassificationDataset, ImageRecord, Transform
 from doei.errors import DoeiError
 
@@ -87,6 +88,15 @@ def _first_existing(root: Path, names: Sequence[str]) -> Path | None:
     return next((root / n for n in names if (root / n).is_file()), None)
 
 
+def folder_class_names(root: str | Path) -> list[str]:
+    """The foreground names of ``root/classes.txt`` (else ``root/classes.json``), as the loader reads them."""
+    root = Path(root)
+    f = root / "classes.txt" if (root / "classes.txt").is_file() else root / "classes.json"
+    return read_class_names(f)
+
+
+@register_dataset("folder", options=("image_dir", "labels_file", "classes_file", "mask_dir", "require_masks"),
+                  class_names=folder_class_names)
 def folder_dataset(root: str | Path, split: str | None = None, *, transform: Transform | None = None,
                    image_dir: str | Path | None = None, labels_file: str | Path | None = None,
                    classes_file: str | Path | None = None, mask_dir: str | Path | None = None,

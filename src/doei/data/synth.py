@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from doei.data import synth_draw as D
+from doei.data.build import register_dataset
 from doei.data.common import classes_in_mask, voc_palette
 from doei.errors import DoeiError
 
@@ -508,6 +509,13 @@ def params_from_meta(meta: dict) -> SynthParams:
     return SynthParams(**d)
 
 
+def synth_class_names(root: str | Path) -> list[str]:
+    """The foreground names stored in the benchmark's ``meta.json``."""
+    return list(read_meta(root)["classes"])
+
+
+@register_dataset("synth", options=("labels", "labels_file", "trust_pickle", "mask_dir", "require_masks"),
+                  default_split="train", class_names=synth_class_names)
 def synth_dataset(root: str | Path, split: str, **kwargs) -> "ClassificationDataset":  # noqa: F821
     """The benchmark's ``train``/``val`` split through the VOC loader, with the class names of ``meta.json``."""
     from doei.data.voc import voc_dataset

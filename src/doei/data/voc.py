@@ -24,6 +24,7 @@ from typing import Sequence
 
 from doei.data.common import (check_label, classes_in_mask, find_image_file, read_cls_labels_npy,
                               read_id_list, read_labels_json, read_mask)
+from doei.data.build import register_dataset
 from doei.data.dataset import ClassificationDataset, ImageRecord, Transform
 from doei.errors import DoeiError
 
@@ -159,6 +160,8 @@ def voc_records(root: str | Path, split: str, *, labels: str = "auto", labels_fi
     return records, desc
 
 
+@register_dataset("voc", options=("labels", "labels_file", "trust_pickle", "mask_dir", "class_names", "require_masks"),
+                  default_split="train_aug", class_names=VOC_CLASSES)
 def voc_dataset(root: str | Path, split: str, *, transform: Transform | None = None, labels: str = "auto",
                 labels_file: str | Path | None = None, trust_pickle: bool = False,
                 mask_dir: str | Path | None = None, class_names: Sequence[str] = VOC_CLASSES,

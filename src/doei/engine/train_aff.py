@@ -324,15 +324,11 @@ def require_id_files(folder: Path, ids: Sequence[str], suffix: str, what: str, h
 
 
 def _data_kwargs(cfg: PipelineConfig) -> dict:
-    """Extra loader arguments of the configured dataset kind (labels file, mask folder)."""
-    d = cfg.data
-    kw: dict = {}
-    if d.kind in ("voc", "synth", "folder"):
-        if d.labels_file:
-            kw["labels_file"] = d.labels_file
-        if d.mask_dir:
-            kw["mask_dir"] = d.mask_dir
-    return kw
+    """Extra loader arguments of the configured dataset kind: the ``data`` options it declares
+    (:func:`doei.data.build.dataset_options`; kept under this name for its callers)."""
+    from doei.data.build import dataset_options
+
+    return dataset_options(cfg.data)
 
 
 __all__ = ["AffinityDataset", "train_affinity", "require_id_files", "build_affinity_model", "precompute_crf_scores",

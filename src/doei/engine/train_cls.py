@@ -74,16 +74,12 @@ def train_transform(cfg: TrainConfig) -> Callable:
 
 def build_dataset(cfg: TrainConfig, split: str, transform: Callable | None) -> Dataset:
     """A :class:`doei.data.dataset.ClassificationDataset` for ``split`` of the configured source
-    (through :func:`doei.data.build.build_dataset`)."""
+    (through :func:`doei.data.build.build_dataset`, with the data-section options its kind declares)."""
     from doei.data.build import build_dataset as build
+    from doei.data.build import dataset_options
 
     d = cfg.data
-    kw: dict = {}
-    if d.kind in ("voc", "synth"):
-        kw = {"labels": d.labels, "labels_file": d.labels_file, "mask_dir": d.mask_dir}
-    elif d.kind == "folder":
-        kw = {"labels_file": d.labels_file, "classes_file": d.classes_file, "mask_dir": d.mask_dir}
-    return build(d.kind, d.root, split, transform=transform, **{k: v for k, v in kw.items() if v is not None})
+    return build(d.kind, d.root, split, transform=transform, **dataset_options(d))
 
 
 def mctformer_loss(outputs: Tensor | tuple[Tensor, ...], target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
