@@ -179,6 +179,10 @@ def test_a_registered_dataset_builds(tiny_kind, tmp_path):
     assert ds.name == "tiny:all" and [r.classes for r in ds.records] == [(0, 2), (1,)]
     assert build_dataset(tiny_kind, root, "x", labels_file=root / "other.json").records[0].classes == (1,)
     assert dataset_class_names(tiny_kind) == ["red", "green", "blue"]
+    from doei.eval.class_names import class_names
+
+    assert class_names(4) == ["background", "red", "green", "blue"]      # reports name its classes too
+    assert class_names(21)[1] == "aeroplane" and class_names(81)[-1] == "toothbrush"
     with pytest.raises(DoeiError, match="option 'labels' unknown"):
         build_dataset(tiny_kind, root, None, labels="xml")
 
