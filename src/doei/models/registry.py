@@ -1,19 +1,126 @@
-"""A registry of named model variants: ``create_model("mctformer_v2_deit_small", num_classes=20)``."""
+"""A registry of named model variants: ``create_model("mctformer_v2_deit_small", num_classes=20)``.
+
+Families register themselves: a module in ``doei/models/`` decorates its factories with
+:func:`register_model`, and :func:`create_model` / :func:`list_models` import every module of the
+``doei.models`` package first (``pkgutil``), so a new family is found without being listed anywhere.
+
+Each variant has a *role* (:data:`ROLES`): ``classifier`` (the CAM classifiers DOEI plugs into:
+MCTformer-V2, TS-CAM, TransCAM), ``affinity`` (PSA's AffinityNet), ``segmentation`` (DeepLab) and
+``psa_classifier`` (PSA's ResNet38 classification net, kept for weights and parity; not a DOEI
+classifier). ``list_models(role="classifier")`` lists one role.
+
+The classifier contract
+-----------------------
+A ``classifier`` factory (:class:`ClassifierFactory`) accepts the keyword arguments
+:data:`CLASSIFIER_KWARGS` — ``num_classes`` (foreground classes), ``doei`` (a
+:class:`doei.core.DOEIConfig` or None = off), ``img_size`` (the training size the position grid is
+built for; a model without position embeddings accepts and ignores it), ``drop_rate``,
+``drop_path_rate`` — plus any options of its own (``depth``, ``embed_dim``, ... from
+``model.options`` in a config). :func:`register_model` checks this when the factory registers.
+
+The module it builds is a :class:`Classifier`: it has ``family`` (a short name: 'mctformer', 'tscam',
+'transcam'), ``num_classes``, ``forward(x)`` (training outputs) and provides its family's knowledge as
+methods, which the engine and the CAM layer ask for instead of testing types:
+
+* ``classification_loss(outputs, target) -> (total, first, second)`` — the training objective
+  (:func:`doei.engine.losses.classification_loss`);
+* ``prediction_logits(outputs) -> [B, num_classes]`` — the image-level scores (mAP, validation);
+* ``cam_source(n_layers=, kind=, patch_refine=) -> CamSource`` — the maps
+  :class:`doei.cam.extractor.CamExtractor` upsamples (:mod:`doei.models.cam_source`);
+* ``load_pretrained(source) -> list[str]`` — its ImageNet start (``model.pretrained``;
+  :func:`doei.engine.pretrained.load_pretrained`), returning the keys left at initialisation.
+
+A model without one of these methods is a one-line :class:`doei.errors.DoeiError` where the method is
+needed; it never falls back on another family's behaviour. docs/architecture.md ("Adding a backbone")
+lists the files a new backbone touches.
+"""
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+import inspect
+import os
+import pkgutil
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import torch.nn as nn
+from torch import Tensor
 
 from doei.errors import DoeiError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from doei.core import DOEIConfig
+    from doei.models.cam_source import CamSource
+
+ROLES: dict[str, str] = {
+    "classifier": "a CAM classifier family (the contract below; DOEI plugs into it)",
+    "affinity": "an AffinityNet for the PSA refinement stage",
+    "segmentation": "a DeepLab segmentation network",
+    "psa_classifier": "PSA's ResNet38 classification net (weights and parity; not a DOEI classifier)",
+}
+CLASSIFIER_KWARGS: tuple[str, ...] = ("num_classes", "doei", "img_size", "drop_rate", "drop_path_rate")
+CLASSIFIER_METHODS: tuple[str, ...] = ("classification_loss", "prediction_logits", "cam_source", "load_pretrained")
+
+
+class ClassifierFactory(Protocol):
+    """What a ``role="classifier"`` factory accepts (every one of these keywords; own options after)."""
+
+    def __call__(self, *, num_classes: int = ..., doei: "DOEIConfig | None" = ..., img_size: int | None = ...,
+                 drop_rate: float = ..., drop_path_rate: float = ..., **options: Any) -> "Classifier": ...
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """What a classifier family's module provides (``isinstance(model, Classifier)`` checks the names)."""
+
+    family: str
+    num_classes: int
+
+    def classification_loss(self, outputs: Tensor | tuple[Tensor, ...],
+                            target: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    def prediction_logits(self, outputs: Tensor | tuple[Tensor, ...]) -> Tensor: ...
+
+    def cam_source(self, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> "CamSource": ...
+
+    def load_pretrained(self, source: str | os.PathLike) -> list[str]: ...
+
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_ROLE: dict[str, str] = {}
+_discovered = False
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register a factory under its function name."""
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn: Callable[..., nn.Module] | None = None, *, role: str = "classifier"):
+    """Decorator: register a factory under its function name, as ``@register_model`` (a classifier) or
+    ``@register_model(role="segmentation")``. A classifier factory must accept :data:`CLASSIFIER_KWARGS`
+    (else TypeError at import); a name registered twice by different functions is a TypeError too."""
+    if role not in ROLES:
+        raise ValueError(f"register_model: role {role!r}: expected one of {', '.join(ROLES)}")
+
+    def decorate(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = f.__name__
+        if role == "classifier":
+            _check_classifier_factory(f)
+        old = _MODELS.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (f.__module__, f.__qualname__):
+            raise TypeError(f"register_model: {name!r} is registered twice ({old.__module__} and {f.__module__})")
+        _MODELS[name] = f
+        _ROLE[name] = role
+        return f
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def _check_classifier_factory(f: Callable[..., nn.Module]) -> None:
+    params = inspect.signature(f).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [k for k in CLASSIFIER_KWARGS if k not in params
+               or params[k].kind not in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if missing:
+        raise TypeError(f"register_model: classifier factory {f.__module__}.{f.__name__} does not accept "
+                        f"{', '.join(missing)} (every classifier factory takes {', '.join(CLASSIFIER_KWARGS)}; "
+                        "see doei.models.registry)")
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -24,17 +131,36 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return _MODELS[name](**kwargs)
 
 
-def list_models() -> list[str]:
+def list_models(role: str | None = None) -> list[str]:
+    """The registered names (sorted), all of them or those of one ``role`` (:data:`ROLES`)."""
     _import_all()
-    return sorted(_MODELS)
+    if role is not None and role not in ROLES:
+        raise DoeiError(f"role {role!r}: expected one of {', '.join(ROLES)}")
+    return sorted(n for n in _MODELS if role is None or _ROLE[n] == role)
+
+
+def model_role(name: str) -> str:
+    """The role a registered variant was registered with (a DoeiError for an unknown name)."""
+    _import_all()
+    if name not in _ROLE:
+        raise DoeiError(f"unknown model {name!r} (known: {', '.join(sorted(_MODELS))})")
+    return _ROLE[name]
 
 
 def _import_all() -> None:
-    import importlib
+    """Import every module of the ``doei.models`` package once, so that their factories register.
 
-    for mod in ("mctformer", "tscam", "conformer", "resnet38", "resnet38_small"):
-        try:
-            importlib.import_module(f"doei.models.{mod}")
-        except ModuleNotFoundError as e:  # a family not written yet
-            if e.name != f"doei.models.{mod}":
-                raise
+    A module that fails to import is an error (a broken family is not silently left out)."""
+    global _discovered
+    if _discovered:
+        return
+    import doei.models as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_") and info.name != "registry":
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    _discovered = True
+
+
+__all__ = ["register_model", "create_model", "list_models", "model_role", "ROLES", "CLASSIFIER_KWARGS",
+           "CLASSIFIER_METHODS", "Classifier", "ClassifierFactory"]

@@ -252,16 +252,16 @@ def parameter_groups(model: ResNet38) -> tuple[list[nn.Parameter], ...]:
     return groups
 
 
-@register_model
+@register_model(role="psa_classifier")
 def psa_resnet38_cls(num_classes: int = 20, frozen_bn: bool = True) -> ResNet38Cls:
     return ResNet38Cls(num_classes=num_classes, frozen_bn=frozen_bn)
 
 
-@register_model
+@register_model(role="affinity")
 def psa_resnet38_aff(frozen_bn: bool = True) -> AffinityNet:
     return AffinityNet(frozen_bn=frozen_bn)
 
 
-@register_model
+@register_model(role="segmentation")
 def deeplab_resnet38(num_classes: int = 21, frozen_bn: bool = True) -> DeepLabResNet38:
     return DeepLabResNet38(num_classes=num_classes, frozen_bn=frozen_bn)

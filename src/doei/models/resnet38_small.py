@@ -10,8 +10,8 @@ channels). ``width=1.0`` gives the official shapes (so official weights load, sl
   the three reductions become ``c(64) + c(128) + c(256)`` channels.
 * :func:`deeplab_resnet38_small` — :class:`~doei.models.resnet38.DeepLabResNet38` with scaled widths.
 
-These factories register themselves when this module is imported (the registry's auto-import
-list does not include it; :mod:`doei.engine.train_aff` / :mod:`doei.engine.train_seg` import it).
+These factories register themselves when this module is imported (the registry imports every
+module of ``doei.models``), with the roles ``affinity`` and ``segmentation``.
 """
 from __future__ import annotations
 
@@ -85,11 +85,11 @@ class SmallDeepLabResNet38(DeepLabResNet38):
         self._finish_init()
 
 
-@register_model
+@register_model(role="affinity")
 def psa_resnet38_aff_small(width: float = 0.125, frozen_bn: bool = True) -> SmallAffinityNet:
     return SmallAffinityNet(width=width, frozen_bn=frozen_bn)
 
 
-@register_model
+@register_model(role="segmentation")
 def deeplab_resnet38_small(num_classes: int = 21, width: float = 0.125, frozen_bn: bool = True) -> SmallDeepLabResNet38:
     return SmallDeepLabResNet38(num_classes=num_classes, width=width, frozen_bn=frozen_bn)
