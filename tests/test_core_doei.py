@@ -265,3 +265,54 @@ def test_config_strict_keys():
         from_dict(DOEIConfig, {"suppress": "top"})
     with pytest.raises(DoeiError, match="alpha"):
         from_dict(DOEIConfig, {"alpha": 2.0})
+
+
+# ---------------------------------------------------------------- memory (issue #13)
+def _saved_bytes(model, x) -> int:
+    """Bytes of the unique storages one training forward saves for backward (parameters, input excluded)."""
+    skip = {p.untyped_storage().data_ptr() for p in model.parameters()} | {x.untyped_storage().data_ptr()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    return sum(seen.values())
+
+
+def test_doei_saves_no_copy_of_the_tokens_for_backward():
+    """DOEI adds only its own small tensors to what a training forward saves: per DOEI block and image
+    the class tokens (C·D), the PPDO factor and weights (2·C·P) and the CPDO ones (2·C²), plus Ĝ
+    (P² per image) once. It used to save a view of the block's whole output [B, T, D] (a no-op
+    ``.float()``), i.e. one more copy of the tokens per block."""
+    c, d, depth, b = 3, 64, 3, 2
+    cfg = DOEIConfig(enabled=True, ppdo=True, cpdo=True, hfa=True, st_p2c=0.2, st_c2c=0.5)
+
+    def make(doei):
+        torch.manual_seed(0)
+        return MCTformerV2(num_classes=c, img_size=32, patch_size=8, embed_dim=d, depth=depth, num_heads=2,
+                           doei=doei).train()
+
+    x = torch.randn(b, 3, 32, 32)
+    p, t = 16, c + 16
+    extra = _saved_bytes(make(cfg), x) - _saved_bytes(make(None), x)
+    bound = 4 * b * (depth * (c * d + 2 * c * p + 2 * c * c) + p * p)
+    assert 0 < extra <= bound, (extra, bound)
+    assert bound < 4 * b * depth * t * d      # the old copy of the tokens alone would not fit
+
+
+def test_class_tokens_f32_owns_its_storage():
+    from doei.core.ppdo import class_tokens_f32
+
+    for b in (1, 2):
+        x = torch.randn(b, 5, 4)
+        got = class_tokens_f32(x, 2)
+        assert got.dtype == torch.float32 and torch.equal(got, x[:, :2])
+        assert got.untyped_storage().nbytes() == b * 2 * 4 * 4    # not a view of x's [B, T, D]
+    xb = x.bfloat16()
+    assert torch.equal(class_tokens_f32(xb, 2), xb[:, :2].float())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from doei.core.ppdo import class_tokens_f32
 from doei.core.selection import num_selected, rank_desc, selection_weights
 
 
@@ -19,8 +20,9 @@ def class_scores(attn: Tensor, num_cls: int) -> Tensor:
 
 
 def cpdo_delta(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, step: float, amplify: float,
-               suppress: float, mode: str) -> tuple[Tensor, int]:
-    """Update of the class tokens, [B, C, D] float32, and k_i. x [B, T, D], attn [B, T, T]."""
+               suppress: float, mode: str, x_cls: Tensor | None = None) -> tuple[Tensor, int]:
+    """Update of the class tokens, [B, C, D] float32, and k_i. x [B, T, D], attn [B, T, T];
+    ``x_cls``: :func:`doei.core.ppdo.class_tokens_f32` of x if the caller has it already."""
     n = num_cls - 1
     k = num_selected(block, depth, step, n)
     scores = class_scores(attn, num_cls)
@@ -28,4 +30,6 @@ def cpdo_delta(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, st
         eye = torch.eye(num_cls, dtype=torch.bool, device=scores.device)
         ranks = rank_desc(scores.masked_fill(eye, float("-inf")))  # the diagonal ranks last (= n)
         factor = selection_weights(ranks, n, k, amplify, suppress, mode)
-    return (scores * factor) @ x[:, :num_cls].float(), k
+    if x_cls is None:
+        x_cls = class_tokens_f32(x, num_cls)   # not a view of x: see class_tokens_f32
+    return (scores * factor) @ x_cls, k

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from doei.core.config import DOEIConfig
 from doei.core.cpdo import cpdo_delta
-from doei.core.ppdo import ppdo_delta
+from doei.core.ppdo import class_tokens_f32, ppdo_delta
 
 
 def doei_update(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, cfg: DOEIConfig,
@@ -31,16 +31,17 @@ def doei_update(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, c
         return x
     with torch.autocast(device_type=x.device.type, enabled=False):
         x_cls, x_patch = x[:, :num_cls], x[:, num_cls:]
+        x_cls32 = class_tokens_f32(x, num_cls)   # saved for backward: a copy, never a view of x [B, T, D]
         if do_p:
             alpha = cfg.alpha if cfg.hfa else 0.0
             d_p, k_p = ppdo_delta(x, attn, num_cls, block, depth, cfg.st_p2c, cfg.af_p2c, cfg.sf_p2c,
-                                  cfg.suppress, g_hat, alpha)
+                                  cfg.suppress, g_hat, alpha, x_cls=x_cls32)
             new_patch = (x_patch.float() + d_p).to(x.dtype)
         else:
             new_patch, d_p, k_p = x_patch, None, None
         if do_c:
             d_c, k_c = cpdo_delta(x, attn, num_cls, block, depth, cfg.st_c2c, cfg.af_c2c, cfg.sf_c2c,
-                                  cfg.suppress)
+                                  cfg.suppress, x_cls=x_cls32)
             new_cls = (x_cls.float() + d_c).to(x.dtype)
         else:
             new_cls, d_c, k_c = x_cls, None, None

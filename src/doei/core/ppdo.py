@@ -19,13 +19,28 @@ def patch_scores(attn: Tensor, num_cls: int) -> Tensor:
     return a[:, :num_cls, num_cls:] + a[:, num_cls:, :num_cls].transpose(1, 2)
 
 
+def class_tokens_f32(x: Tensor, num_cls: int) -> Tensor:
+    """The class tokens ``x[:, :C]`` as float32 [B, C, D] in a storage of their own.
+
+    The products that read them save them for backward. When x is already float32, ``.float()`` is a
+    no-op that returns a VIEW of x, and a saved view keeps all of x's [B, T, D] storage alive until
+    backward (one extra copy of the tokens per DOEI block); so a float32 x is copied (B·C·D values).
+    Same values, so the same results bit for bit."""
+    x_cls = x[:, :num_cls]
+    return x_cls.clone(memory_format=torch.contiguous_format) if x_cls.dtype == torch.float32 else x_cls.float()
+
+
 def ppdo_delta(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, step: float, amplify: float,
-               suppress: float, mode: str, g_hat: Tensor | None, alpha: float) -> tuple[Tensor, int]:
-    """Update of the patch tokens, [B, P, D] float32, and k_i. x [B, T, D], attn [B, T, T]."""
+               suppress: float, mode: str, g_hat: Tensor | None, alpha: float,
+               x_cls: Tensor | None = None) -> tuple[Tensor, int]:
+    """Update of the patch tokens, [B, P, D] float32, and k_i. x [B, T, D], attn [B, T, T];
+    ``x_cls``: :func:`class_tokens_f32` of x if the caller has it already (shared with CPDO)."""
     num_patches = x.shape[1] - num_cls
     k = num_selected(block, depth, step, num_patches)
     scores = hybrid_scores(patch_scores(attn, num_cls), g_hat, alpha)
     with torch.no_grad():
         factor = selection_weights(rank_desc(scores), num_patches, k, amplify, suppress, mode)
     weights = scores * factor                                    # [B, C, P]
-    return weights.transpose(1, 2) @ x[:, :num_cls].float(), k  # [B, P, D]
+    if x_cls is None:
+        x_cls = class_tokens_f32(x, num_cls)
+    return weights.transpose(1, 2) @ x_cls, k                   # [B, P, D]
