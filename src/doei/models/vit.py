@@ -106,7 +106,7 @@ class ConvStem(nn.Module):
 
 class Features(NamedTuple):
     tokens: Tensor          # [B, C + P, D] output of the last block (after DOEI, before any final norm)
-    attn: list[Tensor]      # per block [B, T, T] head-mean softmax attention
+    attn: list[Tensor]      # per block [B, T, T] head-mean softmax attention ([] with keep_attn=False)
     grid: tuple[int, int]   # (h, w) patch grid
 
 
@@ -172,8 +172,12 @@ class VisionTransformer(nn.Module):
         """Position embedding [1, C + h·w, D] for a patch grid (interpolated as MCTformer does)."""
         return interpolate_pos_embed(self.pos_embed, self.num_cls_tokens, self.base_grid, grid)
 
-    def forward_features(self, x: Tensor) -> Features:
-        """Image [B, 3, H, W] -> tokens of the last block, per-block head-mean attention, grid."""
+    def forward_features(self, x: Tensor, keep_attn: bool = True) -> Features:
+        """Image [B, 3, H, W] -> tokens of the last block, per-block head-mean attention, grid.
+
+        ``keep_attn=False`` (training forwards, which need no CAM): ``attn`` is an empty list, and
+        each block's head-mean attention [B, T, T] is freed as soon as DOEI has read it instead of
+        being held for all L blocks until the forward returns (autograd does not keep it)."""
         b = x.shape[0]
         embed, grid = self.patch_embed(x)
         tokens = torch.cat([self.cls_token.expand(b, -1, -1), embed], dim=1)
@@ -184,7 +188,8 @@ class VisionTransformer(nn.Module):
         attns: list[Tensor] = []
         for i, blk in enumerate(self.blocks, start=1):
             tokens, attn = blk(tokens)
-            attns.append(attn)
+            if keep_attn:
+                attns.append(attn)
             stats = {} if self.doei_stats is not None else None
             tokens = doei_update(tokens, attn, self.num_cls_tokens, i, self.depth, self.doei, g_hat, stats)
             if stats:
