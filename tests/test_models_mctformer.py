@@ -95,6 +95,32 @@ def test_patch_affinity_refinement_definition():
     torch.testing.assert_close(out, want)
 
 
+@pytest.mark.parametrize("b", [1, 2, 3])
+def test_patch_affinity_refinement_is_the_official_product_without_its_copy(b):
+    """Bit for bit the official ``A.unsqueeze(1) @ cams[..., None]``, whose broadcast materialises
+    A as [B, C, P, P] when B > 1 (the view and its flip); nothing that large is allocated now."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    c, h, w = 8, 6, 7
+    p = h * w
+    g = torch.Generator().manual_seed(b)
+    cams, attn = torch.rand(b, c, h, w, generator=g), torch.rand(4, b, p, p, generator=g).softmax(-1)
+    official = (attn.sum(0).unsqueeze(1) @ cams.reshape(b, c, p, 1)).reshape(b, c, h, w)
+    largest = []
+
+    class Largest(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                largest.append(out.untyped_storage().nbytes())
+            return out
+
+    with Largest():
+        out = refine_with_patch_affinity(cams, attn)
+    assert torch.equal(out, official)
+    assert max(largest) <= 4 * b * p * p             # A summed over blocks; never [B, C, P, P]
+
+
 def test_doei_on_changes_outputs_but_keeps_shapes(model, fixture):
     x = torch.from_numpy(fixture["s224x320_input"])
     m = mctformer_v2_deit_small(num_classes=20, doei=DOEIConfig(enabled=True))

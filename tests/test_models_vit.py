@@ -56,3 +56,32 @@ def test_pos_interpolation_identity_and_shapes():
                                                align_corners=False)
     assert torch.equal(out[:, 3:], by_scale.permute(0, 2, 3, 1).reshape(1, 24, 8))
     assert not torch.allclose(by_size, by_scale)
+
+
+@pytest.mark.parametrize("name", ["mctformer_v2_tiny_conv", "tscam_tiny_conv"])
+def test_training_forward_keeps_no_attention(name):
+    """A training forward asks for no CAM: each block's head-mean attention [B, T, T] is freed once
+    DOEI has read it (at block i, nothing of blocks < i - 1 is alive), not held for all L blocks
+    until the forward returns; ``forward_features`` (the CAM path) still returns all of them."""
+    import weakref
+
+    from doei.core import DOEIConfig
+    from doei.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, doei=DOEIConfig(enabled=True, st_p2c=0.2, st_c2c=0.5)).train()
+    refs: list[weakref.ref] = []
+    alive_at: list[int] = []
+    for blk in model.blocks:
+        blk.register_forward_pre_hook(lambda m, a: alive_at.append(sum(r() is not None for r in refs[:-1])))
+        blk.register_forward_hook(lambda m, a, out: refs.append(weakref.ref(out[1])))
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert alive_at == [0] * len(model.blocks) and all(r() is None for r in refs)
+    refs.clear(), alive_at.clear()
+    feats = model.forward_features(x)
+    assert len(feats.attn) == len(model.blocks) and alive_at == [max(i - 1, 0) for i in range(len(model.blocks))]
+    torch.manual_seed(0)
+    again = model(x)
+    for a, b in zip(out if isinstance(out, tuple) else (out,), again if isinstance(again, tuple) else (again,)):
+        assert torch.equal(a, b)

@@ -43,8 +43,8 @@ class MCTformerV2(VisionTransformer):
         self.head = nn.Conv2d(self.embed_dim, num_classes, kernel_size=3, stride=1, padding=1)
         self.head.apply(_init_head)
 
-    def _heads(self, x: Tensor):
-        feats = self.forward_features(x)
+    def _heads(self, x: Tensor, keep_attn: bool = True):
+        feats = self.forward_features(x, keep_attn)
         c = self.num_classes
         b, _, d = feats.tokens.shape
         h, w = feats.grid
@@ -54,8 +54,9 @@ class MCTformerV2(VisionTransformer):
         return feats, x_cls.mean(dim=-1), head_out.mean(dim=(2, 3)), head_out
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Training forward: (class-token logits [B, C], patch-token logits [B, C])."""
-        _, cls_logits, patch_logits, _ = self._heads(x)
+        """Training forward: (class-token logits [B, C], patch-token logits [B, C]); no CAM, so no
+        block's attention is kept."""
+        _, cls_logits, patch_logits, _ = self._heads(x, keep_attn=False)
         return cls_logits, patch_logits
 
     def forward_cams(self, x: Tensor, n_layers: int = 3, kind: str = "fused") -> CamOutput:
@@ -110,10 +111,17 @@ def mctformer_cams(attn: Tensor, head_out: Tensor, n_layers: int = 3, kind: str 
 
 def refine_with_patch_affinity(cams: Tensor, patch_attn: Tensor) -> Tensor:
     """MCTformer's affinity refinement: ``refined[c, i] = Σ_j A[i, j] · cams[c, j]`` with A the
-    patch→patch attention summed over ALL blocks. cams [B, C, h, w], patch_attn [L, B, P, P]."""
+    patch→patch attention summed over ALL blocks. cams [B, C, h, w], patch_attn [L, B, P, P].
+
+    The official one-liner ``A.unsqueeze(1) @ cams[..., None]`` broadcasts A to a materialised
+    [B, C, P, P] copy when B > 1 (the image and its flip: ~1.6 GB for 80 classes at 1.5 × a VOC
+    image); one product per class does the same matrix-vector products, the same bits, without it."""
     b, c, h, w = cams.shape
     a = patch_attn.sum(0)                                             # [B, P, P]
-    return (a.unsqueeze(1) @ cams.reshape(b, c, h * w, 1)).reshape(b, c, h, w)
+    flat = cams.reshape(b, c, h * w, 1)
+    if b == 1:                     # A broadcasts as a stride-0 view here: no copy, and these are its bits
+        return (a.unsqueeze(1) @ flat).reshape(b, c, h, w)
+    return torch.stack([a @ flat[:, k] for k in range(c)], dim=1).reshape(b, c, h, w)
 
 
 def _init_head(m: nn.Module) -> None:

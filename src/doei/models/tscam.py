@@ -41,8 +41,8 @@ class TSCAM(VisionTransformer):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def _heads(self, x: Tensor):
-        feats = self.forward_features(x)
+    def _heads(self, x: Tensor, keep_attn: bool = True):
+        feats = self.forward_features(x, keep_attn)
         tokens = self.norm(feats.tokens)
         b, _, d = tokens.shape
         h, w = feats.grid
@@ -50,8 +50,8 @@ class TSCAM(VisionTransformer):
         return feats, head_out.mean(dim=(2, 3)), head_out
 
     def forward(self, x: Tensor) -> Tensor:
-        """Training forward: logits [B, K]."""
-        return self._heads(x)[1]
+        """Training forward: logits [B, K] (no CAM, so no block's attention is kept)."""
+        return self._heads(x, keep_attn=False)[1]
 
     def forward_cams(self, x: Tensor) -> TSCAMOutput:
         feats, logits, head_out = self._heads(x)
