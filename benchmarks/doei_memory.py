@@ -1,0 +1,203 @@
+"""Activation memory of DOEI: saved-for-backward bytes of one training forward, DOEI off vs on, and
+the peak of MCTformer's CAM refinement at 80 classes, for the code as it is AND for an older
+revision (``--before REV``, default the last commit before issue #13's memory fix), in one run.
+
+Training forward: MCTformer-V2 DeiT-S (CPDO + PPDO + HFA on all 12 blocks), crop 224, 20 classes,
+``train()`` mode, on CPU. Saved bytes are counted with ``torch.autograd.graph.saved_tensors_hooks``
+over UNIQUE storages (a view saved for backward keeps its whole storage alive), parameters
+excluded. The forward peak is the highest sum of live storages the forward allocates (a
+``TorchDispatchMode`` that follows every op's outputs until their storage is freed; inputs and
+parameters excluded). Both scale linearly with the batch (one line per ``--batch``).
+
+CAM: ``refine_with_patch_affinity`` (the official ``--patch-attn-refine``) on an 80-class map of a
+VOC-sized image (500×375 at ``--cam-scale``, patch 16) and its flip (one batch of 2, as
+``CamExtractor`` runs them), peak of the live storages it allocates beyond its inputs.
+
+Each revision runs in its own subprocess (the old one from ``git archive REV src``), so the two
+measurements are taken the same way in the same run. Prints one ``key=value`` line per measurement
+and the ratios last.
+
+    python benchmarks/doei_memory.py [--batch 2,4] [--before REV] [--cam-scale 1.5] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import weakref
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BEFORE = "0d8d8fc"   # the last commit before the memory fix of issue #13
+
+
+# --------------------------------------------------------------------------- measurement (worker)
+
+def _tensors(obj):
+    import torch
+    from torch.utils._pytree import tree_flatten
+    return [t for t in tree_flatten(obj)[0] if isinstance(t, torch.Tensor)]
+
+
+class _LivePeak:
+    """Peak of the summed bytes of the storages allocated while active and still alive."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+        self.live: dict[int, int] = {}
+        self.cur = self.peak = 0
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in _tensors(out):
+                    tracker._track(t)
+                return out
+
+        self.mode = _Mode()
+
+    def _track(self, t) -> None:
+        s = t.untyped_storage()
+        ptr, n = s.data_ptr(), s.nbytes()
+        if n == 0 or ptr in self.live:
+            return
+        self.live[ptr] = n
+        self.cur += n
+        self.peak = max(self.peak, self.cur)
+        weakref.finalize(s, self._free, ptr)
+
+    def _free(self, ptr: int) -> None:
+        self.cur -= self.live.pop(ptr, 0)
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+
+def saved_storages(fn, exclude: set[int]) -> tuple[int, int, object]:
+    """(unique saved storages, their bytes, fn's result) for the autograd graph ``fn()`` builds."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in exclude:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return len(seen), sum(seen.values()), out
+
+
+def worker(batches: list[int], cam_scale: float, threads: int) -> dict:
+    import torch
+
+    import doei
+    from doei.core import DOEIConfig
+    from doei.models.mctformer import refine_with_patch_affinity
+    from doei.models.registry import create_model
+
+    torch.set_num_threads(threads)
+    res: dict = {"doei_file": str(Path(doei.__file__).resolve()), "train": []}
+    torch.manual_seed(0)
+    base = create_model("mctformer_v2_deit_small", num_classes=20).train()
+    on = create_model("mctformer_v2_deit_small", num_classes=20,
+                      doei=DOEIConfig(enabled=True, ppdo=True, cpdo=True, hfa=True)).train()
+    on.load_state_dict(base.state_dict())
+    for b in batches:
+        x = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(b))
+        for name, model in (("off", base), ("on", on)):
+            params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+            params.add(x.untyped_storage().data_ptr())
+            n, nbytes, out = saved_storages(lambda: model(x), params)
+            del out
+            with _LivePeak() as live:
+                out = model(x)
+                del out
+            res["train"].append({"batch": b, "doei": name, "saved_storages": n, "saved_bytes": nbytes,
+                                 "forward_peak_bytes": live.peak})
+    h, w = int(round(375 * cam_scale)) // 16, int(round(500 * cam_scale)) // 16
+    p = h * w
+    g = torch.Generator().manual_seed(0)
+    cams = torch.rand(2, 80, h, w, generator=g)          # the view and its flip, one batch (CamExtractor)
+    attn = torch.rand(12, 2, p, p, generator=g)
+    with torch.no_grad(), _LivePeak() as live:
+        refined = refine_with_patch_affinity(cams, attn)
+        del refined
+    res["cam"] = {"classes": 80, "grid": [h, w], "patches": p, "peak_bytes": live.peak,
+                  "input_bytes": (cams.numel() + attn.numel()) * 4}
+    return res
+
+
+# --------------------------------------------------------------------------- driver
+
+def run_worker(src: Path, args) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, __file__, "--_worker", "--batch", args.batch, "--cam-scale", str(args.cam_scale),
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", default="2,4", help="comma-separated batch sizes")
+    ap.add_argument("--before", default=BEFORE, help="git revision measured as 'before' ('' to skip)")
+    ap.add_argument("--cam-scale", type=float, default=1.5, help="scale of the 500x375 image for the CAM")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batch.split(",")]
+    if args._worker:
+        print(json.dumps(worker(batches, args.cam_scale, args.threads)))
+        return
+    results = {"after": run_worker(REPO / "src", args)}
+    if args.before:
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "src.tar"
+            subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(archive), args.before, "src"], check=True)
+            with tarfile.open(archive) as tf:
+                tf.extractall(tmp, filter="data")
+            results["before"] = run_worker(Path(tmp) / "src", args)
+    mb = 1 / 2 ** 20
+    for rev, r in results.items():
+        print(f"# {rev}: {r['doei_file']}")
+        for t in r["train"]:
+            print(f"rev={rev} model=mctformer_v2_deit_small size=224 batch={t['batch']} doei={t['doei']} "
+                  f"saved_storages={t['saved_storages']} saved_MiB={t['saved_bytes'] * mb:.1f} "
+                  f"saved_MiB_per_image={t['saved_bytes'] * mb / t['batch']:.2f} "
+                  f"forward_peak_MiB={t['forward_peak_bytes'] * mb:.1f}")
+        c = r["cam"]
+        print(f"rev={rev} cam=refine_with_patch_affinity classes={c['classes']} grid={c['grid'][0]}x{c['grid'][1]} "
+              f"inputs_MiB={c['input_bytes'] * mb:.1f} peak_MiB={c['peak_bytes'] * mb:.1f}")
+    for rev, r in results.items():
+        t = {(x["batch"], x["doei"]): x for x in r["train"]}
+        for b in batches:
+            on, off = t[(b, "on")], t[(b, "off")]
+            print(f"rev={rev} batch={b} saved_ratio_doei_on_over_off={on['saved_bytes'] / off['saved_bytes']:.4f} "
+                  f"forward_peak_ratio_doei_on_over_off={on['forward_peak_bytes'] / off['forward_peak_bytes']:.4f}")
+    if "before" in results:
+        a, bf = results["after"], results["before"]
+        ta = {(x["batch"], x["doei"]): x for x in a["train"]}
+        tb = {(x["batch"], x["doei"]): x for x in bf["train"]}
+        for b in batches:
+            for d in ("off", "on"):
+                print(f"batch={b} doei={d} saved_ratio_after_over_before="
+                      f"{ta[(b, d)]['saved_bytes'] / tb[(b, d)]['saved_bytes']:.4f} forward_peak_ratio_after_over_before="
+                      f"{ta[(b, d)]['forward_peak_bytes'] / tb[(b, d)]['forward_peak_bytes']:.4f}")
+        print(f"cam_peak_ratio_after_over_before={a['cam']['peak_bytes'] / max(bf['cam']['peak_bytes'], 1):.4f}")
+
+
+if __name__ == "__main__":
+    main()
