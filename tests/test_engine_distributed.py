@@ -219,3 +219,68 @@ def test_sgd_loop_ddp_matches_one_process(tmp_path):
     lb = [json.loads(ln) for ln in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(la) == len(lb) == 6 + 2
     assert all(abs(x["loss"] - y["loss"]) < 1e-6 and abs(x["mse"] - y["mse"]) < 1e-6 for x, y in zip(la, lb))
+
+
+# ------------------------------------------------------------------------------------ process-group timeout
+def test_process_group_timeout_from_env(monkeypatch):
+    import datetime
+
+    from doei.engine.distributed import DEFAULT_TIMEOUT_MIN, TIMEOUT_ENV, process_group_timeout
+
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert process_group_timeout() == datetime.timedelta(minutes=DEFAULT_TIMEOUT_MIN)
+    assert DEFAULT_TIMEOUT_MIN > 30                       # above PyTorch's defaults (NCCL 10, gloo 30 min)
+    monkeypatch.setenv(TIMEOUT_ENV, " 240 ")
+    assert process_group_timeout() == datetime.timedelta(hours=4)
+    monkeypatch.setenv(TIMEOUT_ENV, "0.5")
+    assert process_group_timeout() == datetime.timedelta(seconds=30)
+    for bad in ("0", "-5", "ten", "inf", "nan"):
+        monkeypatch.setenv(TIMEOUT_ENV, bad)
+        with pytest.raises(DoeiError, match=f"{TIMEOUT_ENV}='{bad}': expected a positive number of minutes"):
+            process_group_timeout()
+
+
+def _timeout_rank(out_dir: str, minutes: str, late_s: float) -> None:
+    """Join with DOEI_DIST_TIMEOUT_MIN=minutes, recording what init_process_group receives; then rank 0
+    waits at a barrier that rank 1 never reaches (it sleeps ``late_s`` and leaves)."""
+    import time
+
+    import torch.distributed as tdist
+
+    from doei.engine import distributed as du
+
+    os.environ["DOEI_DIST_TIMEOUT_MIN"] = minutes
+    seen: dict = {}
+    real = tdist.init_process_group
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    tdist.init_process_group = spy
+    try:
+        du.init_from_env("cpu")
+    finally:
+        tdist.init_process_group = real
+    result = {"timeout_s": seen["timeout"].total_seconds()}
+    if du.rank() == 1:
+        time.sleep(late_s)
+    else:
+        t0 = time.monotonic()
+        try:
+            du.barrier()
+            result["barrier"] = "returned"
+        except Exception as e:  # noqa: BLE001 - gloo raises a RuntimeError subclass naming the timeout
+            result["barrier"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        result["waited_s"] = time.monotonic() - t0
+    Path(out_dir, f"rank{du.rank()}.json").write_text(json.dumps(result))
+
+
+def test_process_group_timeout_reaches_init_process_group(tmp_path):
+    """2 gloo ranks: the env var's timeout is what ``init_process_group`` gets, and a barrier that
+    waits for a rank that does not come fails after it (2.4 s), not after PyTorch's 30 minutes."""
+    launch(2, _timeout_rank, str(tmp_path), "0.04", 4.5)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["timeout_s"] == r1["timeout_s"] == pytest.approx(2.4)
+    assert r0["barrier"] != "returned", r0
+    assert 2.0 <= r0["waited_s"] < 4.4, r0

@@ -18,6 +18,8 @@ initialised, so single-process results are bit-for-bit what they were before.
 from __future__ import annotations
 
 import atexit
+import datetime
+import math
 import os
 from typing import Callable, Sequence, TypeVar
 
@@ -28,6 +30,8 @@ from doei.errors import DoeiError
 
 T = TypeVar("T")
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+TIMEOUT_ENV = "DOEI_DIST_TIMEOUT_MIN"
+DEFAULT_TIMEOUT_MIN = 120.0   # collective timeout (minutes): rank-0-only validation/checkpoints on COCO
 
 
 # ------------------------------------------------------------------------------------ environment
@@ -73,10 +77,31 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def process_group_timeout() -> datetime.timedelta:
+    """How long a collective (barrier, all-reduce) waits for the slowest rank before the job aborts.
+
+    ``DOEI_DIST_TIMEOUT_MIN`` (minutes, a positive number) or :data:`DEFAULT_TIMEOUT_MIN`. Rank 0
+    alone validates, writes checkpoints and reports while the others wait at a barrier; PyTorch's
+    defaults (10 min for NCCL, 30 for gloo) can abort a COCO run there. A one-line DoeiError for a
+    value that is not a positive finite number.
+    """
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return datetime.timedelta(minutes=DEFAULT_TIMEOUT_MIN)
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = float("nan")
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise DoeiError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of minutes (default {DEFAULT_TIMEOUT_MIN:g})")
+    return datetime.timedelta(minutes=minutes)
+
+
 def init_from_env(device_type: str = "cpu") -> tuple[int, int]:
     """Join the process group described by the torchrun environment (idempotent); ``(rank, world)``.
 
     ``device_type``: ``"cuda"`` → NCCL (and ``torch.cuda.set_device(LOCAL_RANK)``), else gloo.
+    Collectives time out after :func:`process_group_timeout` (``DOEI_DIST_TIMEOUT_MIN``).
     Without the environment, or with ``WORLD_SIZE=1``, nothing is initialised and ``(0, 1)`` is
     returned. The group is destroyed at interpreter exit.
     """
@@ -88,6 +113,7 @@ def init_from_env(device_type: str = "cpu") -> tuple[int, int]:
     for k in ("MASTER_ADDR", "MASTER_PORT"):
         if k not in os.environ:
             raise DoeiError(f"torchrun environment: WORLD_SIZE={w} but {k} is not set (launch with torchrun)")
+    timeout = process_group_timeout()
     backend = "nccl" if device_type == "cuda" else "gloo"
     if backend == "nccl":
         if not torch.cuda.is_available():
@@ -95,7 +121,7 @@ def init_from_env(device_type: str = "cpu") -> tuple[int, int]:
         if local >= torch.cuda.device_count():
             raise DoeiError(f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} CUDA devices")
         torch.cuda.set_device(local)
-    dist.init_process_group(backend=backend, rank=r, world_size=w)
+    dist.init_process_group(backend=backend, rank=r, world_size=w, timeout=timeout)
     atexit.register(destroy)
     return r, w
 
@@ -198,5 +224,5 @@ def main_only(fn: Callable[..., T]) -> Callable[..., T | None]:
     return wrapped
 
 
-__all__ = ["env_world", "init_from_env", "destroy", "is_initialized", "rank", "world_size", "local_rank", "is_main",
+__all__ = ["env_world", "process_group_timeout", "init_from_env", "destroy", "is_initialized", "rank", "world_size", "local_rank", "is_main",
            "device_for", "barrier", "all_reduce_sum", "all_reduce_mean", "shard", "global_batch_indices", "main_only"]
