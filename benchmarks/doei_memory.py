@@ -8,6 +8,7 @@ over UNIQUE storages (a view saved for backward keeps its whole storage alive), 
 excluded. The forward peak is the highest sum of live storages the forward allocates (a
 ``TorchDispatchMode`` that follows every op's outputs until their storage is freed; inputs and
 parameters excluded). Both scale linearly with the batch (one line per ``--batch``).
+``--models mctformer,tscam,transcam`` adds TS-CAM DeiT-S and TransCAM Conformer-S (PPDO + HFA).
 
 CAM: ``refine_with_patch_affinity`` (the official ``--patch-attn-refine``) on an 80-class map of a
 VOC-sized image (500×375 at ``--cam-scale``, patch 16) and its flip (one batch of 2, as
@@ -17,7 +18,8 @@ Each revision runs in its own subprocess (the old one from ``git archive REV src
 measurements are taken the same way in the same run. Prints one ``key=value`` line per measurement
 and the ratios last.
 
-    python benchmarks/doei_memory.py [--batch 2,4] [--before REV] [--cam-scale 1.5] [--threads 2]
+    python benchmarks/doei_memory.py [--batch 2,4] [--models mctformer] [--before REV] [--cam-scale 1.5]
+                                     [--threads 2]
 """
 from __future__ import annotations
 
@@ -100,7 +102,14 @@ def saved_storages(fn, exclude: set[int]) -> tuple[int, int, object]:
     return len(seen), sum(seen.values()), out
 
 
-def worker(batches: list[int], cam_scale: float, threads: int) -> dict:
+MODELS = {   # name: (registry name, DOEI parts as the paper's per-baseline defaults)
+    "mctformer": ("mctformer_v2_deit_small", dict(ppdo=True, cpdo=True, hfa=True)),
+    "tscam": ("tscam_deit_small", dict(ppdo=True, cpdo=False, hfa=True)),
+    "transcam": ("transcam_conformer_small", dict(ppdo=True, cpdo=False, hfa=True)),
+}
+
+
+def worker(batches: list[int], cam_scale: float, threads: int, models: list[str]) -> dict:
     import torch
 
     import doei
@@ -110,23 +119,24 @@ def worker(batches: list[int], cam_scale: float, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     res: dict = {"doei_file": str(Path(doei.__file__).resolve()), "train": []}
-    torch.manual_seed(0)
-    base = create_model("mctformer_v2_deit_small", num_classes=20).train()
-    on = create_model("mctformer_v2_deit_small", num_classes=20,
-                      doei=DOEIConfig(enabled=True, ppdo=True, cpdo=True, hfa=True)).train()
-    on.load_state_dict(base.state_dict())
-    for b in batches:
-        x = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(b))
-        for name, model in (("off", base), ("on", on)):
-            params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-            params.add(x.untyped_storage().data_ptr())
-            n, nbytes, out = saved_storages(lambda: model(x), params)
-            del out
-            with _LivePeak() as live:
-                out = model(x)
+    for key in models:
+        arch, parts = MODELS[key]
+        torch.manual_seed(0)
+        base = create_model(arch, num_classes=20).train()
+        on = create_model(arch, num_classes=20, doei=DOEIConfig(enabled=True, **parts)).train()
+        on.load_state_dict(base.state_dict())
+        for b in batches:
+            x = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(b))
+            for name, model in (("off", base), ("on", on)):
+                params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+                params.add(x.untyped_storage().data_ptr())
+                n, nbytes, out = saved_storages(lambda: model(x), params)
                 del out
-            res["train"].append({"batch": b, "doei": name, "saved_storages": n, "saved_bytes": nbytes,
-                                 "forward_peak_bytes": live.peak})
+                with _LivePeak() as live:
+                    out = model(x)
+                    del out
+                res["train"].append({"model": arch, "batch": b, "doei": name, "saved_storages": n,
+                                     "saved_bytes": nbytes, "forward_peak_bytes": live.peak})
     h, w = int(round(375 * cam_scale)) // 16, int(round(500 * cam_scale)) // 16
     p = h * w
     g = torch.Generator().manual_seed(0)
@@ -145,7 +155,7 @@ def worker(batches: list[int], cam_scale: float, threads: int) -> dict:
 def run_worker(src: Path, args) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, __file__, "--_worker", "--batch", args.batch, "--cam-scale", str(args.cam_scale),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--models", args.models]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -153,14 +163,18 @@ def run_worker(src: Path, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", default="2,4", help="comma-separated batch sizes")
+    ap.add_argument("--models", default="mctformer", help=f"comma-separated, of {', '.join(MODELS)}")
     ap.add_argument("--before", default=BEFORE, help="git revision measured as 'before' ('' to skip)")
     ap.add_argument("--cam-scale", type=float, default=1.5, help="scale of the 500x375 image for the CAM")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
+    models = [m for m in args.models.split(",") if m]
+    if unknown := [m for m in models if m not in MODELS]:
+        ap.error(f"--models {unknown[0]!r}: expected one of {', '.join(MODELS)}")
     if args._worker:
-        print(json.dumps(worker(batches, args.cam_scale, args.threads)))
+        print(json.dumps(worker(batches, args.cam_scale, args.threads, models)))
         return
     results = {"after": run_worker(REPO / "src", args)}
     if args.before:
@@ -171,32 +185,33 @@ def main() -> None:
                 tf.extractall(tmp, filter="data")
             results["before"] = run_worker(Path(tmp) / "src", args)
     mb = 1 / 2 ** 20
+    keys = [(m, b) for m in [MODELS[k][0] for k in models] for b in batches]
     for rev, r in results.items():
         print(f"# {rev}: {r['doei_file']}")
         for t in r["train"]:
-            print(f"rev={rev} model=mctformer_v2_deit_small size=224 batch={t['batch']} doei={t['doei']} "
+            print(f"rev={rev} model={t['model']} size=224 batch={t['batch']} doei={t['doei']} "
                   f"saved_storages={t['saved_storages']} saved_MiB={t['saved_bytes'] * mb:.1f} "
                   f"saved_MiB_per_image={t['saved_bytes'] * mb / t['batch']:.2f} "
                   f"forward_peak_MiB={t['forward_peak_bytes'] * mb:.1f}")
         c = r["cam"]
         print(f"rev={rev} cam=refine_with_patch_affinity classes={c['classes']} grid={c['grid'][0]}x{c['grid'][1]} "
-              f"inputs_MiB={c['input_bytes'] * mb:.1f} peak_MiB={c['peak_bytes'] * mb:.1f}")
-    for rev, r in results.items():
-        t = {(x["batch"], x["doei"]): x for x in r["train"]}
-        for b in batches:
-            on, off = t[(b, "on")], t[(b, "off")]
-            print(f"rev={rev} batch={b} saved_ratio_doei_on_over_off={on['saved_bytes'] / off['saved_bytes']:.4f} "
+              f"batch=2 inputs_MiB={c['input_bytes'] * mb:.1f} peak_MiB={c['peak_bytes'] * mb:.1f}")
+    table = {rev: {(x["model"], x["batch"], x["doei"]): x for x in r["train"]} for rev, r in results.items()}
+    for rev, t in table.items():
+        for m, b in keys:
+            on, off = t[(m, b, "on")], t[(m, b, "off")]
+            print(f"rev={rev} model={m} batch={b} saved_ratio_doei_on_over_off={on['saved_bytes'] / off['saved_bytes']:.4f} "
                   f"forward_peak_ratio_doei_on_over_off={on['forward_peak_bytes'] / off['forward_peak_bytes']:.4f}")
     if "before" in results:
-        a, bf = results["after"], results["before"]
-        ta = {(x["batch"], x["doei"]): x for x in a["train"]}
-        tb = {(x["batch"], x["doei"]): x for x in bf["train"]}
-        for b in batches:
+        ta, tb = table["after"], table["before"]
+        for m, b in keys:
             for d in ("off", "on"):
-                print(f"batch={b} doei={d} saved_ratio_after_over_before="
-                      f"{ta[(b, d)]['saved_bytes'] / tb[(b, d)]['saved_bytes']:.4f} forward_peak_ratio_after_over_before="
-                      f"{ta[(b, d)]['forward_peak_bytes'] / tb[(b, d)]['forward_peak_bytes']:.4f}")
-        print(f"cam_peak_ratio_after_over_before={a['cam']['peak_bytes'] / max(bf['cam']['peak_bytes'], 1):.4f}")
+                a, bf = ta[(m, b, d)], tb[(m, b, d)]
+                print(f"model={m} batch={b} doei={d} saved_ratio_after_over_before="
+                      f"{a['saved_bytes'] / bf['saved_bytes']:.4f} forward_peak_ratio_after_over_before="
+                      f"{a['forward_peak_bytes'] / bf['forward_peak_bytes']:.4f}")
+        print(f"cam_peak_ratio_after_over_before="
+              f"{results['after']['cam']['peak_bytes'] / max(results['before']['cam']['peak_bytes'], 1):.4f}")
 
 
 if __name__ == "__main__":
