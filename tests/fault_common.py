@@ -34,6 +34,7 @@ def prewarm() -> None:
     import doei.cli  # noqa: F401
     import doei.commands.cam_cmd  # noqa: F401
     import doei.commands.run_cmd  # noqa: F401
+    import doei.pipeline  # noqa: F401
     import doei.engine.train_cls  # noqa: F401
 
 

@@ -25,7 +25,7 @@ def _validate(path: Path, tmp_path: Path) -> str:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(data, dict), path
     if PIPELINE_KEYS & set(data):
-        from doei.commands.run_cmd import cam_config, classifier_config
+        from doei.pipeline import cam_config, classifier_config
         from doei.pipeline_config import load_pipeline_config
 
         cfg = load_pipeline_config(path)
@@ -49,7 +49,7 @@ def test_every_config_validates(path, tmp_path):
 
 
 def test_paper_configs_are_complete_and_consistent():
-    from doei.commands.run_cmd import classifier_config
+    from doei.pipeline import classifier_config
     from doei.pipeline_config import STAGES, load_pipeline_config
 
     found = sorted(p.stem for p in (CONFIGS / "paper").glob("*.yaml"))

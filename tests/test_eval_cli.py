@@ -286,7 +286,7 @@ def test_bad_options(capsys, bad_setup):
 
 
 def test_parse_betas():
-    from doei.commands.eval_cmd import parse_betas
+    from doei.eval.betas import parse_betas
 
     b = parse_betas("0.05:0.95:0.05")
     assert len(b) == 19 and b[5] == 0.3 and b[-1] == 0.95
@@ -385,7 +385,7 @@ def test_class_count_rule_keeps_voc_and_coco_defaults(fixture_dirs, tmp_path, ca
 def test_betas_outside_unit_interval_refused(capsys, bad_setup):
     for spec in ("1.5", "-0.1,0.3", "0:1.2:0.1", "-0.5:0.5:0.25"):
         _expect_error(capsys, bad_setup, f"--betas {spec!r}: ", extra=[f"--betas={spec}"])
-    from doei.commands.eval_cmd import parse_betas
+    from doei.eval.betas import parse_betas
 
     assert parse_betas("0,1") == [0.0, 1.0]
 

@@ -141,7 +141,7 @@ def test_coverage_is_logged_and_heads_listed(tmp_path):
 
 
 def test_doei_run_refuses_bad_init_weights_before_any_stage(tmp_path):
-    from doei.commands.run_cmd import run_pipeline
+    from doei.pipeline import run_pipeline
     from tests.pipeline_common import make_synth, tiny_config
 
     synth = make_synth(tmp_path)
@@ -156,7 +156,7 @@ def test_doei_run_refuses_bad_init_weights_before_any_stage(tmp_path):
 
 
 def test_eval_train_split_must_be_inside_the_cam_split(tmp_path):
-    from doei.commands.run_cmd import run_pipeline
+    from doei.pipeline import run_pipeline
     from tests.pipeline_common import make_synth, tiny_config
 
     synth = make_synth(tmp_path)

@@ -72,7 +72,7 @@ def test_all_twelve_paper_configs_are_checked():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_eval_rows_use_the_official_splits(name):
-    from doei.commands.run_cmd import eval_rows
+    from doei.pipeline import eval_rows
 
     cfg = _load(name)
     rows = {r[0]: r[3] for r in eval_rows(cfg)}

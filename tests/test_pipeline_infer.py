@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from doei.commands.infer_seg_cmd import infer_segmentation
-from doei.commands.refine_cmd import infer_pseudo_masks
+from doei.seg.infer import infer_segmentation
+from doei.refine.infer import infer_pseudo_masks
 from doei.errors import DoeiError
 from tests.pipeline_common import N_TRAIN, N_VAL, make_synth, tiny_config, write_cams_from_masks
 
@@ -55,7 +55,7 @@ def test_refine_infer_writes_pseudo_masks_and_resumes(data, tmp_path):
         assert pred.shape == (64, 64) and pred.dtype == np.uint8
         assert set(np.unique(pred)) <= {0} | {k + 1 for k in r.classes}
     # same result as the library call on the features of the padded image
-    from doei.commands.refine_cmd import load_affinity_model, pad_to_stride
+    from doei.refine.infer import load_affinity_model, pad_to_stride
 
     model = load_affinity_model(cfg, "cpu")
     r0 = ds.records[0]
@@ -100,7 +100,7 @@ def test_infer_seg_outputs_resume_and_worker_parity(data, tmp_path):
     pooled = _cfg(root, synth, tmp_path / "b", seg__infer__crf_workers=1)
     infer_segmentation(pooled, log=lambda m: None)
     ds = build_dataset("synth", synth, "val")
-    from doei.commands.infer_seg_cmd import load_seg_model
+    from doei.seg.infer import load_seg_model
 
     model = load_seg_model(inline, "cpu")
     for i, r in enumerate(ds.records):

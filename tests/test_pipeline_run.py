@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from doei.commands import run_cmd
+from doei import pipeline as run_cmd
 from doei.errors import DoeiError
 from tests.pipeline_common import make_synth, tiny_config
 

@@ -179,7 +179,7 @@ def write_reference_cams(synth_root: Path, cam_root: Path) -> None:
 
 def evaluate_cams(pred_dir: Path, synth_root: Path, ids: list[str], class_names: list[str], betas: str) -> dict:
     """``doei eval``'s numbers for one CAM folder: best-β mIoU/FP/FN (percent), β, and the sweep."""
-    from doei.commands.eval_cmd import parse_betas
+    from doei.eval.betas import parse_betas
     from doei.eval.evaluate import evaluate_dirs
     from doei.eval.report import build_report
 
@@ -241,7 +241,7 @@ def pipeline_config(o: DemoOptions, run: str, synth_root: Path, split: str, chec
 def run_pipeline_stages(cfg) -> dict:
     """``doei run`` for one config; returns ``{Seed|Mask|Seg|Seg+CRF: {mIoU, FP, FN, beta, split, images}}``.
     Finished stages are skipped (their markers hold the summaries), so a rerun only re-reads the table."""
-    from doei.commands.run_cmd import run_pipeline
+    from doei.pipeline import run_pipeline
 
     res = run_pipeline(cfg)
     return {k: {"mIoU": v["mIoU"], "FP": v["FP"], "FN": v["FN"], "beta": v["beta"], "split": v["split"],

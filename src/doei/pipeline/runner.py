@@ -1,0 +1,124 @@
+"""The pipeline runner behind ``doei run``: the whole WSSS pipeline from one config, resumable stage by stage and image by image.
+
+Stages, in order: ``train-cls`` (classifier, :mod:`doei.engine.train_cls`) → ``cam`` (CAMs of the
+train split) → ``refine`` (AffinityNet training + random-walk pseudo masks) → ``train-seg``
+(DeepLab on the pseudo masks) → ``infer-seg`` (val split, multi-scale + flip + CRF) → ``eval``
+(Seed, Mask, Segmentation with/without CRF); see :mod:`doei.pipeline.markers` for how finished
+stages are skipped and :mod:`doei.pipeline.stages` / :mod:`doei.pipeline.evaluation` for each stage.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from doei.data.build import build_dataset
+from doei.engine import distributed as dist_util
+from doei.engine.train_aff import _data_kwargs
+from doei.errors import DoeiError
+from doei.models.initial_weights import preflight_initial_weights
+from doei.pipeline.evaluation import stage_eval
+from doei.pipeline.markers import RUN_LOG, fingerprint, marker_path, read_marker, stage_settings
+from doei.pipeline.stages import (stage_cam, stage_infer_seg, stage_refine, stage_train_cls,
+                                  stage_train_seg)
+from doei.pipeline_config import STAGES, PipelineConfig, resolve_device
+from doei.utils.io import append_jsonl, atomic_write_json
+from doei.utils.outdir import check_out_dir, folder_lock
+
+
+def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]) -> None:
+    """Cheap checks of what later ``stages`` will read, before the first (expensive) one starts.
+
+    * ``refine.train.init_weights`` / ``seg.train.init_weights``: the file exists, its shapes fit the
+      model and enough of the expected keys are in it (:mod:`doei.models.initial_weights`; the model is
+      built on the meta device, so this costs a file read, not a 100M-parameter net);
+    * ``eval.train_split``: its ids are part of the split the CAMs and pseudo masks are made for.
+    """
+    rt, st = cfg.refine.train, cfg.seg.train
+    if "refine" in stages and rt.init_weights:
+        cov = preflight_initial_weights(rt.model, rt.model_options, rt.init_weights, "refine.train.init_weights")
+        log(f"refine.train.init_weights: {cov.summary()}")
+    if "train-seg" in stages and st.init_weights:
+        cov = preflight_initial_weights(st.model, st.model_options, st.init_weights, "seg.train.init_weights",
+                                        num_classes=cfg.data.num_classes + 1)
+        log(f"seg.train.init_weights: {cov.summary()}")
+    es = cfg.eval.train_split
+    if "eval" in stages and es and es != cfg.data.train_split:
+        have = set(build_dataset(cfg.data.kind, cfg.data.root, cfg.refine.infer.split, **_data_kwargs(cfg)).ids)
+        ids = build_dataset(cfg.data.kind, cfg.data.root, es, **_data_kwargs(cfg)).ids
+        outside = [i for i in ids if i not in have]
+        if outside:
+            raise DoeiError(f"eval.train_split = {es!r}: {len(outside)} of its {len(ids)} ids (e.g. {outside[0]}) are not "
+                            f"in split {cfg.refine.infer.split!r}, which the CAMs and pseudo masks are made for")
+
+
+STAGE_FUNCS: dict[str, Callable[[PipelineConfig, Callable[[str], None]], dict]] = {
+    "train-cls": stage_train_cls, "cam": stage_cam, "refine": stage_refine, "train-seg": stage_train_seg,
+    "infer-seg": stage_infer_seg, "eval": stage_eval,
+}
+
+
+def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the configured stages in order, skipping completed ones; returns ``{stage: summary}``.
+
+    Under ``torchrun`` every rank runs every stage (training with DDP, per-image stages sharded,
+    eval on rank 0 only); all ranks meet at a barrier after each stage, then rank 0 alone writes the
+    stage marker and ``run_log.jsonl``, and a second barrier makes the marker and the stage's files
+    visible to every rank before the next stage starts (docs/distributed.md). Other ranks do not log.
+    """
+    with folder_lock(check_out_dir(cfg.run.out_dir, "run.out_dir"), "run folder"):
+        return _run_stages(cfg, log)
+
+
+def _run_stages(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    rank, _ = dist_util.init_from_env(resolve_device(cfg.run.device).split(":")[0])
+    main = rank == 0
+    if not main:
+        log = lambda *_: None  # noqa: E731 - rank 0 reports
+    out = Path(cfg.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        atomic_write_json(out / "pipeline_config.json", cfg.to_dict())
+    results: dict = {}
+    preflight(cfg, [st for st in STAGES if st in cfg.run.stages and read_marker(marker_path(cfg, st)) is None], log)
+    for stage in STAGES:
+        if stage not in cfg.run.stages:
+            continue
+        marker = marker_path(cfg, stage)
+        settings = stage_settings(cfg, stage)
+        fp = fingerprint(settings)
+        done = read_marker(marker)
+        if done is not None:
+            if done.get("fingerprint") != fp:
+                raise DoeiError(f"{marker}: stage {stage} was completed with other settings; use another run.out_dir "
+                                f"or delete {marker.parent} (and the stages after it) to redo it")
+            log(f"[{stage}] already done ({done.get('seconds', 0):.0f} s, {done.get('finished', '?')}); skipped")
+            if main:
+                append_jsonl(out / RUN_LOG, {"event": "skip", "stage": stage, "time": time.time()})
+            results[stage] = done.get("summary", {})
+            continue
+        log(f"[{stage}] running")
+        t0 = time.time()
+        if main:
+            append_jsonl(out / RUN_LOG, {"event": "start", "stage": stage, "time": t0})
+        try:
+            summary = STAGE_FUNCS[stage](cfg, log)
+        except BaseException as e:
+            if main:
+                first = str(e).splitlines()[0] if str(e) else ""
+                append_jsonl(out / RUN_LOG, {"event": "fail", "stage": stage, "time": time.time(),
+                                             "error": f"{type(e).__name__}: {first}"})
+            raise
+        dist_util.barrier()          # every rank's files of this stage are written before it is marked done
+        secs = time.time() - t0
+        if main:
+            append_jsonl(out / RUN_LOG, {"event": "end", "stage": stage, "time": time.time(),
+                                         "seconds": round(secs, 3)})
+            atomic_write_json(marker, {"stage": stage, "fingerprint": fp, "seconds": round(secs, 3),
+                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                       "summary": json.loads(json.dumps(summary, default=str))})
+        dist_util.barrier()          # ... and the marker exists before any rank goes on
+        log(f"[{stage}] done in {secs:.1f} s")
+        results[stage] = summary
+    return results

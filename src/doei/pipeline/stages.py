@@ -1,0 +1,112 @@
+"""The stages of ``doei run`` before the evaluation: each ``stage_<name>(cfg, log) -> summary`` calls the
+library function that does the work (training loops in :mod:`doei.engine`, CAMs in :mod:`doei.cam`, the
+random walk in :mod:`doei.refine`, segmentation inference in :mod:`doei.seg`)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable
+
+from doei.cam.config import CamConfig
+from doei.cam.generate import generate_cams, load_cam_model, open_dataset
+from doei.config import from_dict
+from doei.engine import distributed as dist_util
+from doei.engine.train_aff import train_affinity
+from doei.engine.train_cls import train
+from doei.engine.train_seg import train_segmentation
+from doei.errors import DoeiError
+from doei.pipeline_config import PipelineConfig, resolve_device
+from doei.refine.infer import infer_pseudo_masks
+from doei.seg.infer import infer_segmentation
+from doei.train_config import train_config_from_dict
+
+
+def _set_default(d: dict, path: str, value) -> None:
+    node = d
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node.setdefault(keys[-1], value)
+
+
+def classifier_config(cfg: PipelineConfig):
+    """The TrainConfig of the train-cls stage: ``classifier`` with data/out_dir/device/seed defaults from the run."""
+    d = copy.deepcopy(cfg.classifier)
+    _set_default(d, "data.kind", cfg.data.kind)
+    _set_default(d, "data.root", cfg.data.root)
+    _set_default(d, "data.train_split", cfg.data.train_split)
+    if cfg.data.labels_file:
+        _set_default(d, "data.labels_file", cfg.data.labels_file)
+    _set_default(d, "model.num_classes", cfg.data.num_classes)
+    _set_default(d, "train.out_dir", str(Path(cfg.run.out_dir) / "cls"))
+    _set_default(d, "train.device", cfg.run.device)
+    _set_default(d, "train.seed", cfg.run.seed)
+    _set_default(d, "train.progress", cfg.run.progress)
+    return train_config_from_dict(d, where="classifier")
+
+
+def classifier_checkpoint(cfg: PipelineConfig) -> Path:
+    if cfg.run.cls_checkpoint:
+        return Path(cfg.run.cls_checkpoint)
+    return Path(classifier_config(cfg).train.out_dir) / "checkpoint.pt"
+
+
+def stage_train_cls(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    if cfg.run.cls_checkpoint:
+        if not Path(cfg.run.cls_checkpoint).is_file():
+            raise DoeiError(f"run.cls_checkpoint = {cfg.run.cls_checkpoint}: file not found")
+        log(f"train-cls: using the given classifier {cfg.run.cls_checkpoint}")
+        return {"checkpoint": cfg.run.cls_checkpoint, "trained": False}
+
+    res = train(classifier_config(cfg), resume="auto", log=log)
+    return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
+
+
+def cam_config(cfg: PipelineConfig):
+    """The CamConfig of the cam stage (``cam`` section + data/split/device from the run). The model keys
+    stay as the section gives them: the classifier checkpoint supplies the rest
+    (:func:`doei.cam.generate.load_cam_model`)."""
+    d = dict(cfg.cam)
+    d.setdefault("dataset", cfg.data.kind)
+    d.setdefault("data_root", cfg.data.root)
+    d.setdefault("split", cfg.data.train_split)
+    d.setdefault("device", resolve_device(cfg.run.device))
+    return from_dict(CamConfig, d, where="cam").validate()
+
+
+def stage_cam(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    """CAMs of the train split into ``refine.train.cam_dir`` (:func:`doei.cam.generate.generate_cams`:
+    per image, resumable, sharded over the ranks under torchrun), with the classifier built by the one
+    loader, exactly as ``doei cam`` builds it."""
+    ckpt = classifier_checkpoint(cfg)
+    if not ckpt.is_file():
+        raise DoeiError(f"{ckpt}: classifier checkpoint not found (run the train-cls stage first)")
+    ccfg = cam_config(cfg)
+    ds = open_dataset(ccfg)
+    model, spec, ccfg = load_cam_model(ccfg, ckpt, ds)
+    s = generate_cams(model, ccfg, cfg.refine.train.cam_dir, ckpt, ds=ds, spec=spec, progress=cfg.run.progress,
+                      desc="cam", what="refine.train.cam_dir")
+    log(f"cam: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
+    return {"computed": s["computed"], "skipped": s["skipped"], "out_dir": s["out_dir"]}
+
+
+def stage_refine(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    res = train_affinity(cfg, resume="auto", log=log)
+    dist_util.barrier()          # rank 0's final checkpoint is on disk before any rank loads it
+    s = infer_pseudo_masks(cfg, log=log)
+    log(f"refine: {s['computed']} pseudo masks computed, {s['skipped']} already done -> {s['out_dir']}")
+    return {"train": {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final},
+            "infer": s}
+
+
+def stage_train_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    res = train_segmentation(cfg, resume="auto", log=log)
+    return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
+
+
+def stage_infer_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+    s = infer_segmentation(cfg, log=log)
+    log(f"infer-seg: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
+    return s
+
+
