@@ -27,8 +27,6 @@ import sys
 from doei.errors import DoeiError
 from doei.eval.betas import DEFAULT_BETAS, parse_betas
 
-DATASETS = ("voc", "coco", "synth", "folder")
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="folder of predictions: <id>.png label maps, <id>.npz CAMs "
@@ -44,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", default=None,
                    help="foreground class names (one per line, a JSON list, or a JSON with a 'classes' list: a "
                         "synthetic benchmark's meta.json, a `doei labels` file); C = names + 1")
-    p.add_argument("--dataset", choices=DATASETS, default=None,
+    from doei.data.build import dataset_kinds
+
+    p.add_argument("--dataset", choices=dataset_kinds(), default=None,
                    help="take the classes from a dataset kind: voc (21), coco (81), synth / folder (need --data-root)")
     p.add_argument("--data-root", default=None, help="dataset folder for --dataset synth / folder")
     p.add_argument("--out", default=None, help="write the metrics JSON here (atomically)")
@@ -73,11 +73,12 @@ def resolve_classes(num_classes: int | None, classes: str | None = None, dataset
 
         found.append((read_class_names(classes), f"--classes {classes}"))
     if dataset is not None:
-        from doei.data.build import dataset_class_names
+        from doei.data.build import dataset_class_names, get_dataset_spec
 
-        if dataset in ("synth", "folder") and not data_root:
+        from_root = get_dataset_spec(dataset).names_from_root
+        if from_root and not data_root:
             raise DoeiError(f"--dataset {dataset} needs --data-root (the folder with its class names)")
-        where = f" ({data_root})" if dataset in ("synth", "folder") else ""
+        where = f" ({data_root})" if from_root else ""
         found.append((dataset_class_names(dataset, data_root), f"--dataset {dataset}{where}"))
     for names, src in found[1:]:
         if len(names) != len(found[0][0]):
