@@ -8,7 +8,7 @@ import yaml
 
 from doei.cli import main as cli_main
 from doei.commands.demo_cmd import _configs_dir
-from doei.engine.demo import MODELS
+from doei.demo import MODELS
 
 BASE = ["--n-train", "16", "--n-val", "4", "--set", "train.epochs=1", "--set", "train.batch_size=16",
         "--set", "train.progress=false"]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from doei.errors import DoeiError
 
-# Benchmark sizes (train, val) of each mode; the config of each model and mode is in doei.engine.demo.MODELS.
+# Benchmark sizes (train, val) of each mode; the config of each model and mode is in doei.demo.MODELS.
 MODES = {
     "default": {"n_train": 3000, "n_val": 300, "pipeline_train": 1000},
     "quick": {"n_train": 1000, "n_val": 100, "pipeline_train": 200},
@@ -73,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.engine.demo import MODELS, DemoOptions, run_demo
+    from doei.demo import MODELS, DemoOptions, run_demo
 
     mode = MODES["quick" if args.quick else "default"]
     n_train, n_val, pipeline_train = _sizes(args, mode)

@@ -9,7 +9,7 @@ training resumes from its checkpoint (``train(resume="auto")``). Progress: a tqd
 ``OUT/study_log.jsonl`` (one record per run start / skip / end).
 
 The pieces are the project's public ones: :func:`doei.engine.train_cls.train`, and the demo's CAM
-writer and evaluator (:func:`doei.engine.demo.write_cams`, :func:`doei.engine.demo.evaluate_cams`,
+writer and evaluator (:func:`doei.cam.heldout.write_cams`, :func:`doei.cam.heldout.evaluate_cams`,
 which wrap :class:`doei.cam.extractor.CamExtractor` and ``doei eval``'s sweep).
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bo
 
 def prepare(study: Study) -> None:
     """Create the output folder and the benchmark (reused when present with the same parameters)."""
-    from doei.engine.demo import ensure_synth
+    from doei.data.benchmark import ensure_synth
 
     study.out.mkdir(parents=True, exist_ok=True)
     study.synth_meta = ensure_synth(study.synth_root, study.n_train, study.n_val, study.synth_seed)
@@ -146,7 +146,7 @@ def block_stats(checkpoint: Path, synth_root: Path, n_images: int) -> list[dict]
 def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = lambda s: None) -> dict:
     """Train → CAMs → β sweep → DOEI block statistics for one (DOEI setting, seed); returns the result
     (read back from ``result.json`` when the run already finished)."""
-    from doei.engine.demo import evaluate_cams, write_cams
+    from doei.cam.heldout import evaluate_cams, write_cams
     from doei.engine.train_cls import train
     from doei.utils.io import atomic_write_json
 

@@ -1,0 +1,238 @@
+"""The demo behind ``doei demo``: synthetic data → two trainings → CAMs → β sweep → the rest of the WSSS
+pipeline (AffinityNet, DeepLab, multi-scale + CRF) for both → report.
+
+Kept separate from the command module so tests and notebooks can call :func:`run_demo` directly.
+Every stage reuses finished work in the output folder (the benchmark, a training checkpoint whose
+config matches), so an interrupted demo picks up where it stopped.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from doei.cam.heldout import evaluate_cams, write_cams, write_reference_cams
+from doei.config import apply_overrides, load_yaml
+from doei.data.benchmark import ensure_synth
+from doei.demo.catalog import MODELS, REFERENCES, RUNS
+from doei.demo.figures import figure_overlays, figure_segmentation, figure_sweep
+from doei.demo.report import PIPELINE_ROWS, render_report
+from doei.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from doei.engine.classifier import load_classifier
+from doei.engine.train_cls import train
+from doei.errors import DoeiError
+from doei.pipeline import run_pipeline
+from doei.pipeline_config import STAGES, pipeline_config_from_dict
+from doei.train_config import train_config_from_dict
+from doei.utils.io import atomic_write_json, atomic_write_text
+
+
+
+@dataclass
+class DemoOptions:
+    out: Path
+    config: Path
+    overrides: list[str] = field(default_factory=list)
+    model: str = "mctformer"
+    n_train: int = 3000
+    n_val: int = 300
+    seed: int = 0
+    cam_layers: int = 3
+    patch_refine: bool | None = None      # None: the model's default (MODELS)
+    train_seed: int | None = None         # None: ``seed`` (the benchmark's seed)
+    fresh: bool = False
+    quick: bool = False
+    betas: str = "0.05:0.95:0.05"
+    overlay_classes: Sequence[str] = ()
+    batch: int = 50
+    pipeline: bool = True                 # stages after the CAMs (doei run) for both classifiers
+    pipeline_config: Path | None = None   # None: configs/demo_pipeline[_quick].yaml next to ``config``
+    pipeline_overrides: list[str] = field(default_factory=list)
+    pipeline_train: int = 1000            # first N training images: Seed/Mask split, DeepLab's training set
+
+
+class _Clock:
+    """Wall and process-CPU seconds per stage (the CPU figure is robust to a shared machine)."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict[str, float]] = {}
+
+    def stage(self, name: str):
+        clock = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.w, self.c = time.time(), time.process_time()
+                print(f"\n== {name}", flush=True)
+
+            def __exit__(self, *exc):
+                clock.stages[name] = {"wall_s": round(time.time() - self.w, 1),
+                                      "cpu_s": round(time.process_time() - self.c, 1)}
+
+        return _Ctx()
+
+
+# ----------------------------------------------------------------------------------- stages
+def demo_configs(o: DemoOptions, synth_root: Path) -> dict:
+    """The two TrainConfigs (DOEI off/on) from the demo config + overrides, on ``synth_root``."""
+    out = {}
+    for run in RUNS:
+        d = apply_overrides(load_yaml(o.config), list(o.overrides))
+        d.setdefault("data", {}).update({"kind": "synth", "root": str(synth_root)})
+        d.setdefault("train", {}).update({"out_dir": str(o.out / "runs" / run),
+                                          "seed": o.seed if o.train_seed is None else o.train_seed})
+        d["doei"] = {**d.get("doei", {}), "enabled": run == "doei"}
+        out[run] = train_config_from_dict(d, where=str(o.config))
+    return out
+
+
+def train_or_reuse(cfg, fresh: bool) -> dict:
+    """Train (or resume / reuse a finished run with the same config); returns the last epoch record."""
+    ckpt = Path(cfg.train.out_dir) / CHECKPOINT_NAME
+    resume: bool | str = False
+    if not fresh and ckpt.is_file():
+        try:
+            same = load_checkpoint(ckpt)["config"] == cfg.to_dict()
+        except DoeiError:
+            same = False
+        resume = "auto" if same else False
+    res = train(cfg, resume=resume, overwrite=fresh)
+    if res.epochs_run == 0:
+        print(f"reusing the finished run in {cfg.train.out_dir}")
+    return res.final
+
+
+PIPELINE_STAGES = list(STAGES)   # the demo runs every stage of doei run
+
+
+def pipeline_split(synth_root: Path, n: int) -> str:
+    """The first ``n`` training ids as the split ``train_first<n>`` (``ImageSets/Segmentation``), written once.
+
+    The later stages work on this subset of the classifier's training images: its CAMs are the seeds
+    (paper Table 1 "Seed"), AffinityNet turns them into pseudo masks ("Mask") and DeepLab trains on those."""
+    ids = (synth_root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    if n < 1:
+        raise DoeiError(f"--pipeline-train {n}: expected a positive number of training images")
+    name = f"train_first{min(n, len(ids))}"
+    path = synth_root / "ImageSets" / "Segmentation" / f"{name}.txt"
+    text = "\n".join(ids[:n]) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return name
+
+
+def pipeline_yaml(o: DemoOptions) -> Path:
+    """``--pipeline-config``, else ``demo_pipeline[_quick].yaml`` beside the training config."""
+    return Path(o.pipeline_config or o.config.parent / f"demo_pipeline{'_quick' if o.quick else ''}.yaml")
+
+
+def pipeline_config(o: DemoOptions, run: str, synth_root: Path, split: str, checkpoint: Path, patch_refine: bool):
+    """The ``doei run`` config of one demo run: the pipeline YAML + ``--pipeline-set`` overrides, on the demo's
+    benchmark and subset, with the demo's classifier (``run.cls_checkpoint``) and CAM read-out."""
+    path = pipeline_yaml(o)
+    if not path.is_file():
+        raise DoeiError(f"{path}: pipeline config not found (pass --pipeline-config FILE or --no-pipeline)")
+    d = apply_overrides(load_yaml(path), list(o.pipeline_overrides))
+    d.setdefault("run", {}).update({"out_dir": str(o.out / "pipeline" / run), "cls_checkpoint": str(checkpoint),
+                                    "stages": list(PIPELINE_STAGES)})
+    d.setdefault("data", {}).update({"kind": "synth", "root": str(synth_root), "train_split": split,
+                                     "val_split": "val"})
+
+    depth = load_classifier(checkpoint)[0].depth                 # as write_cams: at most the model's depth
+    d.setdefault("cam", {}).update({"n_layers": min(o.cam_layers, depth), "patch_refine": patch_refine})
+    return pipeline_config_from_dict(d, where=str(path))
+
+
+def run_pipeline_stages(cfg) -> dict:
+    """``doei run`` for one config; returns ``{Seed|Mask|Seg|Seg+CRF: {mIoU, FP, FN, beta, split, images}}``.
+    Finished stages are skipped (their markers hold the summaries), so a rerun only re-reads the table."""
+    res = run_pipeline(cfg)
+    return {k: {"mIoU": v["mIoU"], "FP": v["FP"], "FN": v["FN"], "beta": v["beta"], "split": v["split"],
+                "images": v["num_images"], "mean": v["mean_convention"]}
+            for k, v in res["eval"]["results"].items()}
+
+
+def run_demo(o: DemoOptions) -> str:
+    """Run every stage; write ``report.md``, ``metrics.json`` and the figures; return a short summary."""
+    if o.model not in MODELS:
+        raise DoeiError(f"--model {o.model!r}: expected one of {', '.join(MODELS)}")
+    patch_refine = MODELS[o.model][2] if o.patch_refine is None else o.patch_refine
+    o.out.mkdir(parents=True, exist_ok=True)
+    clock = _Clock()
+    t0 = time.time()
+    n_stages = 6 if o.pipeline else 5
+    synth_root = o.out / f"synth-{o.n_train}-{o.n_val}-s{o.seed}"
+    with clock.stage(f"1/{n_stages} synthetic benchmark -> {synth_root}"):
+        meta = ensure_synth(synth_root, o.n_train, o.n_val, o.seed)
+    class_names = list(meta["classes"])
+    cfgs = demo_configs(o, synth_root)
+    cls_metrics = {}
+    for i, run in enumerate(RUNS):
+        with clock.stage(f"2/{n_stages} training {run} (DOEI {'on' if run == 'doei' else 'off'})"):
+            last = train_or_reuse(cfgs[run], o.fresh)
+        cls_metrics[run] = {"cls_mAP": last.get("val_mAP", float("nan")), "cls_F1": last.get("val_F1", float("nan")),
+                            "cls_mAP_img": last.get("val_mAP_img", float("nan"))}
+    cam_root = o.out / "cams"
+    ids: list[str] = []
+    with clock.stage(f"3/{n_stages} CAMs of the held-out split"):
+        for run in RUNS:
+            ids = write_cams(Path(cfgs[run].train.out_dir) / "checkpoint.pt", synth_root, cam_root / run,
+                             o.cam_layers, o.batch, patch_refine)
+        write_reference_cams(synth_root, cam_root)
+    results = {}
+    with clock.stage(f"4/{n_stages} evaluation (beta sweep)"):
+        for name in (*RUNS, *REFERENCES):
+            results[name] = evaluate_cams(cam_root / name, synth_root, ids, class_names, o.betas)
+    pipeline: dict = {}
+    if o.pipeline:
+        split = pipeline_split(synth_root, o.pipeline_train)
+        pcfgs = {run: pipeline_config(o, run, synth_root, split, Path(cfgs[run].train.out_dir) / "checkpoint.pt",
+                                      patch_refine) for run in RUNS}
+        for run in RUNS:
+            with clock.stage(f"5/{n_stages} pipeline {run}: cam -> refine -> train-seg -> infer-seg -> eval"):
+                pipeline[run] = run_pipeline_stages(pcfgs[run])
+        pipeline["settings"] = {"config": str(pipeline_yaml(o)),
+                                "overrides": list(o.pipeline_overrides), "pipeline_train": o.pipeline_train,
+                                "split": split, "out": str(o.out / "pipeline")}
+    with clock.stage(f"{n_stages}/{n_stages} figures and report"):
+        fig_dir = o.out / "figures"
+        figure_overlays(fig_dir / "cam_overlays.png", synth_root, cam_root, class_names, o.overlay_classes)
+        figure_sweep(fig_dir / "beta_sweep.png", results)
+        if o.pipeline:
+            final = {run: Path(pcfgs[run].seg.infer.out_dir) / ("pred_crf" if pcfgs[run].seg.infer.crf else "pred")
+                     for run in RUNS}
+            figure_segmentation(fig_dir / "segmentation.png", synth_root, final, class_names, o.overlay_classes)
+    c = cfgs["baseline"]
+    metrics = {
+        "baseline": {**results["baseline"], **cls_metrics["baseline"]},
+        "doei": {**results["doei"], **cls_metrics["doei"], "doei_config": cfgs["doei"].doei},
+        "references": {k: results[k] for k in REFERENCES},
+        **({"pipeline": pipeline} if pipeline else {}),
+        "settings": {"family": o.model, "train_seed": cfgs["baseline"].train.seed, "quick": o.quick, "n_train": o.n_train, "n_val": o.n_val, "seed": o.seed,
+                     "synth_root": str(synth_root), "config": str(o.config), "overrides": list(o.overrides),
+                     "model": c.model.name, "epochs": c.train.epochs, "batch_size": c.train.batch_size,
+                     "peak_lr": c.peak_lr(), "cam_layers": o.cam_layers, "patch_refine": patch_refine, "betas": o.betas,
+                     "threads": torch.get_num_threads()},
+        "timings": {**clock.stages, "total": {"wall_s": round(time.time() - t0, 1),
+                                              "cpu_s": round(sum(v["cpu_s"] for v in clock.stages.values()), 1)}},
+    }
+    atomic_write_json(o.out / "metrics.json", metrics)
+    atomic_write_text(o.out / "report.md", render_report(metrics))
+    b, d = metrics["baseline"], metrics["doei"]
+    r = metrics["references"]
+    tail = ""
+    if pipeline:
+        tail = "; pipeline mIoU " + ", ".join(
+            f"{k} {pipeline['baseline'][k]['mIoU']:.1f} -> {pipeline['doei'][k]['mIoU']:.1f}"
+            for k in PIPELINE_ROWS if k in pipeline["baseline"]) + " (baseline -> DOEI)"
+    return (f"CAM mIoU / FP / FN (best beta): baseline {b['mIoU']:.1f} / {b['FP']:.1f} / {b['FN']:.1f}, "
+            f"DOEI {d['mIoU']:.1f} / {d['FP']:.1f} / {d['FN']:.1f}; references: all background "
+            f"{r['all_background']['mIoU']:.1f}, uniform CAM {r['uniform_cam']['mIoU']:.1f}; classifier mAP "
+            f"baseline {b['cls_mAP']:.1f}, DOEI {d['cls_mAP']:.1f}" + tail)
+
+
+__all__ = ["DemoOptions", "MODELS", "RUNS", "run_demo", "demo_configs", "train_or_reuse", "pipeline_split",
+           "pipeline_config", "run_pipeline_stages"]
