@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from doei.refine.affinity import affinity_from_features, dense_affinity
+from doei.models.affinity import affinity_from_features, dense_affinity
 from doei.refine.random_walk import (cam_vector, cam_with_background, random_walk_dense, random_walk_stencil,
                                      stencil_weights)
 

@@ -36,7 +36,7 @@ def test_affinity_dataset_items(data, tmp_path):
     ds = AffinityDataset(base, root / "cam", cfg.refine.train)
     x, bg, fg, neg = ds[0]
     assert x.shape == (3, 72, 72) and bg.shape == fg.shape == neg.shape
-    from doei.refine.pairs import pair_offsets
+    from doei.models.pairs import pair_offsets
 
     assert bg.shape[0] == len(pair_offsets(4)) == 22  # radius-4 half disc
     assert ((bg + fg + neg) <= 1).all() and (bg + fg + neg).sum() > 0

@@ -10,7 +10,7 @@ from doei.errors import DoeiError
 from doei.refine.labels import (affinity_labels_from_label, affinity_labels_from_seeds, block_mean,
                                 seed_label_from_scores)
 from doei.refine.loss import affinity_loss
-from doei.refine.pairs import pair_offsets
+from doei.models.pairs import pair_offsets
 
 
 def enumerate_pairs(label: np.ndarray, radius: int = 5):

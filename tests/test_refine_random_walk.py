@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from doei.errors import DoeiError
-from doei.refine.affinity import affinity_from_features, dense_affinity
-from doei.refine.pairs import pair_indices, pair_offsets
+from doei.models.affinity import affinity_from_features, dense_affinity
+from doei.models.pairs import pair_indices, pair_offsets
 from doei.refine.random_walk import (MCTFORMER_DEFAULTS, PSA_DEFAULTS, cam_vector, cam_with_background,
                                      random_walk_dense, random_walk_refine, random_walk_stencil, stencil_weights)
 

@@ -5,7 +5,7 @@
 * :class:`ResNet38Cls` — PSA's classification net (``network/resnet38_cls.py``): GAP + 1x1 ``fc8``.
 * :class:`AffinityNet` — PSA's AffinityNet (``network/resnet38_aff.py``): three 1x1 reductions of
   conv4/conv5/conv6 (64+128+256 = 448 channels), a 1x1 ``f9``, ELU, and pair affinities
-  ``exp(-mean_c |f_i - f_j|)`` within radius 5 (see :mod:`doei.refine.affinity`).
+  ``exp(-mean_c |f_i - f_j|)`` within radius 5 (see :mod:`doei.models.affinity`).
 * :class:`DeepLabResNet38` — DeepLab-v1 on ResNet38 (MCTformer ``seg/network/resnet38_seg.py``):
   two 3x3 convolutions with dilation 12 (4096→512, ReLU, 512→num_classes).
 
@@ -205,7 +205,7 @@ class AffinityNet(ResNet38):
         return F.elu(self.f9(f))
 
     def forward(self, x: torch.Tensor, to_dense: bool = False) -> torch.Tensor:
-        from doei.refine.affinity import affinity_from_features, dense_affinity
+        from doei.models.affinity import affinity_from_features, dense_affinity
 
         if to_dense and x.shape[0] != 1:
             raise ValueError(f"AffinityNet.forward(to_dense=True) needs batch 1, got {x.shape[0]}")

@@ -12,7 +12,7 @@ PSA uses ``low_alpha=4, high_alpha=32``; MCTformer's ``run_psa.sh`` ``1`` and ``
 officially CRF-refine each score stack first (``_crf_with_alpha``, :func:`doei.seg.crf.crf_with_alpha`);
 here that is optional (pass the image). The training crop is 8×8 **average**-pooled (the official
 ``AvgPool2d(8)`` label transform, ``block_reduce`` with zero padding) *before* the argmax, then
-pairs within radius 5 are labelled on the stride-8 grid (:mod:`doei.refine.pairs`):
+pairs within radius 5 are labelled on the stride-8 grid (:mod:`doei.models.pairs`):
 
 * ``bg_pos``: both ends background (0);
 * ``fg_pos``: both ends the same foreground class, neither ignored;
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from doei.errors import DoeiError
-from doei.refine.pairs import from_grid_shape, pair_indices
+from doei.models.pairs import from_grid_shape, pair_indices
 
 IGNORE = 255
 PSA_ALPHAS = (4.0, 32.0)
@@ -73,7 +73,7 @@ def seed_label_from_scores(scores_la: np.ndarray, scores_ha: np.ndarray, classes
 
 def affinity_labels_from_label(label: np.ndarray, radius: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(bg_pos, fg_pos, neg)`` float32 ``[D,n_from]`` for a stride-8 seed map ``[h,w]``, in the
-    layout of AffinityNet's sparse output (offset-major, :func:`doei.refine.pairs.pair_indices`)."""
+    layout of AffinityNet's sparse output (offset-major, :func:`doei.models.pairs.pair_indices`)."""
     lab = np.asarray(label)
     if lab.ndim != 2:
         raise DoeiError(f"seed label {lab.shape}: expected [h,w]")

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from doei.errors import DoeiError
-from doei.refine.pairs import from_grid_shape, pair_indices, pair_offsets
+from doei.models.pairs import from_grid_shape, pair_indices, pair_offsets
 
 BackgroundMode = Literal["constant", "power"]
 
@@ -184,7 +184,7 @@ def random_walk_refine(cams: torch.Tensor | np.ndarray, classes: torch.Tensor | 
         if affinity.dim() == 3:
             if tuple(affinity.shape[1:]) != (h, w):
                 raise DoeiError(f"affinity features {tuple(affinity.shape)}: expected [C,{h},{w}] for a {hh}x{ww} CAM")
-            from doei.refine.affinity import affinity_from_features
+            from doei.models.affinity import affinity_from_features
 
             from_grid_shape(h, w, radius)
             aff = affinity_from_features(affinity[None].float(), radius)[0]

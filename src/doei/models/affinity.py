@@ -1,6 +1,6 @@
 """Pair affinities from AffinityNet features, sparse (PSA's training form) and dense (its inference form).
 
-``a_ij = exp(-mean_c |f_c(i) - f_c(j)|)`` for the pairs of :mod:`doei.refine.pairs`. The dense
+``a_ij = exp(-mean_c |f_c(i) - f_c(j)|)`` for the pairs of :mod:`doei.models.pairs`. The dense
 matrix is symmetric, has ones on the diagonal and zeros for pairs that are not listed
 (reference README §5.4).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from doei.refine.pairs import pair_indices
+from doei.models.pairs import pair_indices
 
 
 def affinity_from_features(f: torch.Tensor, radius: int = 5) -> torch.Tensor:
