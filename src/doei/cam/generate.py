@@ -8,11 +8,10 @@ atomically. An id whose outputs all exist (and whose CAM file loads with the exp
 skipped, so an interrupted run continues where it stopped; a rerun with different pipeline settings
 into the same folder is refused (one-line ``DoeiError``).
 
-Under ``torchrun`` (docs/distributed.md) every rank lists the ids still to do, all ranks meet at a
-barrier (so nobody lists after another rank started writing), the list is split
-``todo[rank::world]`` and each rank writes only its own ids' files — the same bytes a single process
-writes. Rank 0 writes the settings and the start/end log records; the end record follows an
-all-reduce of the per-rank counts, which also waits for every rank to finish.
+The loop is :class:`doei.engine.per_image.PerImageJob` (docs/distributed.md): under ``torchrun`` every
+rank lists the ids still to do, all ranks meet at a barrier, the list is split ``todo[rank::world]`` and
+each rank writes only its own ids' files — the same bytes a single process writes. Rank 0 writes the
+settings and the start/end log records; the end record follows an all-reduce of the per-rank counts.
 """
 from __future__ import annotations
 
@@ -25,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from doei.cam.extractor import CamExtractor, normalize_image, official_views
+from doei.cam.io import load_cam, save_cam
+from doei.cam.seeds import crf_label_map, crf_with_alpha, official_crf_image, seeds_from_cams
+from doei.cam.visualize import cam_panel, save_label_png
+from doei.data.build import build_dataset
+from doei.engine.classifier import load_classifier
+from doei.engine.per_image import PerImageJob
 from doei.errors import DoeiError
+from doei.utils.io import atomic_save_png, atomic_write_json
 
 SETTINGS_FILE = "cam_settings.json"
 LOG_FILE = "cam_log.jsonl"
@@ -37,8 +44,6 @@ PIPELINE_KEYS = ("model", "num_classes", "model_kwargs", "doei", "dataset", "spl
 def open_dataset(cfg):
     """The split of a ``CamConfig`` as a ClassificationDataset (raw access via ``.sample``); its class
     count must be ``cfg.num_classes`` when that is set."""
-    from doei.data.build import build_dataset
-
     ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split)
     if cfg.num_classes is not None:
         _check_classes(ds, cfg)
@@ -51,8 +56,6 @@ def load_cam_model(cfg, checkpoint: str | Path, ds=None):
     config's model keys, if set, must agree; ``doei`` + ``override_doei`` for an ablation), external
     weights are built from the config (class count default: the dataset's). Returns ``(model, spec, cfg)``
     with ``cfg``'s ``model``/``num_classes``/``doei`` resolved to what was built."""
-    from doei.engine.classifier import load_classifier
-
     model, spec = load_classifier(checkpoint, name=cfg.model, num_classes=cfg.num_classes,
                                   options=cfg.model_kwargs or None, doei=cfg.doei, override_doei=cfg.override_doei,
                                   default_num_classes=ds.num_classes if ds is not None else None)
@@ -86,8 +89,6 @@ def output_paths(out: Path, image_id: str, cfg) -> list[Path]:
 
 def is_done(out: Path, image_id: str, classes: tuple[int, ...], cfg) -> bool:
     """True when all of ``image_id``'s outputs exist and its CAM file loads with ``classes``."""
-    from doei.cam.io import load_cam
-
     paths = output_paths(out, image_id, cfg)
     if not all(p.is_file() for p in paths):
         return False
@@ -125,8 +126,6 @@ class _SplitItems(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
-        from doei.cam.extractor import official_views
-
         s = self.ds.sample(self.indices[i], with_mask=False)
         return {"id": s.id, "image": s.image, "label": s.label, "classes": tuple(s.classes),
                 "views": official_views(s.image, self.scales)}
@@ -151,68 +150,55 @@ def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str 
     Returns ``{"images", "computed", "skipped", "seconds", "out_dir", "processes"}`` on every rank
     (counts summed over ranks).
     """
-    from doei.utils.outdir import check_out_dir, folder_lock
-
     if limit is not None and limit < 0:
         raise DoeiError(f"limit {limit}: expected a number of images >= 0")
-    with folder_lock(check_out_dir(out, what), "CAM folder"):
-        return _generate(model, cfg, Path(out), checkpoint, ds, spec, limit, progress, desc, what)
-
-
-def _generate(model, cfg, out: Path, checkpoint, ds, spec, limit, progress, desc, what) -> dict:
-    from tqdm import tqdm
-
-    from doei.cam.extractor import CamExtractor
-    from doei.engine import distributed as dist_util
-    from doei.utils.io import append_jsonl, atomic_write_json
-
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise DoeiError(f"device {cfg.device}: CUDA is not available on this machine")
     ds = open_dataset(cfg) if ds is None else ds
     _check_classes(ds, cfg)
-    rank, world = dist_util.init_from_env(torch.device(cfg.device).type)
-    device = dist_util.device_for(torch.device(cfg.device))   # cuda -> cuda:LOCAL_RANK with several ranks
-    model = model.to(device).eval()
-    settings = {**dataclasses.asdict(cfg), "checkpoint": str(Path(checkpoint).resolve())}
-    if spec is not None:
-        settings["classifier"] = {"source": spec.source, "doei_source": spec.doei_source, "doei_enabled":
-                                  bool(spec.doei.enabled), "img_size": spec.img_size, "options": spec.options}
-    check_settings(out, settings, what)
+    return CamJob(model, cfg, out, checkpoint, ds, spec, limit, progress, desc, what).run()
 
-    indices = list(range(len(ds)))[:limit] if limit is not None else list(range(len(ds)))
-    todo = [i for i in indices if not is_done(out, ds.records[i].id, ds.records[i].classes, cfg)]
-    dist_util.barrier()  # every rank has its todo list (the same one) before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / LOG_FILE
-    if rank == 0:
-        atomic_write_json(out / SETTINGS_FILE, settings)
-        append_jsonl(log, {"event": "start", "time": time.time(), "images": len(indices), "todo": len(todo),
-                           "settings": settings, **({"processes": world} if world > 1 else {})})
-    mine = dist_util.shard(todo, rank, world)
 
-    extractor = CamExtractor(model, scales=cfg.scales, flip=cfg.flip, n_layers=cfg.n_layers,
-                             patch_refine=cfg.patch_refine, kind=cfg.kind, amp=cfg.amp)
-    loader = torch.utils.data.DataLoader(_SplitItems(ds, mine, cfg.scales), batch_size=cfg.batch_size,
-                                         shuffle=False, num_workers=cfg.num_workers, collate_fn=_as_list)
-    t0 = time.time()
-    done = 0
-    with tqdm(total=len(mine), desc=desc, unit="img", disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+class CamJob(PerImageJob):
+    """CAM generation as a :class:`~doei.engine.per_image.PerImageJob`: batches of images through
+    :class:`doei.cam.extractor.CamExtractor`, then each image's files (:func:`_write_outputs`)."""
+
+    log_name = LOG_FILE
+    what = "CAM folder"
+
+    def __init__(self, model, cfg, out, checkpoint, ds, spec, limit, progress, desc, what) -> None:
+        self.model, self.cfg, self.ds, self.desc = model, cfg, ds, desc
+        self.settings = {**dataclasses.asdict(cfg), "checkpoint": str(Path(checkpoint).resolve())}
+        if spec is not None:
+            self.settings["classifier"] = {"source": spec.source, "doei_source": spec.doei_source, "doei_enabled":
+                                           bool(spec.doei.enabled), "img_size": spec.img_size, "options": spec.options}
+        n = min(len(ds), limit) if limit is not None else len(ds)
+        super().__init__(out, n, cfg.device, progress, what)
+        check_settings(self.out, self.settings, what)
+
+    def outputs(self, i: int) -> list[Path]:
+        return output_paths(self.out, self.ds.records[i].id, self.cfg)
+
+    def is_done(self, i: int) -> bool:
+        return is_done(self.out, self.ds.records[i].id, self.ds.records[i].classes, self.cfg)
+
+    def start_fields(self, todo: list[int]) -> dict:
+        atomic_write_json(self.out / SETTINGS_FILE, self.settings)     # rank 0, before the start record
+        return {"settings": self.settings}
+
+    def iterate(self, mine: list[int]):
+        cfg = self.cfg
+        model = self.model.to(self.device).eval()
+        extractor = CamExtractor(model, scales=cfg.scales, flip=cfg.flip, n_layers=cfg.n_layers,
+                                 patch_refine=cfg.patch_refine, kind=cfg.kind, amp=cfg.amp)
+        loader = torch.utils.data.DataLoader(_SplitItems(self.ds, mine, cfg.scales), batch_size=cfg.batch_size,
+                                             shuffle=False, num_workers=cfg.num_workers, collate_fn=_as_list)
         for batch in loader:
             for item, cams in _batch_cams(extractor, batch):
                 t = time.time()
-                _write_outputs(out, item, cams, cfg, ds.class_names)
-                append_jsonl(log, {"event": "image", "id": item["id"], "classes": list(item["classes"]),
-                                   "size": list(item["image"].shape[:2]), "write_s": round(time.time() - t, 4),
-                                   **({"rank": rank} if world > 1 else {})})
-                done += 1
-                bar.update(1)
-    done = int(dist_util.all_reduce_sum([done])[0])              # also waits for every rank to finish
-    elapsed = time.time() - t0
-    if rank == 0:
-        append_jsonl(log, {"event": "end", "time": time.time(), "computed": done,
-                           "skipped": len(indices) - len(todo), "seconds": round(elapsed, 3)})
-    return {"images": len(indices), "computed": done, "skipped": len(indices) - len(todo), "seconds": elapsed,
-            "out_dir": str(out), "processes": world}
+                _write_outputs(self.out, item, cams, cfg, self.ds.class_names)
+                yield {"id": item["id"], "classes": list(item["classes"]), "size": list(item["image"].shape[:2]),
+                       "write_s": round(time.time() - t, 4)}
 
 
 def _batch_cams(extractor, batch: list[dict]):
@@ -233,11 +219,6 @@ def _batch_cams(extractor, batch: list[dict]):
 
 def _write_outputs(out: Path, item: dict, cams: np.ndarray, cfg, class_names) -> None:
     """One image's files from its CAMs ``[C, H, W]``: seeds, CRF label maps, overlay, then the ``.npz``."""
-    from doei.cam.io import save_cam
-    from doei.cam.seeds import crf_label_map, crf_with_alpha, official_crf_image, seeds_from_cams
-    from doei.cam.visualize import cam_panel, save_label_png
-    from doei.utils.io import atomic_save_png
-
     image_id = item["id"]
     classes = np.asarray(item["classes"], dtype=np.int64)
     kept = cams[classes]                                             # [K, H, W] labelled classes only
@@ -248,8 +229,6 @@ def _write_outputs(out: Path, item: dict, cams: np.ndarray, cfg, class_names) ->
         save_label_png(out / "seeds" / f"{image_id}.png", seeds)
     if cfg.crf_alphas:
         if cfg.crf_image == "official":
-            from doei.cam.extractor import normalize_image
-
             crf_img = official_crf_image(normalize_image(item["image"]))
         else:
             crf_img = np.ascontiguousarray(item["image"])

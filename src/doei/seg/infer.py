@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from doei.cam.visualize import save_label_png, voc_palette
 from doei.data.build import build_dataset
-from doei.engine import distributed as dist_util
+from doei.engine.per_image import PerImageJob
 from doei.engine.train_aff import _data_kwargs
 from doei.engine.train_seg import build_seg_model
 from doei.errors import DoeiError
@@ -29,7 +27,7 @@ from doei.models.checkpoint import load_model_weights
 from doei.pipeline_config import resolve_device
 from doei.seg.crf import CRFParams, crf_refine
 from doei.seg.inference import multiscale_predict
-from doei.utils.io import append_jsonl, atomic_save_png
+from doei.utils.io import atomic_save_png
 
 LOG_FILE = "infer_seg_log.jsonl"
 
@@ -76,89 +74,83 @@ def load_seg_model(cfg, device: str):
 
 
 def infer_segmentation(cfg, limit: int | None = None, log: Callable[[str], None] = print) -> dict:
-    """Segment ``seg.infer.split``; see the module docstring. Returns a summary dict (counts, seconds).
-
-    Under ``torchrun`` the ids left to do are split ``todo[rank::world]`` (after a barrier, so all
-    ranks list the same ones); each rank segments its own ids with its own ``crf_workers`` pool and
-    writes their PNGs; rank 0 writes the start/end log records, the end record after an all-reduce
-    of the counts (the summary's counts and ``crf_seconds`` are sums over ranks, on every rank).
-    """
+    """Segment ``seg.infer.split``; see the module docstring. Returns a summary dict (counts, seconds,
+    ``crf_seconds`` summed over ranks). The loop is :class:`doei.engine.per_image.PerImageJob`; under
+    ``torchrun`` each rank segments its own ids with its own ``crf_workers`` pool."""
     if limit is not None and limit < 0:
         raise DoeiError(f"--limit {limit}: expected a number of images >= 0")
-    si, d = cfg.seg.infer, cfg.data
-    out = Path(si.out_dir)
-    base = build_dataset(d.kind, d.root, si.split, **_data_kwargs(cfg))
-    records = base.records[:limit] if limit is not None else base.records
-    device = resolve_device(si.device)
-    rank, world = dist_util.init_from_env(device.split(":")[0])
-    device = str(dist_util.device_for(torch.device(device)))
-    todo = [i for i, r in enumerate(records)
-            if not all(p.is_file() for p in _outputs(out, r.id, si.crf, si.overlays))]
-    dist_util.barrier()  # every rank has the same todo list before anything is written
-    mine = dist_util.shard(todo, rank, world)
-    tag = {"rank": rank} if world > 1 else {}
-    params = {"gauss_sxy": si.crf_gauss_sxy, "gauss_compat": si.crf_gauss_compat, "bi_sxy": si.crf_bi_sxy,
-              "bi_srgb": si.crf_bi_srgb, "bi_compat": si.crf_bi_compat, "iterations": si.crf_iterations}
-    t0 = time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        append_jsonl(out / LOG_FILE, {"event": "start", "time": t0, "images": len(records), "todo": len(todo),
-                                      "checkpoint": str(si.checkpoint), "scales": list(si.scales), "flip": si.flip,
-                                      "crf": si.crf, "crf_params": params,
-                                      **({"processes": world} if world > 1 else {})})
-    pool = None
-    pending: list = []
-    crf_seconds = 0.0
+    return SegmentationJob(cfg, limit).run()
 
-    def _drain(keep: int) -> None:
-        nonlocal crf_seconds
-        while len(pending) > keep:
-            rid, secs = pending.pop(0).get()
-            crf_seconds += secs
-            append_jsonl(out / LOG_FILE, {"event": "crf", "id": rid, "seconds": round(secs, 4), **tag})
 
-    try:
-        if todo:
-            model = load_seg_model(cfg, device)      # on every rank: a bad checkpoint fails all ranks alike
-            if mine and si.crf and si.crf_workers > 0:
-                pool = mp.get_context("spawn").Pool(si.crf_workers)
-            for i in tqdm(mine, desc="doei infer-seg", unit="img", disable=not si.progress or rank != 0,
-                          dynamic_ncols=True):
-                t = time.time()
-                rid = records[i].id
-                image = np.ascontiguousarray(base.sample(i, with_mask=False).image)
-                probs = multiscale_predict(model, image, si.scales, flip=si.flip)   # [C,H,W] float32 CPU
-                save_label_png(out / "pred" / f"{rid}.png", probs.argmax(dim=0).numpy().astype(np.uint8))
-                append_jsonl(out / LOG_FILE, {"event": "image", "id": rid, "seconds": round(time.time() - t, 4),
-                                              **tag})
-                if si.crf:
-                    job = (rid, image, probs.numpy().astype(np.float16), params, str(out), si.overlays)
-                    del probs
-                    if pool is None:
-                        pending.append(_Done(_crf_job(job)))
-                    else:
-                        pending.append(pool.apply_async(_crf_job, (job,)))
-                    _drain(2 * max(1, si.crf_workers))
-                elif si.overlays:
-                    label = probs.argmax(dim=0).numpy().astype(np.uint8)
-                    atomic_save_png(out / "overlay" / f"{rid}.png", overlay_panel(image, label))
-            _drain(0)
-        if pool is not None:
-            pool.close()
-            pool.join()
-            pool = None
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    computed, crf_seconds = (float(v) for v in dist_util.all_reduce_sum([len(mine), crf_seconds]))  # waits for all
-    secs = time.time() - t0
-    if rank == 0:
-        append_jsonl(out / LOG_FILE, {"event": "end", "time": time.time(), "computed": int(computed),
-                                      "skipped": len(records) - len(todo), "seconds": round(secs, 3),
-                                      "crf_seconds": round(crf_seconds, 3)})
-    return {"computed": int(computed), "skipped": len(records) - len(todo), "seconds": secs, "out_dir": str(out),
-            "crf_seconds": crf_seconds}
+class SegmentationJob(PerImageJob):
+    """Multi-scale segmentation (+ DenseCRF in a worker pool) as a :class:`~doei.engine.per_image.PerImageJob`."""
+
+    desc = "doei infer-seg"
+    log_name = LOG_FILE
+    what = "segmentation folder"
+
+    def __init__(self, cfg, limit: int | None = None) -> None:
+        si, d = cfg.seg.infer, cfg.data
+        self.cfg, self.si = cfg, si
+        self.base = build_dataset(d.kind, d.root, si.split, **_data_kwargs(cfg))
+        self.records = self.base.records[:limit] if limit is not None else self.base.records
+        self.params = {"gauss_sxy": si.crf_gauss_sxy, "gauss_compat": si.crf_gauss_compat, "bi_sxy": si.crf_bi_sxy,
+                       "bi_srgb": si.crf_bi_srgb, "bi_compat": si.crf_bi_compat, "iterations": si.crf_iterations}
+        self.pool = None
+        self.pending: list = []
+        self.crf_seconds = 0.0
+        super().__init__(si.out_dir, len(self.records), resolve_device(si.device), si.progress, "seg.infer.out_dir")
+
+    def outputs(self, i: int) -> list[Path]:
+        return _outputs(self.out, self.records[i].id, self.si.crf, self.si.overlays)
+
+    def start_fields(self, todo: list[int]) -> dict:
+        si = self.si
+        return {"checkpoint": str(si.checkpoint), "scales": list(si.scales), "flip": si.flip, "crf": si.crf,
+                "crf_params": self.params}
+
+    def prepare(self) -> None:
+        self.model = load_seg_model(self.cfg, str(self.device))
+
+    def iterate(self, mine: list[int]):
+        si = self.si
+        if mine and si.crf and si.crf_workers > 0:
+            self.pool = mp.get_context("spawn").Pool(si.crf_workers)
+        for i in mine:
+            t = time.time()
+            rid = self.records[i].id
+            image = np.ascontiguousarray(self.base.sample(i, with_mask=False).image)
+            probs = multiscale_predict(self.model, image, si.scales, flip=si.flip)   # [C,H,W] float32 CPU
+            save_label_png(self.out / "pred" / f"{rid}.png", probs.argmax(dim=0).numpy().astype(np.uint8))
+            yield {"id": rid, "seconds": round(time.time() - t, 4)}
+            if si.crf:
+                job = (rid, image, probs.numpy().astype(np.float16), self.params, str(self.out), si.overlays)
+                del probs
+                self.pending.append(_Done(_crf_job(job)) if self.pool is None else self.pool.apply_async(_crf_job, (job,)))
+                self._drain(2 * max(1, si.crf_workers))
+            elif si.overlays:
+                label = probs.argmax(dim=0).numpy().astype(np.uint8)
+                atomic_save_png(self.out / "overlay" / f"{rid}.png", overlay_panel(image, label))
+
+    def _drain(self, keep: int) -> None:
+        while len(self.pending) > keep:
+            rid, secs = self.pending.pop(0).get()
+            self.crf_seconds += secs
+            self.log({"event": "crf", "id": rid, "seconds": round(secs, 4)})
+
+    def finish(self) -> dict[str, float]:
+        self._drain(0)
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
+        return {"crf_seconds": self.crf_seconds}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
 
 
 class _Done:
