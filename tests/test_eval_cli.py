@@ -268,13 +268,13 @@ def test_bad_cam_class_id(capsys, bad_setup):
 def test_bad_lists(capsys, bad_setup):
     lst = bad_setup / "l.txt"
     lst.write_text("\n  \n")
-    _expect_error(capsys, bad_setup, "l.txt: the id list is empty", lst=lst)
+    _expect_error(capsys, bad_setup, "l.txt: id list is empty", lst=lst)     # the datasets' reader (one)
     lst.write_text(f"{NAME}\n{NAME}\n")
-    _expect_error(capsys, bad_setup, "l.txt:2: duplicate id", lst=lst)
+    _expect_error(capsys, bad_setup, f"l.txt: duplicate image id '{NAME}'", lst=lst)
     for bad in ("../gt/2099_000101", "sub/2099_000101", "JPEGImages/2099_000101.jpg 1", ".."):
         lst.write_text(bad + "\n")
         _expect_error(capsys, bad_setup, "l.txt:1:", lst=lst)
-    _expect_error(capsys, bad_setup, "cannot read the id list", lst=bad_setup / "nope.txt")
+    _expect_error(capsys, bad_setup, "nope.txt: id list not found", lst=bad_setup / "nope.txt")
 
 
 def test_bad_options(capsys, bad_setup):

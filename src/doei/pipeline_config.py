@@ -323,12 +323,3 @@ def eval_workers(cfg: "PipelineConfig", n_items: int, ranks_per_node: int = 1) -
     return max(1, auto_workers(n_items) // max(1, ranks_per_node))
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when available else ``cpu``; ``cuda*`` without CUDA is a DoeiError."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DoeiError(f"device {name!r}: CUDA is not available on this machine (use cpu or auto)")
-    return name

@@ -274,7 +274,7 @@ def _train_affinity(cfg: PipelineConfig, resume: bool | str, stop_after: int | N
     from doei.engine.seed import epoch_seed, seed_everything
     from doei.engine.sgd_loop import fit
     from doei.models.resnet38 import parameter_groups
-    from doei.pipeline_config import resolve_device
+    from doei.utils.device import resolve_device
 
     sec = cfg.refine.train
     d = cfg.data

@@ -42,6 +42,7 @@ from doei.engine.optim import build_optimizer, lr_at, set_lr
 from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_deterministic
 from doei.errors import DoeiError
 from doei.train_config import TrainConfig, train_config_from_dict
+from doei.utils.device import resolve_device
 from doei.utils.io import append_jsonl, atomic_write_text, truncate_jsonl_epochs
 from doei.utils.outdir import folder_lock
 
@@ -51,15 +52,6 @@ _RESUME_FIXED_TRAIN = ("batch_size", "seed", "epochs", "num_workers", "amp")
 
 
 # ------------------------------------------------------------------------------- building blocks
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available else CPU; ``cuda*`` without CUDA is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DoeiError(f"train.device = {name!r} but CUDA is not available (use cpu or auto)")
-    return torch.device(name)
-
-
 def train_transform(cfg: TrainConfig) -> Callable:
     """The training augmentation named by ``data.transform`` (the data module's implementations)."""
     from doei.data import transforms as T
@@ -196,7 +188,7 @@ def _train(cfg: TrainConfig, resume: bool | str, log: Callable[[str], None], sto
     tc = cfg.train
     out_dir = Path(tc.out_dir)
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
-    device = resolve_device(tc.device)
+    device = torch.device(resolve_device(tc.device, "train.device"))
     rank, world = dist_util.init_from_env(device.type)        # torchrun: join the group; else (0, 1)
     device = dist_util.device_for(device)
     is_main = rank == 0
@@ -334,4 +326,4 @@ def _train(cfg: TrainConfig, resume: bool | str, log: Callable[[str], None], sto
 
 
 __all__ = ["train", "TrainResult", "build_dataset", "train_transform", "load_trained_model",
-           "classification_metrics", "average_precision", "mctformer_loss", "predict_logits", "resolve_device"]
+           "classification_metrics", "average_precision", "mctformer_loss", "predict_logits"]

@@ -178,7 +178,7 @@ def _train_segmentation(cfg: PipelineConfig, resume: bool | str, stop_after: int
     from doei.data.build import build_dataset
     from doei.engine.seed import epoch_seed, seed_everything
     from doei.engine.sgd_loop import fit
-    from doei.pipeline_config import resolve_device
+    from doei.utils.device import resolve_device
 
     sec = cfg.seg.train
     d = cfg.data

@@ -27,9 +27,9 @@ from typing import Literal
 
 import numpy as np
 
+from doei.data.common import IGNORE_INDEX as IGNORE  # the label that is not scored
 from doei.errors import DoeiError
 
-IGNORE = 255
 MeanConvention = Literal["all", "present"]
 MEAN_CONVENTIONS: dict[str, str] = {
     "all": "mean over all classes, an absent class counting 0 (seed-evaluation convention of evaluation.py)",

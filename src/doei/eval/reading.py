@@ -16,39 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from doei.cam.io import load_cam, load_official_npy
+from doei.data.common import IGNORE_INDEX as IGNORE
+from doei.data.common import read_id_list  # noqa: F401 - eval's id lists are the datasets' (one reader)
 from doei.errors import DoeiError
 
-IGNORE = 255
 PRED_EXT = {"png": ".png", "cam": ".npz", "npy": ".npy"}
 LABEL_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L")
-
-
-def read_id_list(path: str | os.PathLike) -> list[str]:
-    """Image ids from a text file, one per line; blank lines are skipped.
-
-    Rejects an empty list, duplicates, ids with whitespace inside, path separators or ``..``.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DoeiError(f"{path}: cannot read the id list ({e.__class__.__name__}: {e})") from None
-    ids: list[str] = []
-    seen: dict[str, int] = {}
-    for n, line in enumerate(text.splitlines(), start=1):
-        name = line.strip()
-        if not name:
-            continue
-        if any(ch.isspace() for ch in name) or "/" in name or "\\" in name or ".." in name or name == ".":
-            raise DoeiError(f"{path}:{n}: {name!r} is not an image id (expected one bare id per line, "
-                            "no spaces, path separators or '..')")
-        if name in seen:
-            raise DoeiError(f"{path}:{n}: duplicate id {name!r} (first on line {seen[name]})")
-        seen[name] = n
-        ids.append(name)
-    if not ids:
-        raise DoeiError(f"{path}: the id list is empty")
-    return ids
 
 
 def detect_pred_type(pred_dir: str | os.PathLike, first_id: str) -> str:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from doei.data.common import IGNORE_INDEX as IGNORE  # the label that is not scored
 from doei.errors import DoeiError
 
-IGNORE = 255
 
 
 def sort_by_class(classes: np.ndarray, cams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

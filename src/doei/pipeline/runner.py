@@ -22,7 +22,8 @@ from doei.pipeline.evaluation import stage_eval
 from doei.pipeline.markers import RUN_LOG, fingerprint, marker_path, read_marker, stage_settings
 from doei.pipeline.stages import (stage_cam, stage_infer_seg, stage_refine, stage_train_cls,
                                   stage_train_seg)
-from doei.pipeline_config import STAGES, PipelineConfig, resolve_device
+from doei.pipeline_config import STAGES, PipelineConfig
+from doei.utils.device import resolve_device
 from doei.utils.io import append_jsonl, atomic_write_json
 from doei.utils.outdir import check_out_dir, folder_lock
 

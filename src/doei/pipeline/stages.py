@@ -15,10 +15,11 @@ from doei.engine.train_aff import train_affinity
 from doei.engine.train_cls import train
 from doei.engine.train_seg import train_segmentation
 from doei.errors import DoeiError
-from doei.pipeline_config import PipelineConfig, resolve_device
+from doei.pipeline_config import PipelineConfig
 from doei.refine.infer import infer_pseudo_masks
 from doei.seg.infer import infer_segmentation
 from doei.train_config import train_config_from_dict
+from doei.utils.device import resolve_device
 
 
 def _set_default(d: dict, path: str, value) -> None:

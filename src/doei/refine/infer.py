@@ -22,8 +22,8 @@ from doei.engine.per_image import PerImageJob
 from doei.engine.train_aff import _data_kwargs, build_affinity_model, normalize, require_id_files
 from doei.errors import DoeiError
 from doei.models.checkpoint import load_model_weights
-from doei.pipeline_config import resolve_device
 from doei.refine.random_walk import random_walk_refine
+from doei.utils.device import resolve_device
 
 LOG_FILE = "refine_infer_log.jsonl"
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from doei.data.common import IGNORE_INDEX as IGNORE  # the label that is not scored
 from doei.errors import DoeiError
 from doei.models.pairs import from_grid_shape, pair_indices
 
-IGNORE = 255
 PSA_ALPHAS = (4.0, 32.0)
 MCTFORMER_ALPHAS = (1.0, 12.0)
 

@@ -24,9 +24,9 @@ from doei.engine.train_aff import _data_kwargs
 from doei.engine.train_seg import build_seg_model
 from doei.errors import DoeiError
 from doei.models.checkpoint import load_model_weights
-from doei.pipeline_config import resolve_device
 from doei.seg.crf import CRFParams, crf_refine
 from doei.seg.inference import multiscale_predict
+from doei.utils.device import resolve_device
 from doei.utils.io import atomic_save_png
 
 LOG_FILE = "infer_seg_log.jsonl"
