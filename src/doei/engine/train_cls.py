@@ -28,7 +28,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import yaml
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -72,16 +71,6 @@ def build_dataset(cfg: TrainConfig, split: str, transform: Callable | None) -> D
 
     d = cfg.data
     return build(d.kind, d.root, split, transform=transform, **dataset_options(d))
-
-
-def mctformer_loss(outputs: Tensor | tuple[Tensor, ...], target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(total, class-token term, patch-token term) of MCTformer-V2's objective; float32 logits."""
-    if isinstance(outputs, Tensor):
-        cls = F.multilabel_soft_margin_loss(outputs.float(), target)
-        return cls, cls, torch.zeros_like(cls)
-    cls = F.multilabel_soft_margin_loss(outputs[0].float(), target)
-    pat = F.multilabel_soft_margin_loss(outputs[1].float(), target)
-    return cls + pat, cls, pat
 
 
 def average_precision(scores: Tensor, targets: Tensor) -> Tensor:
@@ -326,4 +315,4 @@ def _train(cfg: TrainConfig, resume: bool | str, log: Callable[[str], None], sto
 
 
 __all__ = ["train", "TrainResult", "build_dataset", "train_transform", "load_trained_model",
-           "classification_metrics", "average_precision", "mctformer_loss", "predict_logits"]
+           "classification_metrics", "average_precision", "predict_logits"]
