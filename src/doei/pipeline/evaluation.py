@@ -68,13 +68,14 @@ def _sharded_counts(pred: str, gt: Path, ids: list[str], num_classes: int, pred_
                       len(ids), pred_type)
 
 
-def stage_eval(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+def stage_eval(r, log: Callable[[str], None]) -> dict:
     """Seed (CAMs, best β), Mask (pseudo masks), Seg (val, without / with CRF) mIoU; ``<out>/eval.json``.
 
     Under torchrun every rank scores its shard of each row's images and the integer counts are summed
     over ranks (COCO: ~120 k images scored twice would otherwise keep the other ranks waiting at a
     barrier past the process group's timeout); rank 0 writes ``eval.json`` and returns the table, the
-    other ranks return ``{}``."""
+    other ranks return ``{}``. ``r``: the :class:`doei.pipeline.stages.Resolved` pipeline."""
+    cfg = r.cfg
     c = cfg.data.num_classes + 1
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist_util.world_size() > 1 else 1
     results: dict = {}

@@ -20,7 +20,7 @@ from doei.errors import DoeiError
 from doei.models.initial_weights import preflight_initial_weights
 from doei.pipeline.evaluation import stage_eval
 from doei.pipeline.markers import RUN_LOG, fingerprint, marker_path, read_marker, stage_settings
-from doei.pipeline.stages import (stage_cam, stage_infer_seg, stage_refine, stage_train_cls,
+from doei.pipeline.stages import (resolve, stage_cam, stage_infer_seg, stage_refine, stage_train_cls,
                                   stage_train_seg)
 from doei.pipeline_config import STAGES, PipelineConfig
 from doei.utils.device import resolve_device
@@ -54,7 +54,7 @@ def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]
                             f"in split {cfg.refine.infer.split!r}, which the CAMs and pseudo masks are made for")
 
 
-STAGE_FUNCS: dict[str, Callable[[PipelineConfig, Callable[[str], None]], dict]] = {
+STAGE_FUNCS: dict[str, Callable[..., dict]] = {   # stage(r: Resolved, log) -> summary
     "train-cls": stage_train_cls, "cam": stage_cam, "refine": stage_refine, "train-seg": stage_train_seg,
     "infer-seg": stage_infer_seg, "eval": stage_eval,
 }
@@ -82,6 +82,7 @@ def _run_stages(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     if main:
         atomic_write_json(out / "pipeline_config.json", cfg.to_dict())
     results: dict = {}
+    resolved = resolve(cfg)      # the classifier and cam sections as typed configs, checked before any stage
     preflight(cfg, [st for st in STAGES if st in cfg.run.stages and read_marker(marker_path(cfg, st)) is None], log)
     for stage in STAGES:
         if stage not in cfg.run.stages:
@@ -104,7 +105,7 @@ def _run_stages(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
         if main:
             append_jsonl(out / RUN_LOG, {"event": "start", "stage": stage, "time": t0})
         try:
-            summary = STAGE_FUNCS[stage](cfg, log)
+            summary = STAGE_FUNCS[stage](resolved, log)
         except BaseException as e:
             if main:
                 first = str(e).splitlines()[0] if str(e) else ""

@@ -1,9 +1,14 @@
-"""The stages of ``doei run`` before the evaluation: each ``stage_<name>(cfg, log) -> summary`` calls the
+"""The stages of ``doei run`` before the evaluation: each ``stage_<name>(r, log) -> summary`` calls the
 library function that does the work (training loops in :mod:`doei.engine`, CAMs in :mod:`doei.cam`, the
-random walk in :mod:`doei.refine`, segmentation inference in :mod:`doei.seg`)."""
+random walk in :mod:`doei.refine`, segmentation inference in :mod:`doei.seg`).
+
+``r`` is a :class:`Resolved` pipeline: the config with its free-form ``classifier`` and ``cam`` sections
+turned once (:func:`resolve`) into a validated :class:`~doei.train_config.TrainConfig` and
+:class:`~doei.cam.config.CamConfig`, their data/out_dir/device defaults filled from the run."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +23,7 @@ from doei.errors import DoeiError
 from doei.pipeline_config import PipelineConfig
 from doei.refine.infer import infer_pseudo_masks
 from doei.seg.infer import infer_segmentation
-from doei.train_config import train_config_from_dict
+from doei.train_config import TrainConfig, train_config_from_dict
 from doei.utils.device import resolve_device
 
 
@@ -30,7 +35,7 @@ def _set_default(d: dict, path: str, value) -> None:
     node.setdefault(keys[-1], value)
 
 
-def classifier_config(cfg: PipelineConfig):
+def classifier_config(cfg: PipelineConfig) -> TrainConfig:
     """The TrainConfig of the train-cls stage: ``classifier`` with data/out_dir/device/seed defaults from the run."""
     d = copy.deepcopy(cfg.classifier)
     _set_default(d, "data.kind", cfg.data.kind)
@@ -46,24 +51,40 @@ def classifier_config(cfg: PipelineConfig):
     return train_config_from_dict(d, where="classifier")
 
 
-def classifier_checkpoint(cfg: PipelineConfig) -> Path:
-    if cfg.run.cls_checkpoint:
-        return Path(cfg.run.cls_checkpoint)
-    return Path(classifier_config(cfg).train.out_dir) / "checkpoint.pt"
+@dataclass(frozen=True)
+class Resolved:
+    """A pipeline config with its stage configs resolved once (the typed hand-off to every stage)."""
+
+    cfg: PipelineConfig
+    classifier: TrainConfig      # the train-cls stage's config (also names the classifier checkpoint)
+    cam: CamConfig               # the cam stage's config (model keys: as given; the checkpoint supplies the rest)
+
+    @property
+    def checkpoint(self) -> Path:
+        """The classifier the cam stage reads: ``run.cls_checkpoint``, else the train-cls stage's output."""
+        if self.cfg.run.cls_checkpoint:
+            return Path(self.cfg.run.cls_checkpoint)
+        return Path(self.classifier.train.out_dir) / "checkpoint.pt"
 
 
-def stage_train_cls(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+def resolve(cfg: PipelineConfig) -> Resolved:
+    """Turn the ``classifier`` and ``cam`` sections into typed, validated configs (one-line errors)."""
+    return Resolved(cfg, classifier_config(cfg), cam_config(cfg))
+
+
+def stage_train_cls(r: Resolved, log: Callable[[str], None]) -> dict:
+    cfg = r.cfg
     if cfg.run.cls_checkpoint:
         if not Path(cfg.run.cls_checkpoint).is_file():
             raise DoeiError(f"run.cls_checkpoint = {cfg.run.cls_checkpoint}: file not found")
         log(f"train-cls: using the given classifier {cfg.run.cls_checkpoint}")
         return {"checkpoint": cfg.run.cls_checkpoint, "trained": False}
 
-    res = train(classifier_config(cfg), resume="auto", log=log)
+    res = train(r.classifier, resume="auto", log=log)
     return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
 
 
-def cam_config(cfg: PipelineConfig):
+def cam_config(cfg: PipelineConfig) -> CamConfig:
     """The CamConfig of the cam stage (``cam`` section + data/split/device from the run). The model keys
     stay as the section gives them: the classifier checkpoint supplies the rest
     (:func:`doei.cam.generate.load_cam_model`)."""
@@ -75,38 +96,37 @@ def cam_config(cfg: PipelineConfig):
     return from_dict(CamConfig, d, where="cam").validate()
 
 
-def stage_cam(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
+def stage_cam(r: Resolved, log: Callable[[str], None]) -> dict:
     """CAMs of the train split into ``refine.train.cam_dir`` (:func:`doei.cam.generate.generate_cams`:
     per image, resumable, sharded over the ranks under torchrun), with the classifier built by the one
     loader, exactly as ``doei cam`` builds it."""
-    ckpt = classifier_checkpoint(cfg)
+    ckpt = r.checkpoint
     if not ckpt.is_file():
         raise DoeiError(f"{ckpt}: classifier checkpoint not found (run the train-cls stage first)")
-    ccfg = cam_config(cfg)
-    ds = open_dataset(ccfg)
-    model, spec, ccfg = load_cam_model(ccfg, ckpt, ds)
-    s = generate_cams(model, ccfg, cfg.refine.train.cam_dir, ckpt, ds=ds, spec=spec, progress=cfg.run.progress,
+    ds = open_dataset(r.cam)
+    model, spec, ccfg = load_cam_model(r.cam, ckpt, ds)
+    s = generate_cams(model, ccfg, r.cfg.refine.train.cam_dir, ckpt, ds=ds, spec=spec, progress=r.cfg.run.progress,
                       desc="cam", what="refine.train.cam_dir")
     log(f"cam: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
     return {"computed": s["computed"], "skipped": s["skipped"], "out_dir": s["out_dir"]}
 
 
-def stage_refine(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
-    res = train_affinity(cfg, resume="auto", log=log)
+def stage_refine(r: Resolved, log: Callable[[str], None]) -> dict:
+    res = train_affinity(r.cfg, resume="auto", log=log)
     dist_util.barrier()          # rank 0's final checkpoint is on disk before any rank loads it
-    s = infer_pseudo_masks(cfg, log=log)
+    s = infer_pseudo_masks(r.cfg, log=log)
     log(f"refine: {s['computed']} pseudo masks computed, {s['skipped']} already done -> {s['out_dir']}")
     return {"train": {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final},
             "infer": s}
 
 
-def stage_train_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
-    res = train_segmentation(cfg, resume="auto", log=log)
+def stage_train_seg(r: Resolved, log: Callable[[str], None]) -> dict:
+    res = train_segmentation(r.cfg, resume="auto", log=log)
     return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
 
 
-def stage_infer_seg(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
-    s = infer_segmentation(cfg, log=log)
+def stage_infer_seg(r: Resolved, log: Callable[[str], None]) -> dict:
+    s = infer_segmentation(r.cfg, log=log)
     log(f"infer-seg: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
     return s
 
