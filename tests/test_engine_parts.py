@@ -13,7 +13,7 @@ from doei.engine.checkpoint import rng_state, set_rng_state
 from doei.engine.optim import lr_at, param_groups
 from doei.engine.pretrained import adapt_deit_state_dict, load_pretrained
 from doei.engine.seed import epoch_seed
-from doei.engine.train_cls import average_precision, classification_metrics
+from doei.eval.classification import average_precision, classification_metrics
 from doei.errors import DoeiError
 from doei.models.mctformer import MCTformerV2
 

@@ -255,7 +255,7 @@ def _fixed_keys() -> list[str]:
 def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after: int | None = None,
                    log: Callable[[str], None] = print, overwrite: bool = False):
     """Train AffinityNet as configured in ``cfg.refine.train`` on ``cfg.data``; returns a
-    :class:`doei.engine.sgd_loop.FitResult`. Writes into ``refine.train.out_dir``.
+    :class:`doei.engine.loop.TrainResult`. Writes into ``refine.train.out_dir``.
     A fresh start (``resume=False``) into a folder that holds a run is refused unless ``overwrite``; the
     folder is locked for the call (one writer)."""
     from doei.engine.checkpoint import refuse_to_replace

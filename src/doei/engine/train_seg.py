@@ -161,7 +161,7 @@ def seg_param_groups(model: nn.Module, weight_decay: float, head_mult: float) ->
 
 def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_after: int | None = None,
                        log: Callable[[str], None] = print, overwrite: bool = False):
-    """Train the segmentation net as configured in ``cfg.seg.train``; returns a ``FitResult``.
+    """Train the segmentation net as configured in ``cfg.seg.train``; returns a :class:`doei.engine.loop.TrainResult`.
     A fresh start (``resume=False``) into a folder that holds a run is refused unless ``overwrite``; the
     folder is locked for the call (one writer)."""
     from doei.engine.checkpoint import refuse_to_replace
@@ -184,7 +184,10 @@ def _train_segmentation(cfg: PipelineConfig, resume: bool | str, stop_after: int
     d = cfg.data
     base = build_dataset(d.kind, d.root, sec.split, **_data_kwargs(cfg))
     pseudo = Path(sec.pseudo_dir)
-    check_not_ground_truth(pseudo, base, cfg)
+    if sec.allow_ground_truth:
+        log(f"train-seg: seg.train.allow_ground_truth is set: {pseudo} may hold ground truth (an oracle run)")
+    else:
+        check_not_ground_truth(pseudo, base, cfg)
     require_id_files(pseudo, base.ids, ".png", "pseudo-label",
                      "run doei refine infer first, or set seg.train.pseudo_dir", sec.split)
     ds = SegDataset(base, pseudo, sec)

@@ -1,0 +1,195 @@
+"""The one training loop: the classifier (:mod:`doei.engine.train_cls`), AffinityNet and DeepLab
+(:mod:`doei.engine.sgd_loop`) differ only in what they hand it.
+
+:func:`run_training` takes a built model and optimiser, a dataset, and the recipe as plain callables:
+
+* ``loss_fn(net, batch, device) -> (loss, parts)`` — the forward pass and objective (``parts``: named
+  terms, logged beside ``loss``, in sorted order);
+* ``set_lr(optimizer, step) -> lr`` — the schedule, applied before every step (warm-up + cosine for the
+  classifier, poly for the ResNet38 nets), returning the lr to log.
+
+It owns everything else, identically for the three: the one-writer folder lock and the refusal to replace a
+finished run (``overwrite``); per-epoch reseeding of every RNG and of the sample order from ``(seed,
+epoch)`` (:mod:`doei.engine.seed`), so a run resumed after an epoch continues bit for bit on CPU;
+``torchrun`` DDP with ``batch_size`` as the GLOBAL batch (each rank takes its share of every
+single-process batch; logged losses are means over ranks); the optional GradScaler (AMP) and gradient
+clipping; a non-finite loss stopping the run with one line; optional validation; the end-of-epoch
+checkpoint (model, optimiser, scaler, step, RNG, config) written atomically by rank 0, ``config.yaml`` and
+``metrics.jsonl`` (``{"kind": "step"|"epoch", ...}``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import yaml
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm import tqdm
+
+from doei.engine import distributed as dist_util
+from doei.engine.checkpoint import (CHECKPOINT_NAME, METRICS_NAME, load_checkpoint, refuse_to_replace,
+                                   save_checkpoint, set_rng_state)
+from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_deterministic
+from doei.errors import DoeiError
+from doei.utils.io import append_jsonl, atomic_write_text, truncate_jsonl_epochs
+from doei.utils.outdir import folder_lock
+
+LossFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, dict[str, Any]]]
+
+
+@dataclass
+class TrainResult:
+    """What a training call leaves behind."""
+
+    out_dir: Path
+    checkpoint: Path
+    epochs_run: int          # epochs trained by THIS call (0 when the run was already complete)
+    final: dict              # the last epoch record ({} when nothing ran and there is no checkpoint)
+    seconds: float
+
+
+def run_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, loss_fn: LossFn,
+                 set_lr: Callable[[torch.optim.Optimizer, int], float], epochs: int, batch_size: int, seed: int,
+                 device: torch.device, out_dir: str | Path, config: dict,
+                 check_resume: Callable[[dict, Path], None], resume: bool | str = "auto", overwrite: bool = False,
+                 num_workers: int = 0, log_every: int = 10, progress: bool = True, deterministic: bool = True,
+                 stop_after: int | None = None, scaler: Any = None, clip_grad: float | None = None,
+                 find_unused_parameters: bool = False, validate: Callable[[int, nn.Module], dict] | None = None,
+                 bar_desc: str = "", describe: Callable[[dict], str] | None = None,
+                 intro: Callable[[int, int, int, int], str] | None = None, what: str = "out_dir",
+                 nonfinite_hint: str = "lower the learning rate or check the data",
+                 log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``model`` for ``epochs`` (see the module docstring); ``resume``: True = continue from
+    ``out_dir/checkpoint.pt`` (error if absent), ``"auto"`` = continue if it exists, False = start afresh
+    (refused while the folder holds a run unless ``overwrite``). ``check_resume(saved_config, path)``
+    refuses a checkpoint made with other settings; ``validate(epoch, model)`` returns extra epoch-record
+    fields (rank 0); ``describe(record)`` / ``intro(n_params, n_images, steps_per_epoch, world)`` make the
+    printed lines; ``what`` names the folder's option in messages."""
+    out_dir = Path(out_dir)
+    if not resume:
+        refuse_to_replace(out_dir, overwrite, what)
+    with folder_lock(out_dir, "training folder"):
+        return _loop(**{k: v for k, v in locals().items() if k not in ("overwrite", "what")})
+
+
+def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, seed, device, out_dir, config,
+          check_resume, resume, num_workers, log_every, progress, deterministic, stop_after, scaler, clip_grad,
+          find_unused_parameters, validate, bar_desc, describe, intro, nonfinite_hint, log) -> TrainResult:
+    t_start = time.time()
+    ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
+    set_deterministic(deterministic)
+    rank, world = dist_util.init_from_env(device.type)         # torchrun: join the group; else (0, 1)
+    device = dist_util.device_for(device)
+    is_main = rank == 0
+    if not is_main:
+        log = lambda *_: None  # noqa: E731 - rank 0 reports
+    model.to(device)
+    n = len(dataset)
+    drop_last = n > batch_size
+    dist_util.global_batch_indices(range(n), batch_size, rank, world, drop_last)  # checks the split
+    steps_per_epoch = n // batch_size if drop_last else 1
+
+    start_epoch, step, last = 0, 0, {}
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        check_resume(ckpt["config"], ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and scaler.is_enabled() and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, step, last = ckpt["epoch"] + 1, ckpt["step"], dict(ckpt.get("metrics", {}))
+        if is_main:
+            truncate_jsonl_epochs(log_path, start_epoch)
+        if start_epoch < epochs:
+            log(f"resuming from {ckpt_path} after epoch {start_epoch}/{epochs} (step {step})")
+    elif resume is True:
+        raise DoeiError(f"{ckpt_path}: no checkpoint to resume from (run without --resume first)")
+    elif is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt_path.exists():
+            log(f"note: --overwrite: starting afresh in {out_dir} (its previous checkpoint and log are removed)")
+            ckpt_path.unlink()     # never a new config and log beside the old run's weights
+        atomic_write_text(log_path, "")
+    if is_main:
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    net = model
+    if world > 1:  # gradients averaged over ranks; parameters broadcast from rank 0 (equal anyway: same seed)
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=find_unused_parameters)
+    if start_epoch < epochs and intro is not None:
+        log(intro(sum(p.numel() for p in model.parameters()), n, steps_per_epoch, world))
+
+    end_epoch = epochs if stop_after is None else min(epochs, start_epoch + max(0, stop_after))
+    for epoch in range(start_epoch, end_epoch):
+        suffix = "" if rank == 0 else f"/rank{rank}"            # rank 0 draws what a single process draws
+        seed_everything(epoch_seed(seed, epoch, "global" + suffix))
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        # the single-process order; this rank's share of every global batch (all of it with one process)
+        order = list(RandomSampler(dataset, generator=loader_generator(seed, epoch)))
+        mine = dist_util.global_batch_indices(order, batch_size, rank, world, drop_last)
+        loader = DataLoader(dataset, batch_size=batch_size // world if drop_last else len(mine), sampler=mine,
+                            num_workers=num_workers, generator=loader_generator(seed, epoch, "workers" + suffix),
+                            pin_memory=device.type == "cuda")
+        model.train()
+        t0 = time.time()
+        sums: dict[str, float] = {}
+        k = 0
+        lr = float("nan")
+        bar = tqdm(loader, desc=f"{bar_desc}epoch {epoch + 1}/{epochs}", disable=not (progress and is_main),
+                   dynamic_ncols=True, leave=False)
+        for batch in bar:
+            lr = set_lr(optimizer, step)
+            loss, parts = loss_fn(net, batch, device)
+            keys = sorted(parts)                                  # rank-averaged (= global-batch) loss and parts
+            red = dist_util.all_reduce_mean([loss.item(), *(float(parts[q]) for q in keys)]).tolist()
+            if not math.isfinite(red[0]):
+                raise DoeiError(f"{bar_desc}loss is {red[0]} at epoch {epoch + 1}, step {step + 1} "
+                                f"(lr {lr:.3g}): {nonfinite_hint}")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None and scaler.is_enabled():
+                scaler.scale(loss).backward()
+                if clip_grad:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if clip_grad:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                optimizer.step()
+            step += 1
+            k += 1
+            vals = {"loss": red[0], **dict(zip(keys, red[1:]))}
+            for key, v in vals.items():
+                sums[key] = sums.get(key, 0.0) + v
+            bar.set_postfix(loss=f"{vals['loss']:.4f}", lr=f"{lr:.2e}")
+            if step % log_every == 0 and is_main:
+                append_jsonl(log_path, {"kind": "step", "epoch": epoch, "step": step, "lr": lr, **vals})
+        bar.close()
+        record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr,
+                  **{key: v / max(k, 1) for key, v in sums.items()}, "train_seconds": round(time.time() - t0, 3)}
+        if is_main and validate is not None:
+            record.update(validate(epoch, model))
+        if is_main:
+            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, scaler=scaler, epoch=epoch, step=step,
+                            config=config, metrics=record)
+            append_jsonl(log_path, record)
+        dist_util.barrier()  # nobody runs ahead of (or reads) a checkpoint rank 0 has not written yet
+        last = record
+        log(describe(record) if describe is not None else
+            f"{bar_desc}epoch {epoch + 1}/{epochs}: loss {record.get('loss', float('nan')):.4f}, lr {lr:.2e} "
+            f"[{record['train_seconds']:.0f} s]")
+    return TrainResult(out_dir, ckpt_path, max(0, end_epoch - start_epoch), last, time.time() - t_start)
+
+
+__all__ = ["run_training", "TrainResult", "LossFn"]
