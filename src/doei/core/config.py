@@ -5,6 +5,16 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 
+# The reading fields and their allowed values, today's reading (the default) first.
+READINGS: dict[str, tuple[str, ...]] = {
+    "hfa_target": ("scores", "attention"),
+    "score_source": ("softmax", "logits"),
+    "heads": ("mean", "each"),
+    "suppress_target": ("class", "patch"),
+    "rgb": ("normalised", "raw"),
+}
+
+
 @dataclass
 class DOEIConfig:
     """Configuration of DOEI's three parts: PPDO (patch tokens), CPDO (class tokens), HFA.
@@ -31,10 +41,19 @@ class DOEIConfig:
     sf_c2c: float = 0.0          # sweep: -0.5 cost 3.1 mIoU against 0 (3/3 seeds); CPDO amplifies only
     alpha: float = 0.35
     suppress: Literal["rest", "bottom"] = "rest"
+    # Readings of the paper's text (docs/doei-method.md, "Named variants"); the first value is today's.
+    hfa_target: Literal["scores", "attention"] = "scores"    # Eq. 17 on DOEI's patch scores / the block's attention
+    score_source: Literal["softmax", "logits"] = "softmax"   # A_i after softmax / Eq. 1's QKᵀ/√d_k
+    heads: Literal["mean", "each"] = "mean"                  # select on the head mean / in each head
+    suppress_target: Literal["class", "patch"] = "class"     # Eq. 11's SF term multiplies X_c / the patch token
+    rgb: Literal["normalised", "raw"] = "normalised"         # d_rgb from the network input / raw 0-255 RGB
 
     def __post_init__(self) -> None:
         if self.suppress not in ("rest", "bottom"):
             raise ValueError(f"suppress must be 'rest' or 'bottom', got {self.suppress!r}")
+        for name, allowed in READINGS.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         for name in ("st_p2c", "st_c2c"):
@@ -87,4 +106,24 @@ class DOEIConfig:
 
     @property
     def uses_hfa(self) -> bool:
-        return self.enabled and self.ppdo and self.hfa and self.alpha > 0
+        """Whether Ĝ is needed: HFA on PPDO's scores, or (``hfa_target="attention"``) on the attention of
+        the DOEI blocks, which also acts with CPDO alone."""
+        if not (self.enabled and self.hfa and self.alpha > 0):
+            return False
+        return self.ppdo or (self.hfa_target == "attention" and self.cpdo)
+
+    @property
+    def hfa_on_attention(self) -> bool:
+        """HFA re-weights the attention the DOEI blocks use (Eq. 17 on W_attn) instead of DOEI's scores."""
+        return self.uses_hfa and self.hfa_target == "attention"
+
+    def refuse_readings(self, who: str, supported: tuple[str, ...] = ("suppress_target",)) -> None:
+        """Raise a one-line ValueError if a reading ``who`` does not implement is set away from its default."""
+        bad = {k: v for k, v in self.nondefault_readings().items() if k not in supported}
+        if self.enabled and bad:
+            raise ValueError(f"{who} does not implement the DOEI reading(s) {bad} (only doei.models.vit does); "
+                             f"leave {', '.join(bad)} at the default")
+
+    def nondefault_readings(self) -> dict[str, str]:
+        """The reading fields set away from today's reading (empty for the default)."""
+        return {k: getattr(self, k) for k, v in READINGS.items() if getattr(self, k) != v[0]}

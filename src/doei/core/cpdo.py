@@ -9,19 +9,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from doei.core.ppdo import class_tokens_f32
+from doei.core.ppdo import class_tokens_f32, head_mean
 from doei.core.selection import num_selected, rank_desc, selection_weights
 
 
 def class_scores(attn: Tensor, num_cls: int) -> Tensor:
-    """S_c [B, C, C] from head-mean attention [B, T, T] (float32)."""
-    a = attn[:, :num_cls, :num_cls].float()
-    return a + a.transpose(1, 2)
+    """S_c [B, C, C] from head-mean attention [B, T, T] (float32); per head [B, H, C, C] from [B, H, T, T]."""
+    a = attn[..., :num_cls, :num_cls].float()
+    return a + a.transpose(-1, -2)
 
 
 def cpdo_delta(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, step: float, amplify: float,
                suppress: float, mode: str, x_cls: Tensor | None = None) -> tuple[Tensor, int]:
-    """Update of the class tokens, [B, C, D] float32, and k_i. x [B, T, D], attn [B, T, T];
+    """Update of the class tokens, [B, C, D] float32, and k_i. x [B, T, D], attn [B, T, T] (or per head
+    [B, H, T, T]: selection in each head, the weighted scores averaged over heads);
     ``x_cls``: :func:`doei.core.ppdo.class_tokens_f32` of x if the caller has it already."""
     n = num_cls - 1
     k = num_selected(block, depth, step, n)
@@ -32,4 +33,4 @@ def cpdo_delta(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, st
         factor = selection_weights(ranks, n, k, amplify, suppress, mode)
     if x_cls is None:
         x_cls = class_tokens_f32(x, num_cls)   # not a view of x: see class_tokens_f32
-    return (scores * factor) @ x_cls, k
+    return head_mean(scores * factor) @ x_cls, k

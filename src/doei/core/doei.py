@@ -19,7 +19,7 @@ def doei_update(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, c
     """Apply DOEI after 1-based ``block`` of ``depth``.
 
     x [B, T, D] tokens (C class tokens first), attn [B, T, T] head-mean softmax attention of the
-    block, g_hat [B, P, P] HFA affinity or None. If ``stats`` is a dict, it receives ``k_p2c``,
+    block (other readings: its logits, or per head [B, H, T, T]: what the block hands over), g_hat [B, P, P] HFA affinity or None. If ``stats`` is a dict, it receives ``k_p2c``,
     ``k_c2c`` and the ratios ``delta_ratio_patch`` / ``delta_ratio_cls`` = ‖Δ‖/‖X‖ (batch means).
     Returns x itself (the same object) when DOEI does not act here.
     """
@@ -33,9 +33,9 @@ def doei_update(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, c
         x_cls, x_patch = x[:, :num_cls], x[:, num_cls:]
         x_cls32 = class_tokens_f32(x, num_cls)   # saved for backward: a copy, never a view of x [B, T, D]
         if do_p:
-            alpha = cfg.alpha if cfg.hfa else 0.0
+            alpha = cfg.alpha if cfg.hfa and cfg.hfa_target == "scores" else 0.0
             d_p, k_p = ppdo_delta(x, attn, num_cls, block, depth, cfg.st_p2c, cfg.af_p2c, cfg.sf_p2c,
-                                  cfg.suppress, g_hat, alpha, x_cls=x_cls32)
+                                  cfg.suppress, g_hat, alpha, x_cls=x_cls32, suppress_target=cfg.suppress_target)
             new_patch = (x_patch.float() + d_p).to(x.dtype)
         else:
             new_patch, d_p, k_p = x_patch, None, None

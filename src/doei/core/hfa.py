@@ -38,7 +38,35 @@ def hfa_affinity(image: Tensor, embed: Tensor, grid: tuple[int, int], patch: int
 
 
 def hybrid_scores(scores: Tensor, g_hat: Tensor | None, alpha: float) -> Tensor:
-    """``(1 - α) S + α S Ĝᵀ`` for scores [B, C, P]; returns ``scores`` itself when HFA is off."""
+    """``(1 - α) S + α S Ĝᵀ`` for scores [B, C, P] (or per head [B, H, C, P]); returns ``scores`` itself
+    when HFA is off."""
     if g_hat is None or alpha == 0:
         return scores
-    return (1.0 - alpha) * scores + alpha * (scores @ g_hat.transpose(1, 2).to(scores.dtype))
+    g = g_hat.transpose(1, 2).to(scores.dtype)
+    if scores.dim() == 4:
+        g = g.unsqueeze(1)
+    return (1.0 - alpha) * scores + alpha * (scores @ g)
+
+
+def attention_hfa(attn: Tensor, g_hat: Tensor, alpha: float, num_cls: int) -> Tensor:
+    """Reading ``hfa_target="attention"`` of Eq. 17: the attention the block uses, re-weighted over similar
+    patches. attn [B, H, T, T] probabilities; the patch-key columns become ``(1 - α) A_·p + α A_·p Ĝ``
+    (every query row, class and patch; Ĝ's rows sum to 1, so each row keeps its mass on the patches and
+    stays a distribution); the class-key columns are unchanged (a class token has no RGB)."""
+    if alpha == 0:
+        return attn
+    a_p = attn[..., num_cls:]
+    mixed = (1.0 - alpha) * a_p + alpha * (a_p @ g_hat.unsqueeze(1).to(attn.dtype))
+    return torch.cat([attn[..., :num_cls], mixed], dim=-1)
+
+
+# ImageNet mean/std of the input normalisation (doei.data.transforms; core does not import data).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def raw_rgb(image: Tensor) -> Tensor:
+    """Reading ``rgb="raw"``: the 0-255 RGB values [B, 3, H, W] of a normalised input image."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=image.device).view(1, 3, 1, 1)
+    return (image.float() * std + mean) * 255.0

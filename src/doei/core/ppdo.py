@@ -14,9 +14,14 @@ from doei.core.selection import num_selected, rank_desc, selection_weights
 
 
 def patch_scores(attn: Tensor, num_cls: int) -> Tensor:
-    """S_p [B, C, P] from head-mean attention [B, T, T] (float32)."""
+    """S_p [B, C, P] from head-mean attention [B, T, T] (float32); per head [B, H, C, P] from [B, H, T, T]."""
     a = attn.float()
-    return a[:, :num_cls, num_cls:] + a[:, num_cls:, :num_cls].transpose(1, 2)
+    return a[..., :num_cls, num_cls:] + a[..., num_cls:, :num_cls].transpose(-1, -2)
+
+
+def head_mean(w: Tensor) -> Tensor:
+    """Per-head weights [B, H, C, n] -> their mean over heads [B, C, n]; [B, C, n] is returned as is."""
+    return w.mean(dim=1) if w.dim() == 4 else w
 
 
 def class_tokens_f32(x: Tensor, num_cls: int) -> Tensor:
@@ -32,15 +37,28 @@ def class_tokens_f32(x: Tensor, num_cls: int) -> Tensor:
 
 def ppdo_delta(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, step: float, amplify: float,
                suppress: float, mode: str, g_hat: Tensor | None, alpha: float,
-               x_cls: Tensor | None = None) -> tuple[Tensor, int]:
-    """Update of the patch tokens, [B, P, D] float32, and k_i. x [B, T, D], attn [B, T, T];
-    ``x_cls``: :func:`class_tokens_f32` of x if the caller has it already (shared with CPDO)."""
+               x_cls: Tensor | None = None, suppress_target: str = "class") -> tuple[Tensor, int]:
+    """Update of the patch tokens, [B, P, D] float32, and k_i. x [B, T, D], attn [B, T, T] (or per head
+    [B, H, T, T]: selection in each head, the weighted scores then averaged over heads);
+    ``x_cls``: :func:`class_tokens_f32` of x if the caller has it already (shared with CPDO).
+    ``suppress_target="patch"``: the SF term multiplies each patch token by its summed non-confident
+    scores (``SF · Σ_c W_ns[c, j] · X_p[j]``) instead of pushing it along the class tokens."""
     num_patches = x.shape[1] - num_cls
     k = num_selected(block, depth, step, num_patches)
     scores = hybrid_scores(patch_scores(attn, num_cls), g_hat, alpha)
-    with torch.no_grad():
-        factor = selection_weights(rank_desc(scores), num_patches, k, amplify, suppress, mode)
-    weights = scores * factor                                    # [B, C, P]
     if x_cls is None:
         x_cls = class_tokens_f32(x, num_cls)
-    return weights.transpose(1, 2) @ x_cls, k                   # [B, P, D]
+    if suppress_target == "class":
+        with torch.no_grad():
+            factor = selection_weights(rank_desc(scores), num_patches, k, amplify, suppress, mode)
+        weights = head_mean(scores * factor)                     # [B, C, P]
+        return weights.transpose(1, 2) @ x_cls, k               # [B, P, D]
+    if suppress_target != "patch":
+        raise ValueError(f"unknown suppress_target {suppress_target!r}")
+    with torch.no_grad():
+        ranks = rank_desc(scores)
+        f_amp = selection_weights(ranks, num_patches, k, amplify, 0.0, mode)
+        f_sup = selection_weights(ranks, num_patches, k, 0.0, suppress, mode)
+    w_amp = head_mean(scores * f_amp)                            # [B, C, P]
+    w_sup = head_mean(scores * f_sup).sum(dim=1)                 # [B, P]: SF · Σ_c W_ns[c, j]
+    return w_amp.transpose(1, 2) @ x_cls + w_sup.unsqueeze(-1) * x[:, num_cls:].float(), k

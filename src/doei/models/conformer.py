@@ -204,6 +204,7 @@ class Conformer(nn.Module):
             raise ValueError(f"patch_size must be a multiple of 16 (three stage strides p/4, p/8, p/16), got {patch_size}")
         if doei is not None:
             doei.validate_depth(depth)
+            doei.refuse_readings("the Conformer (TransCAM)")
         self.num_classes = num_classes
         self.background_channel = background_channel
         self.fg_offset = int(background_channel)

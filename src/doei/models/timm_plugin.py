@@ -90,6 +90,7 @@ class DoeiPlug:
                             "DOEI needs every patch (build the model with patch_drop_rate=0)")
         try:
             cfg.validate_depth(len(blocks))
+            cfg.refuse_readings("the timm plug-in")
         except ValueError as e:
             raise DoeiError(str(e)) from None
         self.model = model

@@ -18,6 +18,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor
 
 from doei.core import DOEIConfig, doei_update, hfa_affinity
+from doei.core.hfa import attention_hfa, raw_rgb
 
 
 class Attention(nn.Module):
@@ -35,13 +36,29 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, doei_view: tuple | None = None) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+        """``doei_view`` (a DOEI block under a non-default reading): ``(g_hat, alpha, num_cls, source,
+        heads)``; with ``g_hat`` set the probabilities the block uses are re-weighted by HFA
+        (:func:`doei.core.hfa.attention_hfa`), and a third output is what DOEI scores: the softmax
+        probabilities or (``source="logits"``) QKᵀ/√d_k, head-mean [B, T, T] or (``heads="each"``)
+        per head [B, H, T, T]."""
         b, t, d = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        if doei_view is None:
+            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+            out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, t, d)
+            return self.proj_drop(self.proj(out)), attn.mean(dim=1)
+        g_hat, alpha, num_cls, source, heads = doei_view
+        logits = (q @ k.transpose(-2, -1)) * self.scale
+        attn = logits.softmax(dim=-1)
+        if g_hat is not None:
+            attn = attention_hfa(attn, g_hat, alpha, num_cls)
         out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, t, d)
-        return self.proj_drop(self.proj(out)), attn.mean(dim=1)
+        mean = attn.mean(dim=1)
+        src = logits if source == "logits" else attn
+        scores = src if heads == "each" else (mean if source != "logits" else logits.mean(dim=1))
+        return self.proj_drop(self.proj(out)), mean, scores
 
 
 class Block(nn.Module):
@@ -56,11 +73,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        out, attn = self.attn(self.norm1(x))
+    def forward(self, x: Tensor, doei_view: tuple | None = None) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+        """``doei_view``: see :meth:`Attention.forward`; then a third output, DOEI's scores source."""
+        if doei_view is None:
+            out, attn = self.attn(self.norm1(x))
+        else:
+            out, attn, scores = self.attn(self.norm1(x), doei_view)
         x = x + self.drop_path(out)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x, attn
+        return (x, attn) if doei_view is None else (x, attn, scores)
 
 
 class PatchEmbed(nn.Module):
@@ -182,16 +203,25 @@ class VisionTransformer(nn.Module):
         embed, grid = self.patch_embed(x)
         tokens = torch.cat([self.cls_token.expand(b, -1, -1), embed], dim=1)
         tokens = self.pos_drop(tokens + self.pos_embed_for(grid))
+        cfg = self.doei
         g_hat = None
-        if self.doei.uses_hfa:
-            g_hat = hfa_affinity(x, embed, grid, self.patch_embed.patch_size)
+        if cfg.uses_hfa:
+            g_hat = hfa_affinity(raw_rgb(x) if cfg.rgb == "raw" else x, embed, grid, self.patch_embed.patch_size)
+        # readings other than today's need the block's own attention tensors (docs/doei-method.md, variants)
+        special = cfg.enabled and (cfg.hfa_on_attention or cfg.score_source != "softmax" or cfg.heads != "mean")
         attns: list[Tensor] = []
         for i, blk in enumerate(self.blocks, start=1):
-            tokens, attn = blk(tokens)
+            if special and cfg.applies_to(i, self.depth):
+                view = (g_hat if cfg.hfa_on_attention else None, cfg.alpha, self.num_cls_tokens,
+                        cfg.score_source, cfg.heads)
+                tokens, attn, scores = blk(tokens, view)
+            else:
+                tokens, attn = blk(tokens)
+                scores = attn
             if keep_attn:
                 attns.append(attn)
             stats = {} if self.doei_stats is not None else None
-            tokens = doei_update(tokens, attn, self.num_cls_tokens, i, self.depth, self.doei, g_hat, stats)
+            tokens = doei_update(tokens, scores, self.num_cls_tokens, i, self.depth, cfg, g_hat, stats)
             if stats:
                 self.doei_stats.append({"block": i, **stats})
         return Features(tokens, attns, grid)
