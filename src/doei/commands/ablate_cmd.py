@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per row (default 3)")
     p.add_argument("--first-seed", type=int, default=0, help="first training seed (default 0)")
     p.add_argument("--quick", action="store_true", help="tiny benchmark and model (seconds per run; tests)")
+    p.add_argument("--rows", default=None, metavar="A,B,...",
+                   help="run only these rows of the config's table (names as in study.rows; must include baseline)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: tabulate the runs already finished in --out (e.g. while a study runs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -51,7 +53,12 @@ def run(args: argparse.Namespace) -> int:
                        quick=args.quick)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     with folder_lock(args.out, "study folder"):
-        doc = run_ablation(study, seeds, report_only=args.report_only)
+        rows = None
+        if args.rows:
+            from doei.study.grid import select_rows
+
+            rows = select_rows([r.strip() for r in args.rows.split(",") if r.strip()], where=f"--rows {args.rows}")
+        doc = run_ablation(study, seeds, rows=rows, report_only=args.report_only)
     print((Path(args.out) / "ablation.md").read_text())
     print(f"ablation finished ({doc['wall_s_this_call']:.0f} s this call): {Path(args.out) / 'ablation.md'}")
     return 0

@@ -9,9 +9,10 @@ from doei.data.synth import SynthParams, params_from_meta, read_meta, write_synt
 from doei.errors import DoeiError
 
 
-def ensure_synth(root: Path, n_train: int, n_val: int, seed: int) -> dict:
-    """Generate the benchmark at ``root`` unless a complete one with these parameters is there."""
-    params = SynthParams(seed=seed, n_train=n_train, n_val=n_val)
+def ensure_synth(root: Path, n_train: int, n_val: int, seed: int, params: dict | None = None) -> dict:
+    """Generate the benchmark at ``root`` unless a complete one with these parameters is there.
+    ``params``: other :class:`SynthParams` fields (e.g. a co-occurrence variant's ``p_context``)."""
+    params = SynthParams(seed=seed, n_train=n_train, n_val=n_val, **(params or {}))
     if (root / "meta.json").is_file():
         meta = read_meta(root)
         if params_from_meta(meta) != params:

@@ -319,11 +319,13 @@ def render_scene(rng: np.random.Generator, p: SynthParams, grid: D.Grid | None =
         band = ("water", "rails", "road")[int(rng.integers(3))]
     img = _background(g, rng)
     band_top = band_bot = None
+    band_mask = None
     if band is not None:
         band_top = rng.uniform(0.55, 0.72) * s if band == "water" else rng.uniform(0.6, 0.78) * s
         band_bot = s + 1.0 if band == "water" else band_top + (0.12 if band == "rails" else 0.22) * s
         m, col = _band(g, rng, band, band_top, band_bot)
         np.copyto(img, col, where=m[..., None])
+        band_mask = m
     # -- clutter (background): rocks = headless turtle shells, plus small random shapes
     if rng.random() < p.p_rocks:
         for _ in range(int(rng.integers(1, 3))):
@@ -362,7 +364,7 @@ def render_scene(rng: np.random.Generator, p: SynthParams, grid: D.Grid | None =
             mask[m] = SYNTH_CLASSES.index(c) + 1
     img += np.float32(p.noise) * rng.standard_normal(img.shape, dtype=np.float32)
     out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return out, mask, {"band": band, "placed": placed}
+    return out, mask, {"band": band, "placed": placed, "band_mask": band_mask}  # band_mask: [S, S] bool or None
 
 
 # ------------------------------------------------------------------------------------ writing

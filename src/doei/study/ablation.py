@@ -7,7 +7,7 @@ from typing import Sequence
 from doei.study.grid import Row, run_key, row_doei
 from doei.errors import DoeiError
 from doei.study.runner import Study, finished_results, prepare, run_all
-from doei.study.table import fixed_beta, fmt_blocks, fmt_ms, markdown_table, summarize
+from doei.study.table import fixed_beta, fmt_blocks, fmt_diff, fmt_ms, markdown_table, summarize, summarize_cooc
 
 
 def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] | None = None,
@@ -23,7 +23,7 @@ def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] | None 
     plan = [(row, row_doei(row, study.base_doei), s) for row in rows for s in seeds]
     # baseline and full DOEI (first and last row) seed by seed first, then the other rows seed by seed, so
     # that an early stop leaves complete paired comparisons of the two that matter most
-    ends = {rows[0].name, rows[-1].name}
+    ends = {rows[0].name, "cpdo_ppdo_hfa" if any(r.name == "cpdo_ppdo_hfa" for r in rows) else rows[-1].name}
     order = sorted(plan, key=lambda p: (p[0].name not in ends, p[2], rows.index(p[0])))
     if report_only:
         results = finished_results(study, [(d, s) for _, d, s in order])
@@ -37,10 +37,11 @@ def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] | None 
     beta_fixed = fixed_beta(list(base.values()))
     summary = {row.name: {"label": row.label, "doei": row_doei(row, study.base_doei),
                           "run_keys": [run_key(row_doei(row, study.base_doei), s) for s in seeds],
-                          **summarize(per_row[row.name], base, beta_fixed)} for row in rows}
+                          **summarize(per_row[row.name], base, beta_fixed),
+                          "cooccurrence": summarize_cooc(per_row[row.name], base)} for row in rows}
     doc = {"config": study.config_path, "quick": study.quick, "seeds": list(seeds), "report_only": report_only, "base_doei": study.base_doei,
            "benchmark": {"root": str(study.synth_root), "n_train": study.n_train, "n_val": study.n_val,
-                         "synth_seed": study.synth_seed},
+                         "synth_seed": study.synth_seed, "bias": study.bias},
            "cam_layers": study.cam_layers, "betas": study.betas, "fixed_beta": beta_fixed, "rows": summary,
            "wall_s_this_call": round(time.time() - t0, 1)}
     atomic_write_json(study.out / "ablation.json", doc)
@@ -75,4 +76,34 @@ def render(doc: dict) -> str:
                      f"{fmt_blocks(r['block_stats'])} | {fmt_ms(r['wall_s'], 0)} |")
     lines += ["", "Rows whose DOEI setting computes the same network share one run (same run keys): with PPDO "
               "off, HFA has nothing to act on, so CPDO + HFA is CPDO.", ""]
+    lines += render_cooc(rows)
     return "\n".join(lines)
+
+
+def render_cooc(rows) -> list[str]:
+    """Co-occurrence / under-activation tables (doei.eval.cooccurrence): per class group and per context
+    class, seed mean ± std and paired Δ to the baseline (wins)."""
+    if not any(r.get("cooccurrence") for _, r in rows):
+        return []
+    lines = ["## Co-occurrence and under-activation (at each run's best β)", "",
+             "leak = share of a class's predicted pixels on its declared context and off the object; ctx hit = "
+             "share of the context activated as the class; object FN = share of the object's pixels left "
+             "unactivated; IoU per class. Group = mean over its classes (context: classes with a declared "
+             "context region; rest: the others). Δ = paired difference to the baseline ± std (wins).", ""]
+    places = [p for p in next(r["cooccurrence"] for _, r in rows if r.get("cooccurrence"))]
+    for place in places:
+        kind, name = place.split(":", 1)
+        title = f"class group '{name}'" if kind == "group" else f"class {name}"
+        lines += [f"### {title}", "", "| row | IoU | Δ IoU | leak | Δ leak | ctx hit | Δ ctx hit | object FN | Δ object FN |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, r in rows:
+            rec = (r.get("cooccurrence") or {}).get(place, {})
+            cells = []
+            for m in ("IoU", "leak", "context_hit", "object_FN"):
+                if m in rec:
+                    cells += [fmt_ms(rec[m]), fmt_diff(rec[m]["vs_baseline"])]
+                else:
+                    cells += ["–", "–"]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines

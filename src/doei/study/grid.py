@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Sequence
 
-from doei.core.config import DOEIConfig
+from doei.core.config import READINGS, DOEIConfig
 from doei.errors import DoeiError
 
 
@@ -37,13 +37,30 @@ TABLE4: tuple[Row, ...] = (
 )
 
 
+# The readings of docs/doei-method.md ("Named variants", issue #15): full DOEI with ONE reading changed,
+# and the Table-4 CPDO rows under the HFA-on-attention reading (where CPDO + HFA is not CPDO).
+READING_ROWS: tuple[Row, ...] = (
+    Row("read_hfa_attention", "DOEI, HFA on the block's attention", {"cpdo": True, "ppdo": True, "hfa": True,
+                                                                     "hfa_target": "attention"}),
+    Row("read_logits", "DOEI, pre-softmax scores (Eq. 1)", {"cpdo": True, "ppdo": True, "hfa": True,
+                                                            "score_source": "logits"}),
+    Row("read_heads", "DOEI, selection per head", {"cpdo": True, "ppdo": True, "hfa": True, "heads": "each"}),
+    Row("read_suppress_patch", "DOEI, Eq. 11 suppression on patch tokens", {"cpdo": True, "ppdo": True, "hfa": True,
+                                                                            "suppress_target": "patch"}),
+    Row("read_raw_rgb", "DOEI, raw RGB for d_rgb", {"cpdo": True, "ppdo": True, "hfa": True, "rgb": "raw"}),
+    Row("cpdo_hfa_attention", "CPDO + HFA (HFA on the attention)", {"cpdo": True, "ppdo": False, "hfa": True,
+                                                                   "hfa_target": "attention"}),
+)
+ALL_ROWS: tuple[Row, ...] = TABLE4 + READING_ROWS
+
+
 def select_rows(names: Sequence[str] | None, where: str) -> tuple[Row, ...]:
     """The TABLE4 rows named in ``names`` (all when ``None``), in the table's order. The baseline must be
     among them (every other row is reported as a paired difference to it). A single-class-token model
     (TS-CAM, TransCAM: CPDO undefined) uses ``[baseline, ppdo, ppdo_hfa]``."""
     if names is None:
         return TABLE4
-    known = [r.name for r in TABLE4]
+    known = [r.name for r in ALL_ROWS]
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
         raise DoeiError(f"{where}: expected a list of row names from {known}, got {names!r}")
     unknown = [n for n in names if n not in known]
@@ -51,7 +68,7 @@ def select_rows(names: Sequence[str] | None, where: str) -> tuple[Row, ...]:
         raise DoeiError(f"{where}: unknown row(s) {unknown}; expected some of {known}")
     if "baseline" not in names:
         raise DoeiError(f"{where}: the rows must include 'baseline' (the other rows are paired differences to it)")
-    return tuple(r for r in TABLE4 if r.name in names)
+    return tuple(r for r in ALL_ROWS if r.name in names)
 
 
 # Sweepable knobs: how a value given on the command line is parsed, and whether its plot uses a log x-axis.
@@ -90,11 +107,19 @@ def effective_doei(d: dict) -> dict:
         return {"enabled": False}
     out = {f.name: getattr(cfg, f.name) for f in fields(DOEIConfig)}
     if not cfg.ppdo:
-        out.update(hfa=False, st_p2c=None, af_p2c=None, sf_p2c=None)
+        out.update(st_p2c=None, af_p2c=None, sf_p2c=None, suppress_target=None)
+        if cfg.hfa_target != "attention":
+            out.update(hfa=False)
     if not cfg.cpdo:
         out.update(st_c2c=None, af_c2c=None, sf_c2c=None)
     if not out["hfa"] or out["alpha"] == 0:
-        out.update(hfa=False, alpha=None)
+        out.update(hfa=False, alpha=None, hfa_target=None, rgb=None)
+    if cfg.sf_p2c == 0:
+        out.update(suppress_target=None)
+    # a reading at today's value (or irrelevant) is left out, so run keys from before the readings stay valid
+    for name, allowed in READINGS.items():
+        if out[name] is None or out[name] == allowed[0]:
+            del out[name]
     return out
 
 

@@ -35,7 +35,9 @@ QUICK_OVERRIDES = ["train.epochs=1", "train.batch_size=16", "train.eval_every=1"
 # ... and, for a model that takes size options (the ViTs; TransCAM's synth Conformer takes none), a tiny one
 QUICK_MODEL_OVERRIDES = ["model.options.depth=2", "model.options.embed_dim=32", "model.options.num_heads=2"]
 STUDY_DEFAULTS = {"n_train": 1000, "n_val": 200, "synth_seed": 0, "cam_layers": 3, "betas": "0.05:0.95:0.05",
-                  "stats_images": 32, "rows": None}
+                  "stats_images": 32, "rows": None, "bias": None}
+# study.bias (the co-occurrence variant, doei.data.cooccurrence): the share of a context class's images that
+# show its context (p_context) and of house images with a tree (p_companion); null = the benchmark's 0.9 / 0.8
 
 
 @dataclass
@@ -53,13 +55,15 @@ class Study:
     betas: str = "0.05:0.95:0.05"
     stats_images: int = 32
     rows: tuple = TABLE4  # the Table-4 rows (grid.Row) ``doei ablate`` runs: the config's ``study.rows``
+    bias: float | None = None  # co-occurrence variant: p_context = p_companion = bias (None: the defaults)
     config_path: str = ""
     quick: bool = False
     synth_meta: dict = field(default_factory=dict)
 
     @property
     def synth_root(self) -> Path:
-        return self.out / f"synth-{self.n_train}-{self.n_val}-s{self.synth_seed}"
+        tail = "" if self.bias is None else f"-bias{round(100 * self.bias):03d}"
+        return self.out / f"synth-{self.n_train}-{self.n_val}-s{self.synth_seed}{tail}"
 
     @property
     def log_path(self) -> Path:
@@ -99,18 +103,31 @@ def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bo
                   n_val=int(study["n_val"]), synth_seed=int(study["synth_seed"]), cam_layers=int(study["cam_layers"]),
                   betas=str(study["betas"]), stats_images=int(study["stats_images"]),
                   rows=select_rows(study["rows"], where=f"{config}: study.rows"), config_path=str(config),
-                  quick=quick)
+                  quick=quick, bias=_check_bias(study["bias"], config))
     except (TypeError, ValueError) as e:
         raise DoeiError(f"{config}: study: {e}") from None
     return s
 
 
+def _check_bias(v, config) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+        raise DoeiError(f"{config}: study.bias = {v!r}, expected a probability in [0, 1] or null")
+    return float(v)
+
+
 def prepare(study: Study) -> None:
-    """Create the output folder and the benchmark (reused when present with the same parameters)."""
+    """Create the output folder and the benchmark (reused when present with the same parameters), and the
+    held-out split's context maps (doei.data.synth_context) for the co-occurrence metrics."""
     from doei.data.benchmark import ensure_synth
+    from doei.data.cooccurrence import variant_params
+    from doei.data.synth_context import write_context_maps
 
     study.out.mkdir(parents=True, exist_ok=True)
-    study.synth_meta = ensure_synth(study.synth_root, study.n_train, study.n_val, study.synth_seed)
+    extra = None if study.bias is None else variant_params(study.bias)
+    study.synth_meta = ensure_synth(study.synth_root, study.n_train, study.n_val, study.synth_seed, extra)
+    write_context_maps(study.synth_root, ("val",))
 
 
 def run_config(study: Study, doei: dict, seed: int, run_dir: Path):
@@ -163,11 +180,12 @@ def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = la
     class_names = list(study.synth_meta["classes"])
     ids = write_cams(tr.checkpoint, study.synth_root, run_dir / "cams", study.cam_layers, batch=50)
     ev = evaluate_cams(run_dir / "cams", study.synth_root, ids, class_names, study.betas)
+    cooc = cooccurrence_of(run_dir / "cams", study.synth_root, ids, ev["beta"], class_names)
     stats = block_stats(tr.checkpoint, study.synth_root, study.stats_images)
     t2, c2 = time.time(), time.process_time()
     result = {
         "key": key, "seed": int(seed), "doei": dict(doei), **{k: ev[k] for k in ("mIoU", "FP", "FN", "beta")},
-        "sweep": ev["sweep"], "per_class_IoU": ev["per_class_IoU"],
+        "sweep": ev["sweep"], "per_class_IoU": ev["per_class_IoU"], "cooccurrence": cooc,
         "cls_mAP": tr.final.get("val_mAP"), "cls_F1": tr.final.get("val_F1"), "block_stats": stats,
         "timing": {"train_wall_s": round(t1 - t0, 1), "train_cpu_s": round(c1 - c0, 1),
                    "cam_eval_wall_s": round(t2 - t1, 1), "total_wall_s": round(t2 - t0, 1),
@@ -176,6 +194,16 @@ def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = la
     }
     atomic_write_json(res_path, result)
     return result
+
+
+def cooccurrence_of(cam_dir: Path, synth_root: Path, ids: list[str], beta: float, class_names: list[str]) -> dict:
+    """Context leak, context hit, object FN and IoU per class and class group at the run's best β
+    (:mod:`doei.eval.cooccurrence`), from the benchmark's context maps."""
+    from doei.data.synth_context import CONTEXT_DIR
+    from doei.eval.cooccurrence import evaluate_cooccurrence
+
+    return evaluate_cooccurrence(cam_dir, synth_root / "SegmentationClass", synth_root / CONTEXT_DIR, ids, beta,
+                                 class_names)
 
 
 def run_all(study: Study, runs: Sequence[tuple[dict, int]], desc: str) -> dict[str, dict]:

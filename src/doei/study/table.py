@@ -85,6 +85,39 @@ def summarize(runs: Mapping[int, Mapping], base_runs: Mapping[int, Mapping], bet
     return out
 
 
+COOC_METRICS = ("IoU", "leak", "context_hit", "object_FN")
+COOC_HIGHER_IS_BETTER = {"IoU": True, "leak": False, "context_hit": False, "object_FN": False}
+
+
+def _cooc_value(r: Mapping, where: tuple[str, str], m: str):
+    c = r.get("cooccurrence")
+    if not c:
+        return None
+    v = c["groups"][where[1]][m] if where[0] == "group" else c["per_class"][where[1]][m]
+    return None if v is None else float(v)
+
+
+def summarize_cooc(runs: Mapping[int, Mapping], base_runs: Mapping[int, Mapping]) -> dict:
+    """Co-occurrence metrics (doei.eval.cooccurrence, at each run's best β) of one row: per class group
+    ("context", "rest") and per context class, the seed mean ± std and the paired difference to the
+    baseline (wins: higher IoU, lower leak / context hit / object FN). {} when no run has them."""
+    first = next((r["cooccurrence"] for r in runs.values() if r.get("cooccurrence")), None)
+    if first is None:
+        return {}
+    places = [("group", "context"), ("group", "rest")] + [("class", n) for n in first["groups"]["context"]["classes"]]
+    out: dict = {}
+    for where in places:
+        rec = {}
+        for m in COOC_METRICS:
+            row = {s: v for s, r in runs.items() if (v := _cooc_value(r, where, m)) is not None}
+            base = {s: v for s, r in base_runs.items() if (v := _cooc_value(r, where, m)) is not None}
+            if row:
+                rec[m] = {**mean_std(row.values()), "per_seed": row,
+                          "vs_baseline": paired(row, base, COOC_HIGHER_IS_BETTER[m])}
+        out[f"{where[0]}:{where[1]}"] = rec
+    return out
+
+
 def fmt_ms(d: Mapping, digits: int = 1) -> str:
     """``12.3 ± 0.4`` (or ``12.3`` for one seed)."""
     if d["n"] == 0:

@@ -1,0 +1,42 @@
+"""Issue #15's study machinery: reading rows, run keys, the co-occurrence variant, context metrics in
+``doei ablate`` (quick)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from doei.cli import main as cli_main
+from doei.study.grid import READING_ROWS, row_doei, run_key, select_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_run_keys_of_todays_readings_are_unchanged_and_readings_get_their_own():
+    # the keys of settings at today's readings are those of before the readings existed (finished runs reused)
+    assert run_key({"enabled": False}, 0) == "off-s0"
+    assert run_key({"enabled": True}, 0) == "d74054d34f5a-s0"
+    assert run_key({"enabled": True, "heads": "mean", "rgb": "normalised"}, 0) == "d74054d34f5a-s0"
+    keys = {run_key(row_doei(r, {}), 0) for r in READING_ROWS}
+    assert len(keys) == len(READING_ROWS) and "d74054d34f5a-s0" not in keys
+    # HFA on the scores cannot act without PPDO; on the attention it can
+    cpdo = {"enabled": True, "ppdo": False}
+    assert run_key({**cpdo, "hfa": True}, 0) == run_key({**cpdo, "hfa": False}, 0)
+    assert run_key({**cpdo, "hfa": True, "hfa_target": "attention"}, 0) != run_key({**cpdo, "hfa": False}, 0)
+    assert [r.name for r in select_rows(["read_heads", "baseline"], "t")] == ["baseline", "read_heads"]
+
+
+def test_ablate_quick_reports_cooccurrence_for_a_bias_variant(tmp_path):
+    cfg = (REPO / "configs" / "cooccurrence" / "bias_050.yaml").read_text()
+    assert "bias: 0.5" in cfg
+    (tmp_path / "c.yaml").write_text(cfg.replace("rows: [baseline, cpdo_ppdo_hfa]", "rows: [baseline, read_heads]"))
+    out = tmp_path / "o"
+    assert cli_main(["ablate", "--config", str(tmp_path / "c.yaml"), "--out", str(out), "--quick", "--seeds", "1"]) == 0
+    doc = json.loads((out / "ablation.json").read_text())
+    assert doc["benchmark"]["bias"] == 0.5 and "bias050" in doc["benchmark"]["root"]
+    meta = json.loads((Path(doc["benchmark"]["root"]) / "meta.json").read_text())
+    assert meta["params"]["p_context"] == 0.5 and meta["params"]["p_companion"] == 0.5
+    row = doc["rows"]["read_heads"]
+    assert set(row["cooccurrence"]) >= {"group:context", "group:rest"}
+    assert "object_FN" in row["cooccurrence"]["group:rest"]
+    md = (out / "ablation.md").read_text()
+    assert "Co-occurrence and under-activation" in md and "selection per head" in md
