@@ -184,6 +184,25 @@ def test_train_seg_cli_refuses_ground_truth(data, tmp_path, capsys):
     assert "CAM folder not found" in capsys.readouterr().err
 
 
+def test_allow_ground_truth_is_an_explicit_oracle_opt_in(data, tmp_path):
+    """``seg.train.allow_ground_truth: true`` (the ceiling row of the demo: DeepLab on the true masks) lets a
+    copy of the ground truth be trained on; it is a permission, not part of the train-seg fingerprint."""
+    from doei.pipeline.markers import fingerprint, stage_settings
+
+    root, synth = data
+    copy = tmp_path / "gt_copy"
+    shutil.copytree(synth / "SegmentationClass", copy)
+    kw = {"seg__train__pseudo_dir": str(copy), "seg__train__epochs": 1}
+    with pytest.raises(DoeiError, match="identical to the ground truth"):
+        train_segmentation(_cfg(root, synth, tmp_path / "refused", **kw), log=lambda s: None)
+    logs: list[str] = []
+    cfg = _cfg(root, synth, tmp_path / "oracle", seg__train__allow_ground_truth=True, **kw)
+    res = train_segmentation(cfg, log=logs.append)
+    assert res.checkpoint.is_file() and any("allow_ground_truth" in s for s in logs)
+    plain = _cfg(root, synth, tmp_path / "oracle", **kw)
+    assert fingerprint(stage_settings(cfg, "train-seg")) == fingerprint(stage_settings(plain, "train-seg"))
+
+
 def test_adamw_option_trains_resumes_and_differs_from_sgd(data, tmp_path):
     """``seg.train.optimizer: adamw`` (the from-scratch choice of the demo configs): the checkpoint holds
     AdamW state, an interrupted run resumes bit for bit, and the weights differ from an SGD run."""

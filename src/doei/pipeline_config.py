@@ -146,6 +146,9 @@ class SegTrainSection(LoopSettings):
     scale_range: list[float] = field(default_factory=lambda: [0.7, 1.3])
     hflip: bool = True
     pad_label: int = 255                        # official pads the label crop with 0 (background)
+    # an oracle / ceiling run: train on a copy of the ground-truth masks (refused unless true; it does not change
+    # what a run computes, only whether pseudo_dir may hold ground truth, so it is not part of the stage fingerprint)
+    allow_ground_truth: bool = False
 
 
 @dataclass

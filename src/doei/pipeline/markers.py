@@ -15,7 +15,8 @@ from doei.pipeline_config import PipelineConfig
 
 MARKER = "stage_done.json"
 # settings that do not change a stage's outputs (excluded from the stage fingerprint)
-_RUNTIME_KEYS = {"progress", "device", "num_workers", "crf_workers", "log_every", "workers"}
+_RUNTIME_KEYS = {"progress", "device", "num_workers", "crf_workers", "log_every", "workers",
+                 "allow_ground_truth"}   # a permission (oracle runs), not a setting of the outputs
 RUN_LOG = "run_log.jsonl"
 
 
