@@ -84,3 +84,25 @@ def test_variant_params():
     assert variant_params(0.5) == {"p_context": 0.5, "p_companion": 0.5}
     with pytest.raises(DoeiError):
         variant_params(1.5)
+
+
+def test_doei_eval_context_option(tmp_path, capsys):
+    import json
+
+    from doei.cli import main as cli_main
+
+    gt = np.array([[1, 1, 0, 0]], np.uint8)
+    ctx = np.array([[0, 0, 1, 1]], np.uint8)
+    for d in ("gt", "ctx"):
+        (tmp_path / d).mkdir()
+    atomic_save_png(tmp_path / "gt" / "a.png", gt)
+    atomic_save_png(tmp_path / "ctx" / "a.png", ctx)
+    save_cam(tmp_path / "cams" / "a.npz", np.array([0]), np.array([[[0.9, 0.2, 0.6, 0.3]]], np.float32))
+    (tmp_path / "list.txt").write_text("a\n")
+    assert cli_main(["eval", "--pred", str(tmp_path / "cams"), "--gt", str(tmp_path / "gt"), "--list",
+                     str(tmp_path / "list.txt"), "--num-classes", "3", "--betas", "0.5", "--workers", "1",
+                     "--no-progress", "--context", str(tmp_path / "ctx"), "--out", str(tmp_path / "m.json")]) == 0
+    rep = json.loads((tmp_path / "m.json").read_text())["cooccurrence"]
+    assert rep["per_class"]["1"]["leak"] == 50.0 and rep["per_class"]["1"]["object_FN"] == 50.0
+    assert list(rep["groups"]) == ["context", "rest"] and rep["beta"] == 0.5
+    assert "object FN" in capsys.readouterr().out

@@ -59,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker processes (default: the available cores, one per 64 images at most; counts are "
                         "exact either way)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--context", default=None, metavar="DIR",
+                   help="folder of context maps <id>.png (0 none, k+1 = context of class k; the synthetic benchmark "
+                        "writes DATA/ContextClass): also report context leak / object FN per class at the best β "
+                        "(doei.eval.cooccurrence, docs/evaluation.md)")
 
 
 def resolve_classes(num_classes: int | None, classes: str | None = None, dataset: str | None = None,
@@ -180,6 +184,15 @@ def run(args: argparse.Namespace) -> int:
     rep = build_report(counts, args.mean, names)
     rep["num_classes_from"] = class_source or "default (VOC)"
     print(format_report(rep))
+    if args.context:
+        from doei.eval.cooccurrence import evaluate_cooccurrence, format_cooccurrence
+
+        if pred_type == "npy":
+            raise DoeiError("--context: official .npy CAMs are not supported (convert them to .npz)")
+        rep["cooccurrence"] = evaluate_cooccurrence(args.pred, args.gt, args.context, ids,
+                                                    rep.get("beta") if pred_type != "png" else None,
+                                                    names[1:], pred_type="png" if pred_type == "png" else "cam")
+        print(format_cooccurrence(rep["cooccurrence"]))
     if warning:
         print(f"doei eval: warning: {warning}", file=sys.stderr)
     if args.out:

@@ -74,21 +74,41 @@ def cooccurrence_report(counts: dict[str, np.ndarray], class_names: Sequence[str
     return {"per_class": per, "groups": {"context": group(ctx_names), "rest": group(rest)}}
 
 
-def evaluate_cooccurrence(cam_dir: Path, gt_dir: Path, ctx_dir: Path, ids: Sequence[str], beta: float,
-                          class_names: Sequence[str]) -> dict:
+def evaluate_cooccurrence(cam_dir: Path, gt_dir: Path, ctx_dir: Path, ids: Sequence[str], beta: float | None,
+                          class_names: Sequence[str], pred_type: str = "cam") -> dict:
     """The report of :func:`cooccurrence_report` for the CAM files ``cam_dir/<id>.npz`` thresholded at β
-    exactly as ``doei eval`` does (``a where max > float32(β) else background``)."""
+    exactly as ``doei eval`` does (``a where max > float32(β) else background``), or (``pred_type="png"``,
+    β None) for label PNGs ``cam_dir/<id>.png``."""
+    from doei.eval.reading import check_same_size
+
     n = len(class_names) + 1
     total = {k: np.zeros(n, dtype=np.int64) for k in FIELDS}
-    b32 = np.float32(beta)
     for iid in ids:
-        gt = read_label_png(Path(gt_dir) / f"{iid}.png", n)
-        ctx = read_label_png(Path(ctx_dir) / f"{iid}.png", n, "context map")
-        classes, cams = read_cams(Path(cam_dir) / f"{iid}.npz", "cam", n, False)
-        m, a = foreground_max(classes, cams, n)
-        pred = np.where(m > b32, a, 0)
+        gt_path, ctx_path = Path(gt_dir) / f"{iid}.png", Path(ctx_dir) / f"{iid}.png"
+        gt = read_label_png(gt_path, n)
+        ctx = read_label_png(ctx_path, n, "context map")
+        check_same_size(ctx.shape, gt.shape, ctx_path, gt_path)
+        if pred_type == "png":
+            pred = read_label_png(Path(cam_dir) / f"{iid}.png", n, "prediction")
+        else:
+            classes, cams = read_cams(Path(cam_dir) / f"{iid}.npz", "cam", n, False)
+            m, a = foreground_max(classes, cams, n)
+            pred = np.where(m > np.float32(beta), a, 0)
+        check_same_size(pred.shape, gt.shape, Path(cam_dir) / iid, gt_path)
         for k, v in cooccurrence_counts(pred, gt, ctx, n).items():
             total[k] += v
     rep = cooccurrence_report(total, class_names)
-    rep["beta"] = float(beta)
+    rep["beta"] = None if beta is None else float(beta)
     return rep
+
+
+def format_cooccurrence(rep: dict) -> str:
+    """A short text table: per class with a context region leak / ctx hit / object FN / IoU, then the groups."""
+    lines = ["class          IoU   leak  ctx hit  object FN"]
+    for name, r in rep["per_class"].items():
+        if r["has_context"]:
+            lines.append(f"{name:<12} {r['IoU']:5.1f}  {r['leak']:5.1f}  {r['context_hit']:7.1f}  {r['object_FN']:9.1f}")
+    for g, r in rep["groups"].items():
+        f = {k: ("   –" if r[k] is None else f"{r[k]:5.1f}") for k in ("IoU", "leak", "context_hit", "object_FN")}
+        lines.append(f"[{g}] {f['IoU']:>10}  {f['leak']:>5}  {f['context_hit']:>7}  {f['object_FN']:>9}")
+    return "\n".join(lines)
