@@ -40,3 +40,11 @@ def test_ablate_quick_reports_cooccurrence_for_a_bias_variant(tmp_path):
     assert "object_FN" in row["cooccurrence"]["group:rest"]
     md = (out / "ablation.md").read_text()
     assert "Co-occurrence and under-activation" in md and "selection per head" in md
+    # the leak-against-bias summary reads the study folder
+    from doei.study.bias_curve import main as curve_main
+
+    assert curve_main([str(out), "--out", str(tmp_path / "bc"), "--row", "read_heads"]) == 0
+    recs = json.loads((tmp_path / "bc" / "bias_curve.json").read_text())
+    assert recs[0]["bias"] == 0.5 and "leak" in recs[0]["baseline"]
+    assert (tmp_path / "bc" / "bias_curve.png").stat().st_size > 1000
+    assert "| 0.50 | 1 |" in (tmp_path / "bc" / "bias_curve.md").read_text()
