@@ -196,3 +196,44 @@ def test_doei_settings_that_do_nothing_are_said(tmp_path, capsys):
     msgs = [str(w.message) for w in got if issubclass(w.category, DoeiWarning)]
     assert any("sets ['af_p2c'] but not enabled: true, so DOEI is OFF" in m for m in msgs), msgs
     assert any("CPDO is on but does nothing (the model has 1 class token" in m for m in msgs), msgs
+
+
+def test_a_cam_folder_refuses_a_retrained_checkpoint_at_the_same_path(trained, tmp_path, capsys):
+    """The settings record the checkpoint's SHA-256, not only its path: a retrained file at the same path
+    cannot silently continue (or be skipped into) a folder of the old classifier's CAMs."""
+    import shutil
+
+    data, ckpt, _, _ = trained
+    path = tmp_path / "classifier.pt"
+    shutil.copy(ckpt, path)
+    assert main(_cam_argv(data, path, tmp_path / "cams")) == 0
+    obj = torch.load(ckpt, weights_only=True)          # "retrained": same settings, other weights
+    obj["model"]["head.weight"] = obj["model"]["head.weight"] + 0.01
+    torch.save(obj, path)
+    capsys.readouterr()
+    assert main(_cam_argv(data, path, tmp_path / "cams")) == 2
+    assert "checkpoint_sha256 was" in capsys.readouterr().err
+
+
+def test_the_heldout_readout_is_doei_cams_writer_with_relu_minmax(trained, tmp_path):
+    """The demo/study read-out (cam.heldout.write_cams) goes through generate_cams; its files equal the
+    label-masked sum of the views, ReLU'd and min-maxed per class, computed here directly."""
+    from doei.cam.extractor import CamExtractor, minmax_labelled
+    from doei.cam.heldout import write_cams
+    from doei.cam.io import load_cam
+    from doei.data.build import build_dataset
+    from doei.data.transforms import cam_transform
+
+    data, ckpt, _, _ = trained
+    ids = write_cams(ckpt, data, tmp_path / "cams", cam_layers=2, batch=2, progress=False)
+    model, _ = load_classifier(ckpt)
+    ext = CamExtractor(model, scales=(1.0,), flip=True, n_layers=2, patch_refine=False, normalize=False)
+    ds = build_dataset("synth", data, "val", transform=cam_transform())
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.stack([ds[i][1] for i in range(len(ds))])
+    want = minmax_labelled(torch.relu(ext(x, y)), y)
+    for i, iid in enumerate(ids):
+        classes, cams = load_cam(tmp_path / "cams" / f"{iid}.npz")
+        ref = want[i][torch.as_tensor(classes)].numpy().astype(np.float16)
+        assert np.array_equal(cams.astype(np.float16), ref), iid
+    assert json.loads((tmp_path / "cams" / "cam_settings.json").read_text())["normalize"] == "relu_minmax"

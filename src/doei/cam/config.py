@@ -48,6 +48,9 @@ class CamConfig:
     kind: Literal["fused", "patchcam", "mtatt"] = "fused"
     patch_refine: bool = True
     amp: bool = False
+    # "official": per-class min-max of the summed views (MCTformer); "relu_minmax": the raw sum, then ReLU and
+    # per-class min-max (TransCAM's "minmax": its conv maps can be hugely negative) — the demo's read-out
+    normalize: Literal["official", "relu_minmax"] = "official"
     # outputs
     cam_dtype: Literal["float16", "float32"] = "float16"
     save_seeds: bool = False

@@ -16,6 +16,7 @@ settings and the start/end log records; the end record follows an all-reduce of 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections import defaultdict
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from doei.cam.extractor import CamExtractor, normalize_image, official_views
+from doei.cam.extractor import CamExtractor, minmax_labelled, normalize_image, official_views
 from doei.cam.io import load_cam, save_cam
 from doei.cam.seeds import crf_label_map, crf_with_alpha, official_crf_image, seeds_from_cams
 from doei.cam.visualize import cam_panel, save_label_png
@@ -37,7 +38,7 @@ from doei.utils.io import atomic_save_png, atomic_write_json
 SETTINGS_FILE = "cam_settings.json"
 LOG_FILE = "cam_log.jsonl"
 # settings that change the numbers in the outputs: a resumed run must use the same ones
-PIPELINE_KEYS = ("model", "num_classes", "model_kwargs", "doei", "dataset", "split", "scales", "flip", "n_layers", "kind",
+PIPELINE_KEYS = ("model", "num_classes", "model_kwargs", "doei", "normalize", "checkpoint_sha256", "dataset", "split", "scales", "flip", "n_layers", "kind",
                  "patch_refine", "amp", "cam_dtype", "seed_beta", "crf_image", "checkpoint")
 
 
@@ -69,6 +70,15 @@ def _check_classes(ds, cfg) -> None:
     if ds.num_classes != cfg.num_classes:
         raise DoeiError(f"{cfg.data_root}: dataset has {ds.num_classes} classes but the classifier"
                         f"{' (' + cfg.model + ')' if cfg.model else ''} has {cfg.num_classes}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in 8 MiB chunks), to tell a retrained checkpoint from the old one."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 23), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def crf_dir(alpha: float) -> str:
@@ -168,7 +178,8 @@ class CamJob(PerImageJob):
 
     def __init__(self, model, cfg, out, checkpoint, ds, spec, limit, progress, desc, what) -> None:
         self.model, self.cfg, self.ds, self.desc = model, cfg, ds, desc
-        self.settings = {**dataclasses.asdict(cfg), "checkpoint": str(Path(checkpoint).resolve())}
+        self.settings = {**dataclasses.asdict(cfg), "checkpoint": str(Path(checkpoint).resolve()),
+                         "checkpoint_sha256": file_sha256(checkpoint)}   # a retrained file at the same path differs
         if spec is not None:
             self.settings["classifier"] = {"source": spec.source, "doei_source": spec.doei_source, "doei_enabled":
                                            bool(spec.doei.enabled), "img_size": spec.img_size, "options": spec.options}
@@ -190,19 +201,21 @@ class CamJob(PerImageJob):
         cfg = self.cfg
         model = self.model.to(self.device).eval()
         extractor = CamExtractor(model, scales=cfg.scales, flip=cfg.flip, n_layers=cfg.n_layers,
-                                 patch_refine=cfg.patch_refine, kind=cfg.kind, amp=cfg.amp)
+                                 patch_refine=cfg.patch_refine, kind=cfg.kind, amp=cfg.amp,
+                                 normalize=cfg.normalize == "official")
         loader = torch.utils.data.DataLoader(_SplitItems(self.ds, mine, cfg.scales), batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=cfg.num_workers, collate_fn=_as_list)
         for batch in loader:
-            for item, cams in _batch_cams(extractor, batch):
+            for item, cams in _batch_cams(extractor, batch, relu_minmax=cfg.normalize == "relu_minmax"):
                 t = time.time()
                 _write_outputs(self.out, item, cams, cfg, self.ds.class_names)
                 yield {"id": item["id"], "classes": list(item["classes"]), "size": list(item["image"].shape[:2]),
                        "write_s": round(time.time() - t, 4)}
 
 
-def _batch_cams(extractor, batch: list[dict]):
-    """Yield (item, cams float32 [C, H, W] numpy) for a batch; images of one size share forward passes."""
+def _batch_cams(extractor, batch: list[dict], relu_minmax: bool = False):
+    """Yield (item, cams float32 [C, H, W] numpy) for a batch; images of one size share forward passes.
+    ``relu_minmax``: the extractor returns raw sums; ReLU then per-class min-max them here."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, item in enumerate(batch):
         groups[tuple(item["image"].shape[:2])].append(i)
@@ -210,7 +223,10 @@ def _batch_cams(extractor, batch: list[dict]):
     for size, idx in groups.items():
         views = [torch.stack([batch[i]["views"][s] for i in idx]) for s in range(len(batch[idx[0]]["views"]))]
         labels = torch.from_numpy(np.stack([batch[i]["label"] for i in idx]))
-        cams = extractor.from_views(views, labels, size).cpu().numpy()
+        cams = extractor.from_views(views, labels, size)
+        if relu_minmax:
+            cams = minmax_labelled(torch.relu(cams), labels.to(cams.device, torch.float32))
+        cams = cams.cpu().numpy()
         for j, i in enumerate(idx):
             results[i] = cams[j]
     for i, item in enumerate(batch):

@@ -1,52 +1,48 @@
 """CAMs of a synthetic benchmark's held-out split and their β-sweep score: what the demo and the studies
-compare between classifiers (scale 1 + flip at the model's input size, ReLU then per-class min-max).
-
-These are not ``doei cam``'s official multi-scale CAMs of a training split (:mod:`doei.cam.generate`):
-they are a cheap, model-size read-out used to compare classifiers on one footing."""
+compare between classifiers (scale 1 + flip, ReLU then per-class min-max), written by ``doei cam``'s own
+writer (:func:`doei.cam.generate.generate_cams`) with that read-out."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from doei.cam.extractor import CamExtractor, minmax_labelled
+from doei.cam.config import CamConfig
+from doei.cam.generate import generate_cams, load_cam_model, open_dataset
 from doei.cam.io import save_cam
 from doei.data.build import build_dataset
-from doei.data.transforms import cam_transform
-from doei.engine.classifier import load_classifier
 from doei.eval.betas import parse_betas
 from doei.eval.evaluate import evaluate_dirs
 from doei.eval.report import build_report
 
 
 def write_cams(checkpoint: Path, synth_root: Path, out_dir: Path, cam_layers: int, batch: int,
-               patch_refine: bool = False) -> list[str]:
+               patch_refine: bool = False, progress: bool = True, overwrite: bool = False) -> list[str]:
     """CAMs of the val split (scale 1 + flip, GT image labels) → ``out_dir/<id>.npz``; returns the ids.
 
-    The model's own CAM source (``cam_source``) through :class:`CamExtractor`; the views' maps are summed,
-    then ``relu`` and per-class min-max: TransCAM's "minmax" normalisation (:mod:`doei.cam.transcam`; the
+    ``doei cam``'s writer (:func:`doei.cam.generate.generate_cams`, resumable, with ``cam_settings.json``)
+    with the read-out ``normalize="relu_minmax"``: the model's own CAM source, the views' maps summed, then
+    ``relu`` and per-class min-max — TransCAM's "minmax" normalisation (:mod:`doei.cam.transcam`; the
     official one leaves hugely negative values). For MCTformer and TS-CAM the maps are already ≥ 0, so the
-    ReLU changes nothing there.
+    ReLU changes nothing there. At most the model's depth in blocks (``cam_layers``), ``batch`` images
+    per forward pass. The folder resumes like ``doei cam``'s (CAMs of the same checkpoint file are kept);
+    ``overwrite`` empties it first (the demo's ``--fresh``: the classifier was retrained).
 
     ``patch_refine`` is off by default: in the small from-scratch model the patch→patch attention summed
     over all blocks is dominated by a few background "sink" patches, and the official refinement then
     spreads every class over the background (docs/demo.md gives the measurement)."""
-    model, _ = load_classifier(checkpoint)
-    ext = CamExtractor(model, scales=(1.0,), flip=True, n_layers=min(cam_layers, model.depth),
-                       patch_refine=patch_refine, normalize=False)
-    ds = build_dataset("synth", synth_root, "val", transform=cam_transform())
-    ids = ds.ids
-    for s in tqdm(range(0, len(ds), batch), desc=f"CAMs {out_dir.name}", unit="batch", dynamic_ncols=True):
-        items = [ds[i] for i in range(s, min(s + batch, len(ds)))]
-        x = torch.stack([it[0] for it in items])
-        y = torch.stack([it[1] for it in items])
-        cams = minmax_labelled(torch.relu(ext(x, y)), y)              # [B, C, H, W] in [0, 1]
-        for (_, lab, iid), cam in zip(items, cams):
-            cls = torch.nonzero(lab > 0).flatten()
-            save_cam(out_dir / f"{iid}.npz", cls.numpy(), cam[cls].numpy())
-    return ids
+    cfg = CamConfig(dataset="synth", data_root=str(synth_root), split="val", scales=[1.0], flip=True,
+                    n_layers=cam_layers, patch_refine=patch_refine, normalize="relu_minmax", batch_size=batch,
+                    device="cpu").validate()
+    ds = open_dataset(cfg)
+    model, spec, cfg = load_cam_model(cfg, checkpoint, ds)
+    if overwrite and Path(out_dir).is_dir():
+        shutil.rmtree(out_dir)
+    cfg = dataclasses.replace(cfg, n_layers=min(cam_layers, model.depth))
+    generate_cams(model, cfg, out_dir, checkpoint, ds=ds, spec=spec, progress=progress, desc=f"CAMs {Path(out_dir).name}")
+    return ds.ids
 
 
 def write_reference_cams(synth_root: Path, cam_root: Path) -> None:

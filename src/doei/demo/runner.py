@@ -18,6 +18,7 @@ from doei.cam.heldout import evaluate_cams, write_cams, write_reference_cams
 from doei.config import apply_overrides, load_yaml
 from doei.data.benchmark import ensure_synth
 from doei.demo.catalog import MODELS, REFERENCES, RUNS
+from doei.demo.ceilings import run_ceilings
 from doei.demo.figures import figure_overlays, figure_segmentation, figure_sweep
 from doei.demo.report import PIPELINE_ROWS, render_report
 from doei.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -52,6 +53,7 @@ class DemoOptions:
     pipeline_config: Path | None = None   # None: configs/demo_pipeline[_quick].yaml next to ``config``
     pipeline_overrides: list[str] = field(default_factory=list)
     pipeline_train: int = 1000            # first N training images: Seed/Mask split, DeepLab's training set
+    ceilings: bool = False                # also the ceiling rows (doei.demo.ceilings: stages started from the truth)
 
 
 class _Clock:
@@ -180,7 +182,7 @@ def run_demo(o: DemoOptions) -> str:
     with clock.stage(f"3/{n_stages} CAMs of the held-out split"):
         for run in RUNS:
             ids = write_cams(Path(cfgs[run].train.out_dir) / "checkpoint.pt", synth_root, cam_root / run,
-                             o.cam_layers, o.batch, patch_refine)
+                             o.cam_layers, o.batch, patch_refine, overwrite=o.fresh)
         write_reference_cams(synth_root, cam_root)
     results = {}
     with clock.stage(f"4/{n_stages} evaluation (beta sweep)"):
@@ -194,6 +196,9 @@ def run_demo(o: DemoOptions) -> str:
         for run in RUNS:
             with clock.stage(f"5/{n_stages} pipeline {run}: cam -> refine -> train-seg -> infer-seg -> eval"):
                 pipeline[run] = run_pipeline_stages(pcfgs[run])
+        if o.ceilings:
+            with clock.stage(f"5/{n_stages} pipeline ceilings: true seeds -> random walk, true masks -> DeepLab"):
+                pipeline["ceilings"] = run_ceilings(pcfgs["baseline"], o.out / "pipeline")
         pipeline["settings"] = {"config": str(pipeline_yaml(o)),
                                 "overrides": list(o.pipeline_overrides), "pipeline_train": o.pipeline_train,
                                 "split": split, "out": str(o.out / "pipeline")}
