@@ -97,6 +97,50 @@ def test_demo_runs_the_whole_pipeline_for_both(demo_dir):
     assert "Seg+CRF (val)" in report
 
 
+def test_ceiling_rows_start_each_stage_from_the_truth(demo_dir, tmp_path):
+    """``--ceilings``: oracle seeds are the true masks at the 8-px grid, DeepLab trains on a copy of the true
+    masks of the same subset; both run with the demo's recipe and appear as rows of the report's table."""
+    import copy
+
+    from doei.cam.io import load_cam
+    from doei.cam.oracle import oracle_cams
+    from doei.data.common import read_mask
+    from doei.demo.ceilings import run_ceilings
+    from doei.demo.report import render_report
+    from doei.pipeline_config import pipeline_config_from_dict
+
+    d = json.loads((demo_dir / "pipeline" / "baseline" / "pipeline_config.json").read_text())
+    res = run_ceilings(pipeline_config_from_dict(d, where="test"), tmp_path)
+    assert set(res["rw_true_seeds"]) == {"Seed", "Mask"} and set(res["seg_true_masks"]) == {"Seg", "Seg+CRF"}
+    assert res["rw_true_seeds"]["Seed"]["images"] == 16 and res["seg_true_masks"]["Seg+CRF"]["images"] == 8
+    synth = next(demo_dir.glob("synth-*"))
+    i = (synth / "ImageSets/Segmentation/train_first16.txt").read_text().split()[0]
+    classes, cams = load_cam(tmp_path / "ceiling_rw_true_seeds" / "cam" / f"{i}.npz")
+    ref_classes, ref = oracle_cams(read_mask(synth / "SegmentationClass" / f"{i}.png"), 8)
+    assert np.array_equal(classes, ref_classes) and np.allclose(cams, ref) and cams.max() == 1.0
+    assert (tmp_path / "ceiling_seg_true_masks" / "true_masks" / f"{i}.png").read_bytes() == \
+        (synth / "SegmentationClass" / f"{i}.png").read_bytes()
+    m = json.loads((demo_dir / "metrics.json").read_text())
+    m2 = copy.deepcopy(m)
+    m2["pipeline"]["ceilings"] = res
+    report = render_report(m2)
+    assert "| ceiling: true seeds → random walk |" in report and "| ceiling: DeepLab on the true masks |" in report
+    assert "What each stage added" in render_report(m) and "ceiling:" not in render_report(m)
+
+
+def test_oracle_cams_are_the_pooled_masks():
+    from doei.cam.oracle import oracle_cams
+
+    m = np.zeros((16, 16), np.uint8)
+    m[:8, :8] = 3
+    m[0, 15] = 255
+    c, cams = oracle_cams(m, 8)
+    assert c.tolist() == [2] and cams.shape == (1, 16, 16)
+    _, exact = oracle_cams(m, 1)
+    assert np.array_equal(exact[0], (m == 3).astype(np.float32))
+    assert cams[0, 0, 0] == 1.0 and cams[0, 15, 15] == 0.0 and 0 < cams[0, 8, 8] < 1
+
+
 def test_demo_no_pipeline_stops_after_cams(tmp_path):
     out = tmp_path / "out"
     assert cli_main(["demo", "--quick", "--out", str(out), "--no-pipeline", *SHRINK]) == 0

@@ -70,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a pipeline-config value for both runs, e.g. --pipeline-set seg.train.epochs=2")
     p.add_argument("--pipeline-train", type=int, default=None,
                    help="first N training images used for Seed/Mask and DeepLab (default 1000; quick 200)")
+    p.add_argument("--ceilings", action="store_true",
+                   help="also the ceiling rows of the pipeline table: random walk from true seeds, DeepLab trained "
+                        "on the true masks (doei.demo.ceilings; about 4 more CPU-minutes at the default sizes)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         cam_layers=args.cam_layers, patch_refine=args.patch_refine, train_seed=args.train_seed, fresh=args.fresh, quick=args.quick, betas=BETAS,
         overlay_classes=OVERLAY_CLASSES, pipeline=args.pipeline,
         pipeline_config=Path(args.pipeline_config) if args.pipeline_config else None,
-        pipeline_overrides=list(args.pipeline_overrides), pipeline_train=pipeline_train,
+        pipeline_overrides=list(args.pipeline_overrides), pipeline_train=pipeline_train, ceilings=args.ceilings,
     )
     from doei.utils.outdir import check_out_dir, folder_lock
 

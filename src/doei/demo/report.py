@@ -88,6 +88,22 @@ def _pipeline_section(p: dict) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(f"{p[run][k]['mIoU']:.1f}" for k in cols) + " |")
     lines.append("| DOEI − baseline | "
                  + " | ".join(f"{p['doei'][k]['mIoU'] - p['baseline'][k]['mIoU']:+.1f}" for k in cols) + " |")
+    ceil = p.get("ceilings") or {}
+    for name, label in (("rw_true_seeds", "ceiling: true seeds → random walk"),
+                        ("seg_true_masks", "ceiling: DeepLab on the true masks")):
+        if name in ceil:
+            lines.append(f"| {label} | " + " | ".join(f"{ceil[name][k]['mIoU']:.1f}" if k in ceil[name] else "–"
+                                                     for k in cols) + " |")
+    lines += ["", "What each stage added (mIoU points): " + "; ".join(
+        f"{label}: " + ", ".join(f"{b} → {a} {p[run][a]['mIoU'] - p[run][b]['mIoU']:+.1f}"
+                                 for b, a in zip(cols, cols[1:]))
+        for run, label in (("baseline", "baseline"), ("doei", "DOEI"))) + "."]
+    if ceil:
+        lines += ["", "Ceiling rows use the ground truth in place of the previous stage's output (the same for both "
+                  "classifiers): *true seeds* are the true masks at the classifiers' 8-px token grid (average-pooled, "
+                  "bilinear back), refined by AffinityNet + random walk with the same recipe (Seed → Mask: what the "
+                  "refinement adds to right seeds); *DeepLab on the true masks* is the segmentation stage trained "
+                  "on the true masks of the same images (its limit with perfect pseudo masks)."]
     lines += ["", "FP / FN (percent) per stage: "
               + "; ".join(f"{k}: baseline {p['baseline'][k]['FP']:.1f} / {p['baseline'][k]['FN']:.1f}, DOEI "
                           f"{p['doei'][k]['FP']:.1f} / {p['doei'][k]['FN']:.1f}" for k in cols) + ".",
