@@ -31,7 +31,7 @@ from doei.cam.seeds import crf_label_map, crf_with_alpha, official_crf_image, se
 from doei.cam.visualize import cam_panel, save_label_png
 from doei.data.build import build_dataset
 from doei.engine.classifier import load_classifier
-from doei.engine.per_image import PerImageJob
+from doei.engine.per_image import PerImageJob, first_n
 from doei.errors import DoeiError
 from doei.utils.io import atomic_save_png, atomic_write_json
 
@@ -160,8 +160,7 @@ def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str 
     Returns ``{"images", "computed", "skipped", "seconds", "out_dir", "processes"}`` on every rank
     (counts summed over ranks).
     """
-    if limit is not None and limit < 0:
-        raise DoeiError(f"limit {limit}: expected a number of images >= 0")
+    first_n([], limit, "limit")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise DoeiError(f"device {cfg.device}: CUDA is not available on this machine")
     ds = open_dataset(cfg) if ds is None else ds

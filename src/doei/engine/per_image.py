@@ -26,8 +26,17 @@ import torch
 from tqdm import tqdm
 
 from doei.engine import distributed as dist_util
+from doei.errors import DoeiError
 from doei.utils.io import append_jsonl
 from doei.utils.outdir import check_out_dir, folder_lock
+
+
+def first_n(records: list, limit: int | None, flag: str = "--limit") -> list:
+    """``records[:limit]`` (all with ``None``); a negative ``limit`` is a one-line DoeiError (``[:-1]`` would
+    silently drop the last images)."""
+    if limit is not None and limit < 0:
+        raise DoeiError(f"{flag} {limit}: expected a number of images >= 0")
+    return records if limit is None else records[:limit]
 
 
 class PerImageJob:
@@ -125,4 +134,4 @@ class PerImageJob:
                 "out_dir": str(self.out), "processes": self.world, **totals}
 
 
-__all__ = ["PerImageJob"]
+__all__ = ["PerImageJob", "first_n"]

@@ -162,19 +162,12 @@ def seg_param_groups(model: nn.Module, weight_decay: float, head_mult: float) ->
 def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_after: int | None = None,
                        log: Callable[[str], None] = print, overwrite: bool = False):
     """Train the segmentation net as configured in ``cfg.seg.train``; returns a :class:`doei.engine.loop.TrainResult`.
-    A fresh start (``resume=False``) into a folder that holds a run is refused unless ``overwrite``; the
-    folder is locked for the call (one writer)."""
+    A fresh start (``resume=False``) into a folder that holds a run is refused (before the data and the
+    net are built) unless ``overwrite``; the loop locks the folder (one writer)."""
     from doei.engine.checkpoint import refuse_to_replace
-    from doei.utils.outdir import folder_lock
 
     if not resume:
         refuse_to_replace(cfg.seg.train.out_dir, overwrite, "seg.train.out_dir")
-    with folder_lock(cfg.seg.train.out_dir, "seg training folder"):
-        return _train_segmentation(cfg, resume, stop_after, log, overwrite)
-
-
-def _train_segmentation(cfg: PipelineConfig, resume: bool | str, stop_after: int | None, log: Callable[[str], None],
-                        overwrite: bool):
     from doei.data.build import build_dataset
     from doei.engine.seed import epoch_seed, seed_everything
     from doei.engine.sgd_loop import fit

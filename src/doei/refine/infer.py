@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from doei.cam.io import load_cam
 from doei.cam.visualize import save_label_png
 from doei.data.build import build_dataset
-from doei.engine.per_image import PerImageJob
+from doei.engine.per_image import PerImageJob, first_n
 from doei.engine.train_aff import _data_kwargs, build_affinity_model, normalize, require_id_files
 from doei.errors import DoeiError
 from doei.models.checkpoint import load_model_weights
@@ -54,8 +54,6 @@ def infer_pseudo_masks(cfg, limit: int | None = None, log: Callable[[str], None]
     background (constant 0.39 / ``(1-max)^alpha``), β and logt. Returns a summary dict. The loop is
     :class:`doei.engine.per_image.PerImageJob` (resume, torchrun sharding, log, one writer).
     """
-    if limit is not None and limit < 0:
-        raise DoeiError(f"--limit {limit}: expected a number of images >= 0")
     return RandomWalkJob(cfg, limit).run()
 
 
@@ -70,8 +68,9 @@ class RandomWalkJob(PerImageJob):
         ri, d = cfg.refine.infer, cfg.data
         self.cfg, self.ri = cfg, ri
         self.cam_dir = Path(ri.cam_dir)
+        first_n([], limit)                                  # a bad --limit before the dataset is opened
         self.base = build_dataset(d.kind, d.root, ri.split, **_data_kwargs(cfg))
-        self.records = self.base.records[:limit] if limit is not None else self.base.records
+        self.records = first_n(self.base.records, limit)
         require_id_files(self.cam_dir, [r.id for r in self.records], ".npz", "CAM",
                          "run doei cam first, or set refine.infer.cam_dir")
         super().__init__(ri.out_dir, len(self.records), resolve_device(ri.device), ri.progress,

@@ -19,7 +19,7 @@ import numpy as np
 
 from doei.cam.visualize import save_label_png, voc_palette
 from doei.data.build import build_dataset
-from doei.engine.per_image import PerImageJob
+from doei.engine.per_image import PerImageJob, first_n
 from doei.engine.train_aff import _data_kwargs
 from doei.engine.train_seg import build_seg_model
 from doei.errors import DoeiError
@@ -77,8 +77,6 @@ def infer_segmentation(cfg, limit: int | None = None, log: Callable[[str], None]
     """Segment ``seg.infer.split``; see the module docstring. Returns a summary dict (counts, seconds,
     ``crf_seconds`` summed over ranks). The loop is :class:`doei.engine.per_image.PerImageJob`; under
     ``torchrun`` each rank segments its own ids with its own ``crf_workers`` pool."""
-    if limit is not None and limit < 0:
-        raise DoeiError(f"--limit {limit}: expected a number of images >= 0")
     return SegmentationJob(cfg, limit).run()
 
 
@@ -92,8 +90,9 @@ class SegmentationJob(PerImageJob):
     def __init__(self, cfg, limit: int | None = None) -> None:
         si, d = cfg.seg.infer, cfg.data
         self.cfg, self.si = cfg, si
+        first_n([], limit)                                  # a bad --limit before the dataset is opened
         self.base = build_dataset(d.kind, d.root, si.split, **_data_kwargs(cfg))
-        self.records = self.base.records[:limit] if limit is not None else self.base.records
+        self.records = first_n(self.base.records, limit)
         self.params = {"gauss_sxy": si.crf_gauss_sxy, "gauss_compat": si.crf_gauss_compat, "bi_sxy": si.crf_bi_sxy,
                        "bi_srgb": si.crf_bi_srgb, "bi_compat": si.crf_bi_compat, "iterations": si.crf_iterations}
         self.pool = None
