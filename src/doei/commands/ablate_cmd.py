@@ -19,6 +19,11 @@ import argparse
 from pathlib import Path
 
 from doei.errors import DoeiError
+from doei.study.ablation import run_ablation
+from doei.study.grid import select_rows
+from doei.study.runner import load_study
+from doei.utils.outdir import check_out_dir, folder_lock
+from doei.utils.repo_configs import find_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,16 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.study.ablation import run_ablation
-    from doei.study.runner import load_study
-
     if args.seeds < 1:
         raise DoeiError(f"--seeds {args.seeds}: expected at least 1")
     if args.first_seed < 0:
         raise DoeiError(f"--first-seed {args.first_seed}: expected an integer >= 0")
-    from doei.utils.outdir import check_out_dir, folder_lock
 
-    from doei.utils.repo_configs import find_config
 
     study = load_study(find_config(args.config, "ablate.yaml"), check_out_dir(args.out), args.overrides,
                        quick=args.quick)
@@ -55,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
     with folder_lock(args.out, "study folder"):
         rows = None
         if args.rows:
-            from doei.study.grid import select_rows
-
             rows = select_rows([r.strip() for r in args.rows.split(",") if r.strip()], where=f"--rows {args.rows}")
         doc = run_ablation(study, seeds, rows=rows, report_only=args.report_only)
     print((Path(args.out) / "ablation.md").read_text())

@@ -26,8 +26,16 @@ from typing import Any
 
 import torch
 
+from doei.cam.config import CamConfig
 from doei.cam.generate import LOG_FILE, SETTINGS_FILE  # noqa: F401 - the output names, re-exported
+from doei.cam.generate import generate_cams, load_cam_model, open_dataset
+from doei.config import apply_overrides, from_dict, load_config, to_dict
+from doei.core import DOEIConfig
+from doei.data.build import dataset_kinds
+from doei.engine import distributed as dist_util
+from doei.engine.classifier import stored_doei
 from doei.errors import DoeiError
+from doei.utils.outdir import check_out_dir
 
 
 def _floats(spec: str, flag: str) -> list[float]:
@@ -57,7 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "explicit override of what a training checkpoint was trained with (default: as trained; "
                    "external weights: off unless the config has a doei section)")
     p.add_argument("--data-root", default=None, help="dataset folder (VOC2012 layout for voc/synth)")
-    from doei.data.build import dataset_kinds
 
     p.add_argument("--dataset", choices=dataset_kinds(), default=None, help="registered dataset kind (default voc)")
     p.add_argument("--scales", default=None, help="comma-separated scales (default 1.0, MCTformer's psa run; "
@@ -86,13 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     """Defaults <- ``--config`` file (+ ``--set``) <- explicit flags; validated."""
-    from doei.cam.config import CamConfig
-    from doei.config import from_dict, load_config, to_dict
-
     if args.config is not None:
         cfg = load_config(CamConfig, args.config, args.set)
     elif args.set:
-        from doei.config import apply_overrides
         cfg = from_dict(CamConfig, apply_overrides({}, args.set), where="--set")
     else:
         cfg = CamConfig()
@@ -115,11 +118,6 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.cam.generate import generate_cams, load_cam_model, open_dataset
-    from doei.engine import distributed as dist_util
-
-    from doei.utils.outdir import check_out_dir
-
     cfg = build_config(args)
     check_out_dir(args.out)
     if args.limit is not None and args.limit < 0:
@@ -145,8 +143,6 @@ def _switch_doei(cfg, ckpt: Path, on: bool):
     explicit override (logged, and recorded in ``cam_settings.json``)."""
     import dataclasses
 
-    from doei.core import DOEIConfig
-    from doei.engine.classifier import stored_doei
 
     base = cfg.doei or stored_doei(ckpt) or DOEIConfig()
     return dataclasses.replace(cfg, doei=dataclasses.replace(base, enabled=on), override_doei=True)

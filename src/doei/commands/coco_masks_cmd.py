@@ -22,7 +22,11 @@ import argparse
 import hashlib
 from pathlib import Path
 
+from doei.data.coco import coco_image_ids, image_key, load_coco_api, mask_content_hash, render_mask
+from doei.data.common import read_mask
 from doei.errors import DoeiError
+from doei.utils.io import atomic_save_png, atomic_write_json, atomic_write_text
+from doei.utils.outdir import check_out_dir, folder_lock
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,9 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.data.coco import load_coco_api
-    from doei.utils.outdir import check_out_dir, folder_lock
-
     out = check_out_dir(args.out)
     api = load_coco_api(args.ann)
     with folder_lock(out, "mask folder"):
@@ -49,9 +50,6 @@ def _write_masks(args: argparse.Namespace, api, out: Path) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from doei.data.coco import coco_image_ids, image_key, mask_content_hash, render_mask
-    from doei.data.common import read_mask
-    from doei.utils.io import atomic_save_png, atomic_write_json, atomic_write_text
 
     nums = coco_image_ids(api, args.ids)
     if not nums:

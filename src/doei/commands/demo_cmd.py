@@ -29,7 +29,10 @@ import argparse
 import time
 from pathlib import Path
 
+from doei.demo import DemoOptions, MODELS, run_demo
 from doei.errors import DoeiError
+from doei.utils.outdir import check_out_dir, folder_lock
+from doei.utils.repo_configs import configs_dir
 
 # Benchmark sizes (train, val) of each mode; the config of each model and mode is in doei.demo.MODELS.
 MODES = {
@@ -76,8 +79,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.demo import MODELS, DemoOptions, run_demo
-
     mode = MODES["quick" if args.quick else "default"]
     n_train, n_val, pipeline_train = _sizes(args, mode)
     config = (Path(args.config) if args.config
@@ -90,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
         pipeline_config=Path(args.pipeline_config) if args.pipeline_config else None,
         pipeline_overrides=list(args.pipeline_overrides), pipeline_train=pipeline_train, ceilings=args.ceilings,
     )
-    from doei.utils.outdir import check_out_dir, folder_lock
 
     t0 = time.time()
     with folder_lock(check_out_dir(opts.out), "demo folder"):
@@ -119,6 +119,4 @@ def _sizes(args: argparse.Namespace, mode: dict) -> tuple[int, int, int]:
 
 def _configs_dir() -> Path:
     """The repository's ``configs/`` folder (the package is installed in editable mode by the Makefile)."""
-    from doei.utils.repo_configs import configs_dir
-
     return configs_dir()

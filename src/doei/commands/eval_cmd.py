@@ -24,8 +24,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from doei.data.build import dataset_class_names, dataset_kinds, get_dataset_spec
+from doei.data.common import read_class_names
 from doei.errors import DoeiError
 from doei.eval.betas import DEFAULT_BETAS, parse_betas
+from doei.eval.class_names import class_names
+from doei.eval.cooccurrence import evaluate_cooccurrence, format_cooccurrence
+from doei.eval.evaluate import evaluate_dirs
+from doei.eval.reading import detect_pred_type, read_id_list
+from doei.eval.report import build_report, format_report
+from doei.pipeline_config import auto_workers
+from doei.utils.io import atomic_write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,7 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", default=None,
                    help="foreground class names (one per line, a JSON list, or a JSON with a 'classes' list: a "
                         "synthetic benchmark's meta.json, a `doei labels` file); C = names + 1")
-    from doei.data.build import dataset_kinds
 
     p.add_argument("--dataset", choices=dataset_kinds(), default=None,
                    help="take the classes from a dataset kind: voc (21), coco (81), synth / folder (need --data-root)")
@@ -69,16 +77,10 @@ def resolve_classes(num_classes: int | None, classes: str | None = None, dataset
                     data_root: str | None = None) -> tuple[int, list[str], str | None]:
     """``(C, names of the C classes with 'background' first, where C came from)``; ``None`` as the
     source means nothing was given and VOC's 21 is assumed (see :func:`check_class_count`)."""
-    from doei.eval.class_names import class_names
-
     found: list[tuple[list[str], str]] = []
     if classes is not None:
-        from doei.data.common import read_class_names
-
         found.append((read_class_names(classes), f"--classes {classes}"))
     if dataset is not None:
-        from doei.data.build import dataset_class_names, get_dataset_spec
-
         from_root = get_dataset_spec(dataset).names_from_root
         if from_root and not data_root:
             raise DoeiError(f"--dataset {dataset} needs --data-root (the folder with its class names)")
@@ -151,11 +153,6 @@ def check_out_writable(out: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.eval.evaluate import evaluate_dirs
-    from doei.eval.reading import detect_pred_type, read_id_list
-    from doei.eval.report import build_report, format_report
-    from doei.utils.io import atomic_write_json
-
     num_classes, names, class_source = resolve_classes(args.num_classes, args.classes, args.dataset, args.data_root)
     if args.out:
         check_out_writable(args.out)
@@ -173,7 +170,6 @@ def run(args: argparse.Namespace) -> int:
         betas = parse_betas(args.betas if args.betas is not None else DEFAULT_BETAS)
     if args.workers is not None and args.workers < 1:
         raise DoeiError(f"--workers {args.workers}: expected >= 1")
-    from doei.pipeline_config import auto_workers
 
     workers = args.workers if args.workers is not None else auto_workers(len(ids))
     counts = evaluate_dirs(
@@ -185,8 +181,6 @@ def run(args: argparse.Namespace) -> int:
     rep["num_classes_from"] = class_source or "default (VOC)"
     print(format_report(rep))
     if args.context:
-        from doei.eval.cooccurrence import evaluate_cooccurrence, format_cooccurrence
-
         if pred_type == "npy":
             raise DoeiError("--context: official .npy CAMs are not supported (convert them to .npz)")
         rep["cooccurrence"] = evaluate_cooccurrence(args.pred, args.gt, args.context, ids,

@@ -22,6 +22,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from doei.data.coco import COCO_CLASSES, coco_image_ids, coco_labels, image_key, load_coco_api
+from doei.data.common import read_cls_labels_npy, read_id_list, read_labels_json, write_labels_json
+from doei.data.voc import available_splits, default_mask_dir, load_labels, split_file, VOC_CLASSES
 from doei.errors import DoeiError
 
 
@@ -43,9 +46,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _voc(args) -> tuple[dict, list[str], str, Path]:
-    from doei.data.common import read_cls_labels_npy, read_id_list
-    from doei.data.voc import VOC_CLASSES, available_splits, default_mask_dir, load_labels, split_file
-
     if args.from_npy:
         table = read_cls_labels_npy(args.from_npy, len(VOC_CLASSES), trust_pickle=args.trust_pickle)
         out = Path(args.out) if args.out else Path(args.root or ".") / "cls_labels.json"
@@ -68,8 +68,6 @@ def _voc(args) -> tuple[dict, list[str], str, Path]:
 
 
 def _coco(args) -> tuple[dict, list[str], str, Path]:
-    from doei.data.coco import COCO_CLASSES, coco_image_ids, coco_labels, image_key, load_coco_api
-
     if not args.ann:
         raise DoeiError("--ann INSTANCES_JSON is required for --dataset coco")
     if not args.out:
@@ -98,8 +96,6 @@ def _out_path(args) -> Path | None:
 
 def _read_existing(out: Path | None, n_classes: int, names: list[str]) -> dict[str, tuple[int, ...]] | None:
     """The labels already in ``out`` (``None`` when there is no such file); class names must agree."""
-    from doei.data.common import read_labels_json
-
     if out is None or not out.exists():
         return None
     if out.is_dir():
@@ -136,9 +132,6 @@ def merge_labels(old: dict[str, tuple[int, ...]], new: dict[str, tuple[int, ...]
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from doei.data.coco import COCO_CLASSES
-    from doei.data.common import write_labels_json
-    from doei.data.voc import VOC_CLASSES
 
     names0 = list(VOC_CLASSES if args.dataset == "voc" else COCO_CLASSES)
     old = _read_existing(_out_path(args), len(names0), names0)        # before any (slow) labelling

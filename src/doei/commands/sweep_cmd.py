@@ -16,6 +16,11 @@ import argparse
 from pathlib import Path
 
 from doei.errors import DoeiError
+from doei.study.grid import parse_param
+from doei.study.runner import load_study
+from doei.study.sweep import run_sweep
+from doei.utils.outdir import check_out_dir, folder_lock
+from doei.utils.repo_configs import find_config
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,10 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.study.grid import parse_param
-    from doei.study.runner import load_study
-    from doei.study.sweep import run_sweep
-
     if not args.param:
         raise DoeiError("--param: give at least one NAME=V1,V2,... (e.g. af_p2c=0.1,0.3,1)")
     if args.seeds < 1:
@@ -43,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.first_seed < 0:
         raise DoeiError(f"--first-seed {args.first_seed}: expected an integer >= 0")
     params = [parse_param(s) for s in args.param]
-    from doei.utils.outdir import check_out_dir, folder_lock
 
-    from doei.utils.repo_configs import find_config
 
     study = load_study(find_config(args.config, "ablate.yaml"), check_out_dir(args.out), args.overrides,
                        quick=args.quick)

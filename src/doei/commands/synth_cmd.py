@@ -17,12 +17,12 @@ import shutil
 from dataclasses import fields
 from pathlib import Path
 
+from doei.data.synth import params_from_meta, read_meta, SynthParams, write_synth
 from doei.errors import DoeiError
+from doei.utils.outdir import check_out_dir, folder_lock
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from doei.data.synth import SynthParams
-
     d = SynthParams()
     p.add_argument("--out", required=True, help="output folder (VOC layout)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -46,16 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def params_from_args(args: argparse.Namespace):
-    from doei.data.synth import SynthParams
-
     kw = {f.name: getattr(args, f.name) for f in fields(SynthParams) if hasattr(args, f.name)}
     kw["scale"] = tuple(float(v) for v in kw["scale"])
     return SynthParams(**kw).validate()
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.utils.outdir import check_out_dir, folder_lock
-
     p = params_from_args(args)
     if args.workers < 1:
         raise DoeiError(f"--workers {args.workers}: expected at least 1 process")
@@ -67,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
 def _write(args: argparse.Namespace, p, out: Path) -> int:
     from tqdm import tqdm
 
-    from doei.data.synth import params_from_meta, read_meta, write_synth
 
     if out.exists():
         if (out / "meta.json").is_file():

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import argparse
 
+from doei.engine import distributed as dist_util
+from doei.engine.train_cls import train
+from doei.train_config import load_train_config
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML training config (see configs/ and docs/training.md)")
@@ -27,10 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.engine import distributed as dist_util
-    from doei.engine.train_cls import train
-    from doei.train_config import load_train_config
-
     cfg = load_train_config(args.config, args.overrides)
     res = train(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite))
     if not dist_util.is_main():                     # torchrun: rank 0 reports

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import argparse
 
+from doei.engine import distributed as dist_util
+from doei.engine.train_seg import train_segmentation
+from doei.pipeline_config import load_pipeline_config
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="pipeline YAML (sections data, seg; docs/pipeline.md)")
@@ -25,10 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from doei.engine import distributed as dist_util
-    from doei.engine.train_seg import train_segmentation
-    from doei.pipeline_config import load_pipeline_config
-
     cfg = load_pipeline_config(args.config, args.overrides)
     res = train_segmentation(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite))
     if dist_util.is_main():

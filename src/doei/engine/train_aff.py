@@ -25,9 +25,22 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from doei.cam.io import load_cam
+from doei.data.build import build_dataset, dataset_options
+from doei.engine import distributed as dist_util
+from doei.engine.checkpoint import refuse_to_replace
+from doei.engine.seed import epoch_seed, seed_everything
+from doei.engine.sgd_loop import fit
 from doei.errors import DoeiError
+from doei.models.initial_weights import load_initial_weights
+from doei.models.registry import create_model
+from doei.models.resnet38 import parameter_groups
 from doei.pipeline_config import PipelineConfig, RefineTrainSection
+from doei.refine.labels import affinity_labels_from_label, block_mean, scores_with_background, seed_label_from_scores
+from doei.refine.loss import affinity_loss
+from doei.utils.device import resolve_device
 from doei.utils.io import atomic_save_npz
+from doei.utils.outdir import folder_lock
 
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -113,9 +126,6 @@ class AffinityDataset(Dataset):
         return len(self.base)
 
     def _scores(self, i: int, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from doei.cam.io import load_cam
-        from doei.refine.labels import scores_with_background
-
         rid = self.base.records[i].id
         classes, cams = load_cam(self.cam_dir / f"{rid}.npz")
         if cams.shape[1:] != image.shape[:2]:
@@ -128,8 +138,6 @@ class AffinityDataset(Dataset):
                 scores_with_background(cams, self.sec.high_alpha))
 
     def __getitem__(self, i: int):
-        from doei.refine.labels import affinity_labels_from_label, block_mean, seed_label_from_scores
-
         sec = self.sec
         rng = item_rng(sec.seed, self.epoch, i)
         image = self.base.sample(i, with_mask=False).image
@@ -150,8 +158,6 @@ class AffinityDataset(Dataset):
 
 def _crf_scores_job(job: tuple) -> str:
     """Worker: the CRF-refined ``la``/``ha`` stacks of one image → ``<score_dir>/<id>.npz`` (float16)."""
-    from doei.refine.labels import scores_with_background
-
     rid, image, cams, low_alpha, high_alpha, score_dir = job
     la = scores_with_background(cams, low_alpha, image)
     ha = scores_with_background(cams, high_alpha, image)
@@ -174,8 +180,6 @@ def precompute_crf_scores(base, cam_dir: str | Path, score_dir: str | Path, sec:
 
     from tqdm import tqdm
 
-    from doei.cam.io import load_cam
-    from doei.engine import distributed as dist_util
 
     score_dir = Path(score_dir)
     todo = [i for i, r in enumerate(base.records) if not (score_dir / f"{r.id}.npz").is_file()]
@@ -213,8 +217,6 @@ def precompute_crf_scores(base, cam_dir: str | Path, score_dir: str | Path, sec:
 
 def affinity_loss_fn(model: nn.Module, batch: tuple, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
     """AffinityNet forward on a batch + :func:`doei.refine.loss.affinity_loss`."""
-    from doei.refine.loss import affinity_loss
-
     x, bg, fg, neg = batch
     aff = model(x.to(device))
     return affinity_loss(aff, bg.to(device), fg.to(device), neg.to(device))
@@ -228,7 +230,6 @@ def build_affinity_model(name: str, options: dict, init_weights: str | None = No
     the heads ``f8_3``, ``f8_4``, ``f8_5``, ``f9``): loaded non-strictly after a coverage check
     (:mod:`doei.models.initial_weights`: too few matching keys is a one-line error), reported to ``log``."""
     import doei.models.resnet38_small  # noqa: F401  (registers the reduced-width factories)
-    from doei.models.registry import create_model
 
     try:
         model = create_model(name, **options)
@@ -238,8 +239,6 @@ def build_affinity_model(name: str, options: dict, init_weights: str | None = No
         raise DoeiError(f"refine model {name!r}: not an AffinityNet (expected psa_resnet38_aff or psa_resnet38_aff_small)")
     model.radius = radius
     if init_weights:
-        from doei.models.initial_weights import load_initial_weights
-
         cov = load_initial_weights(model, init_weights, name)
         if log is not None:
             log(f"refine.train.init_weights {init_weights}: {cov.summary()}")
@@ -258,9 +257,6 @@ def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after:
     :class:`doei.engine.loop.TrainResult`. Writes into ``refine.train.out_dir``.
     A fresh start (``resume=False``) into a folder that holds a run is refused unless ``overwrite``; the
     folder is locked for the call (one writer)."""
-    from doei.engine.checkpoint import refuse_to_replace
-    from doei.utils.outdir import folder_lock
-
     if not resume:
         refuse_to_replace(cfg.refine.train.out_dir, overwrite, "refine.train.out_dir")
     with folder_lock(cfg.refine.train.out_dir, "affinity training folder"):
@@ -269,13 +265,6 @@ def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after:
 
 def _train_affinity(cfg: PipelineConfig, resume: bool | str, stop_after: int | None, log: Callable[[str], None],
                     overwrite: bool):
-    from doei.data.build import build_dataset
-    from doei.engine import distributed as dist_util
-    from doei.engine.seed import epoch_seed, seed_everything
-    from doei.engine.sgd_loop import fit
-    from doei.models.resnet38 import parameter_groups
-    from doei.utils.device import resolve_device
-
     sec = cfg.refine.train
     d = cfg.data
     base = build_dataset(d.kind, d.root, sec.split, **_data_kwargs(cfg))
@@ -326,8 +315,6 @@ def require_id_files(folder: Path, ids: Sequence[str], suffix: str, what: str, h
 def _data_kwargs(cfg: PipelineConfig) -> dict:
     """Extra loader arguments of the configured dataset kind: the ``data`` options it declares
     (:func:`doei.data.build.dataset_options`; kept under this name for its callers)."""
-    from doei.data.build import dataset_options
-
     return dataset_options(cfg.data)
 
 

@@ -24,17 +24,24 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from doei.data.build import build_dataset
+from doei.data.common import read_mask
+from doei.engine import distributed as dist_util
+from doei.engine.checkpoint import refuse_to_replace
+from doei.engine.seed import epoch_seed, seed_everything
+from doei.engine.sgd_loop import fit
 from doei.engine.train_aff import _data_kwargs, crop_hwc, item_rng, normalize, random_crop_offsets, require_id_files
 from doei.errors import DoeiError
+from doei.models.initial_weights import load_initial_weights
+from doei.models.registry import create_model
 from doei.pipeline_config import PipelineConfig, SegTrainSection
+from doei.utils.device import resolve_device
 
 GT_CHECK_IDS = 5
 
 
 def read_pseudo_label(path: Path, num_classes: int) -> np.ndarray:
     """uint8 ``[H,W]`` label map (0..num_classes, 255 ignore) from a PNG; one-line errors."""
-    from doei.data.common import read_mask
-
     return read_mask(path, num_classes)
 
 
@@ -134,7 +141,6 @@ def build_seg_model(name: str, num_classes: int, options: dict, init_weights: st
     outputs (background included); initial weights loaded non-strictly after a coverage check
     (:mod:`doei.models.initial_weights`; new: the head ``fc8_seg_conv1/2``), reported to ``log``."""
     import doei.models.resnet38_small  # noqa: F401  (registers the reduced-width factories)
-    from doei.models.registry import create_model
 
     try:
         model = create_model(name, num_classes=num_classes, **options)
@@ -143,8 +149,6 @@ def build_seg_model(name: str, num_classes: int, options: dict, init_weights: st
     if not hasattr(model, "from_scratch_names"):
         raise DoeiError(f"seg model {name!r}: not a DeepLab ResNet38 (expected deeplab_resnet38 or deeplab_resnet38_small)")
     if init_weights:
-        from doei.models.initial_weights import load_initial_weights
-
         cov = load_initial_weights(model, init_weights, name)
         if log is not None:
             log(f"seg.train.init_weights {init_weights}: {cov.summary()}")
@@ -164,14 +168,8 @@ def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_af
     """Train the segmentation net as configured in ``cfg.seg.train``; returns a :class:`doei.engine.loop.TrainResult`.
     A fresh start (``resume=False``) into a folder that holds a run is refused (before the data and the
     net are built) unless ``overwrite``; the loop locks the folder (one writer)."""
-    from doei.engine.checkpoint import refuse_to_replace
-
     if not resume:
         refuse_to_replace(cfg.seg.train.out_dir, overwrite, "seg.train.out_dir")
-    from doei.data.build import build_dataset
-    from doei.engine.seed import epoch_seed, seed_everything
-    from doei.engine.sgd_loop import fit
-    from doei.utils.device import resolve_device
 
     sec = cfg.seg.train
     d = cfg.data
@@ -185,7 +183,6 @@ def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_af
                      "run doei refine infer first, or set seg.train.pseudo_dir", sec.split)
     ds = SegDataset(base, pseudo, sec)
     seed_everything(epoch_seed(sec.seed, -1, "init"))
-    from doei.engine import distributed as dist_util
 
     model = build_seg_model(sec.model, d.num_classes + 1, sec.model_options, sec.init_weights,
                             log=log if dist_util.is_main() else None)

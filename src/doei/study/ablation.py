@@ -4,10 +4,12 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from doei.study.grid import Row, run_key, row_doei
 from doei.errors import DoeiError
-from doei.study.runner import Study, finished_results, prepare, run_all
+from doei.study.grid import Row, row_doei, run_key
+from doei.study.plot import ablation_figure
+from doei.study.runner import finished_results, prepare, run_all, Study
 from doei.study.table import fixed_beta, fmt_blocks, fmt_diff, fmt_ms, markdown_table, summarize, summarize_cooc
+from doei.utils.io import atomic_write_json, atomic_write_text
 
 
 def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] | None = None,
@@ -15,8 +17,6 @@ def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] | None 
     """Train and evaluate every row × seed (finished runs reused), then write the table files.
     ``rows``: default the study config's ``study.rows`` (all of TABLE4 unless it names some).
     ``report_only``: train nothing; tabulate the runs that have finished (a row lists the seeds it has)."""
-    from doei.utils.io import atomic_write_json, atomic_write_text
-
     rows = tuple(rows or study.rows)
     t0 = time.time()
     prepare(study)
@@ -46,7 +46,6 @@ def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] | None 
            "wall_s_this_call": round(time.time() - t0, 1)}
     atomic_write_json(study.out / "ablation.json", doc)
     atomic_write_text(study.out / "ablation.md", render(doc))
-    from doei.study.plot import ablation_figure
 
     ablation_figure(study.out / "ablation.png", doc)
     return doc

@@ -23,8 +23,20 @@ from typing import Callable, Sequence
 
 import torch
 
+from doei.cam.heldout import evaluate_cams, write_cams
+from doei.config import apply_overrides, load_yaml
+from doei.data.benchmark import ensure_synth
+from doei.data.build import build_dataset
+from doei.data.cooccurrence import variant_params
+from doei.data.synth_context import CONTEXT_DIR, write_context_maps
+from doei.data.transforms import cam_transform
+from doei.engine.classifier import load_classifier
+from doei.engine.train_cls import train
 from doei.errors import DoeiError
-from doei.study.grid import TABLE4, run_key, select_rows, validate_doei
+from doei.eval.cooccurrence import evaluate_cooccurrence
+from doei.study.grid import run_key, select_rows, TABLE4, validate_doei
+from doei.train_config import train_config_from_dict
+from doei.utils.io import append_jsonl, atomic_write_json
 
 RESULT_NAME = "result.json"
 LOG_NAME = "study_log.jsonl"
@@ -72,9 +84,6 @@ class Study:
 
 def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bool = False) -> Study:
     """Read a study config (a TrainConfig YAML plus an optional ``study`` section) into a :class:`Study`."""
-    from doei.config import apply_overrides, load_yaml
-    from doei.train_config import train_config_from_dict
-
     if not Path(config).is_file():
         raise DoeiError(f"--config {config}: file not found")
     d = load_yaml(config)
@@ -120,10 +129,6 @@ def _check_bias(v, config) -> float | None:
 def prepare(study: Study) -> None:
     """Create the output folder and the benchmark (reused when present with the same parameters), and the
     held-out split's context maps (doei.data.synth_context) for the co-occurrence metrics."""
-    from doei.data.benchmark import ensure_synth
-    from doei.data.cooccurrence import variant_params
-    from doei.data.synth_context import write_context_maps
-
     study.out.mkdir(parents=True, exist_ok=True)
     extra = None if study.bias is None else variant_params(study.bias)
     study.synth_meta = ensure_synth(study.synth_root, study.n_train, study.n_val, study.synth_seed, extra)
@@ -132,8 +137,6 @@ def prepare(study: Study) -> None:
 
 def run_config(study: Study, doei: dict, seed: int, run_dir: Path):
     """The TrainConfig of one run."""
-    from doei.train_config import train_config_from_dict
-
     d = copy.deepcopy(study.train_dict)
     d["data"]["root"] = str(study.synth_root)
     d["train"].update(out_dir=str(run_dir / "train"), seed=int(seed))
@@ -144,10 +147,6 @@ def run_config(study: Study, doei: dict, seed: int, run_dir: Path):
 def block_stats(checkpoint: Path, synth_root: Path, n_images: int) -> list[dict]:
     """Per-block DOEI statistics of a trained model on the first ``n_images`` held-out images (one batch,
     the CAM transform): ``[{block, k_p2c, k_c2c, delta_ratio_patch, delta_ratio_cls}]``; [] with DOEI off."""
-    from doei.data.build import build_dataset
-    from doei.data.transforms import cam_transform
-    from doei.engine.classifier import load_classifier
-
     model, _ = load_classifier(checkpoint)
     ds = build_dataset("synth", synth_root, "val", transform=cam_transform())
     x = torch.stack([ds[i][0] for i in range(min(n_images, len(ds)))])
@@ -163,10 +162,6 @@ def block_stats(checkpoint: Path, synth_root: Path, n_images: int) -> list[dict]
 def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = lambda s: None) -> dict:
     """Train → CAMs → β sweep → DOEI block statistics for one (DOEI setting, seed); returns the result
     (read back from ``result.json`` when the run already finished)."""
-    from doei.cam.heldout import evaluate_cams, write_cams
-    from doei.engine.train_cls import train
-    from doei.utils.io import atomic_write_json
-
     key = run_key(doei, seed)
     run_dir = study.out / "runs" / key
     res_path = run_dir / RESULT_NAME
@@ -199,9 +194,6 @@ def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = la
 def cooccurrence_of(cam_dir: Path, synth_root: Path, ids: list[str], beta: float, class_names: list[str]) -> dict:
     """Context leak, context hit, object FN and IoU per class and class group at the run's best β
     (:mod:`doei.eval.cooccurrence`), from the benchmark's context maps."""
-    from doei.data.synth_context import CONTEXT_DIR
-    from doei.eval.cooccurrence import evaluate_cooccurrence
-
     return evaluate_cooccurrence(cam_dir, synth_root / "SegmentationClass", synth_root / CONTEXT_DIR, ids, beta,
                                  class_names)
 
@@ -211,7 +203,6 @@ def run_all(study: Study, runs: Sequence[tuple[dict, int]], desc: str) -> dict[s
     A tqdm bar counts runs; ``study_log.jsonl`` gets ``start``/``skip``/``end`` records with wall times."""
     from tqdm import tqdm
 
-    from doei.utils.io import append_jsonl
 
     todo: dict[str, tuple[dict, int]] = {}
     for doei, seed in runs:

@@ -6,16 +6,15 @@ import time
 from typing import Sequence
 
 from doei.study.grid import run_key, sweep_doei
-from doei.study.runner import Study, prepare, run_all
+from doei.study.plot import sweep_figure
+from doei.study.runner import prepare, run_all, Study
 from doei.study.table import fixed_beta, fmt_blocks, fmt_diff, fmt_ms, summarize
+from doei.utils.io import atomic_write_json, atomic_write_text
 
 
 def run_sweep(study: Study, params: Sequence[tuple[str, list]], seeds: Sequence[int]) -> dict:
     """Run the baseline and every (param value × seed) with the other knobs at the base DOEI setting; write
     one JSON and one PNG per parameter and ``sweep.md``; returns ``{param: doc}``."""
-    from doei.study.plot import sweep_figure
-    from doei.utils.io import atomic_write_json, atomic_write_text
-
     t0 = time.time()
     prepare(study)
     off = {"enabled": False}
