@@ -478,6 +478,11 @@ def c_sweep_config_not_found(b, t):
         r"--config nope_study\.yaml: file not found \(looked in .*configs\)"
 
 
+def c_run_num_classes_not_the_datasets(b, t):
+    p = _pipeline(b, t, lambda c: c["data"].__setitem__("num_classes", 20))
+    return ["run", "--config", str(p)], r"data\.num_classes = 20, but .* has 10 foreground classes"
+
+
 CASES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("c_") and callable(fn)}
 
 

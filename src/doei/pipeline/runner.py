@@ -34,8 +34,13 @@ def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]
     * ``refine.train.init_weights`` / ``seg.train.init_weights``: the file exists, its shapes fit the
       model and enough of the expected keys are in it (:mod:`doei.models.initial_weights`; the model is
       built on the meta device, so this costs a file read, not a 100M-parameter net);
-    * ``eval.train_split``: its ids are part of the split the CAMs and pseudo masks are made for.
+    * ``eval.train_split``: its ids are part of the split the CAMs and pseudo masks are made for;
+    * ``data.num_classes``: the dataset's own class count (else the eval would count absent classes as 0).
     """
+    found = build_dataset(cfg.data.kind, cfg.data.root, cfg.data.train_split, **_data_kwargs(cfg)).num_classes
+    if found != cfg.data.num_classes:
+        raise DoeiError(f"data.num_classes = {cfg.data.num_classes}, but {cfg.data.root} ({cfg.data.kind}) has {found} "
+                        "foreground classes; every stage and the eval table count with it")
     rt, st = cfg.refine.train, cfg.seg.train
     if "refine" in stages and rt.init_weights:
         cov = preflight_initial_weights(rt.model, rt.model_options, rt.init_weights, "refine.train.init_weights")
