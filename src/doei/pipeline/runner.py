@@ -83,12 +83,12 @@ def _run_stages(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     if not main:
         log = lambda *_: None  # noqa: E731 - rank 0 reports
     out = Path(cfg.run.out_dir)
+    resolved = resolve(cfg)      # the classifier and cam sections as typed configs, checked before any stage
+    preflight(cfg, [st for st in STAGES if st in cfg.run.stages and read_marker(marker_path(cfg, st)) is None], log)
     out.mkdir(parents=True, exist_ok=True)
     if main:
         atomic_write_json(out / "pipeline_config.json", cfg.to_dict())
     results: dict = {}
-    resolved = resolve(cfg)      # the classifier and cam sections as typed configs, checked before any stage
-    preflight(cfg, [st for st in STAGES if st in cfg.run.stages and read_marker(marker_path(cfg, st)) is None], log)
     for stage in STAGES:
         if stage not in cfg.run.stages:
             continue
