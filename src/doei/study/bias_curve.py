@@ -82,7 +82,7 @@ def figure(path: Path, recs: list[dict]) -> None:
             pts = [(x, r[name][m]) for x, r in zip(xs, recs) if r[name].get(m)]
             ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1]["std"] for p in pts],
                         fmt="o-", color=colour, capsize=3, label=lab)
-        ax.set_xlabel("bias (share of a context class's images with its context)")
+        ax.set_xlabel("bias (share of images with the context)", fontsize=8)
         ax.set_title(title + ("" if m == "mIoU" else " (context classes)"), fontsize=9)
         ax.set_ylabel("% at best β")
         ax.grid(alpha=0.3)
