@@ -66,6 +66,25 @@ def test_demo_pipeline_config_loads_and_overrides():
     assert c.refine.train.model == "psa_resnet38_aff_small" and c.data.kind == "synth"
 
 
+def test_demo_pipeline_px128_differs_only_in_resolution_keys():
+    """configs/demo_pipeline_px128.yaml (issue #16): the 64-px recipe with the classifier read at scale 0.5 and
+    the later stages' crops, radius and CRF widths scaled to 128 px; every other setting is the same."""
+    a = load_pipeline_config(REPO / "configs/demo_pipeline.yaml").to_dict()
+    b = load_pipeline_config(REPO / "configs/demo_pipeline_px128.yaml").to_dict()
+    assert b["cam"]["scales"] == [0.5] and b["refine"]["train"]["radius"] == 5
+    assert b["seg"]["infer"]["crf_gauss_sxy"] == 2 * a["seg"]["infer"]["crf_gauss_sxy"]
+    assert b["seg"]["infer"]["crf_bi_sxy"] == 2 * a["seg"]["infer"]["crf_bi_sxy"]
+    changed = {("cam", "scales"), ("refine.train", "crop_size"), ("refine.train", "radius"),
+               ("seg.train", "crop_size"), ("seg.infer", "crf_gauss_sxy"), ("seg.infer", "crf_bi_sxy")}
+    for sec in ("cam", "refine.train", "refine.infer", "seg.train", "seg.infer", "eval"):
+        x, y = a, b
+        for k in sec.split("."):
+            x, y = x[k], y[k]
+        for key in set(x) | set(y):
+            if (sec, key) not in changed and not str(x.get(key)).startswith("demo_out"):
+                assert x.get(key) == y.get(key), (sec, key)
+
+
 def test_poly_schedule_and_groups():
     assert poly_factor(0, 10, 0.9) == 1.0
     assert poly_factor(5, 10, 0.9) == pytest.approx(0.5 ** 0.9)
