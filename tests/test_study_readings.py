@@ -48,3 +48,14 @@ def test_ablate_quick_reports_cooccurrence_for_a_bias_variant(tmp_path):
     assert recs[0]["bias"] == 0.5 and "leak" in recs[0]["baseline"]
     assert (tmp_path / "bc" / "bias_curve.png").stat().st_size > 1000
     assert "| 0.50 | 1 |" in (tmp_path / "bc" / "bias_curve.md").read_text()
+
+
+def test_demo_report_shows_cooccurrence_beside_miou():
+    from doei.demo.report import _cooccurrence_section
+
+    grp = {"context": {"classes": ["boat"], "leak": 20.0, "context_hit": 30.0, "object_FN": 40.0, "IoU": 25.0},
+           "rest": {"classes": ["star"], "leak": None, "context_hit": None, "object_FN": 60.0, "IoU": 15.0}}
+    m = {"baseline": {"cooccurrence": {"groups": grp}}, "doei": {"cooccurrence": {"groups": grp}}}
+    text = "\n".join(_cooccurrence_section(m))
+    assert "| baseline | 20.0 | 30.0 | 40.0 | 25.0 | 60.0 |" in text and "| DOEI |" in text
+    assert _cooccurrence_section({"baseline": {}, "doei": {}}) == []

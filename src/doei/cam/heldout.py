@@ -57,11 +57,23 @@ def write_reference_cams(synth_root: Path, cam_root: Path) -> None:
         save_cam(cam_root / "uniform_cam" / f"{rec.id}.npz", cls, np.ones((cls.size, h, w), np.float16))
 
 
-def evaluate_cams(pred_dir: Path, synth_root: Path, ids: list[str], class_names: list[str], betas: str) -> dict:
-    """``doei eval``'s numbers for one CAM folder: best-β mIoU/FP/FN (percent), β, and the sweep."""
+def evaluate_cams(pred_dir: Path, synth_root: Path, ids: list[str], class_names: list[str], betas: str,
+                  context: bool = True) -> dict:
+    """``doei eval``'s numbers for one CAM folder: best-β mIoU/FP/FN (percent), β, and the sweep; with
+    ``context``, also ``cooccurrence`` (:mod:`doei.eval.cooccurrence`: context leak, object FN per class
+    and class group at the best β)."""
     counts = evaluate_dirs(pred_dir, synth_root / "SegmentationClass", ids, num_classes=len(class_names) + 1,
                            pred_type="cam", betas=parse_betas(betas), progress=True)
     rep = build_report(counts)
-    return {"mIoU": rep["mIoU"], "FP": rep["FP"], "FN": rep["FN"], "beta": rep["beta"],
-            "per_class_IoU": {(["background"] + list(class_names))[p["class"]]: p["IoU"] for p in rep["per_class"]},
-            "sweep": rep["sweep"]}
+    out = {"mIoU": rep["mIoU"], "FP": rep["FP"], "FN": rep["FN"], "beta": rep["beta"],
+           "per_class_IoU": {(["background"] + list(class_names))[p["class"]]: p["IoU"] for p in rep["per_class"]},
+           "sweep": rep["sweep"]}
+    if context:
+        # context leak / object FN at the best β from the benchmark's context maps (written once, val split)
+        from doei.data.synth_context import CONTEXT_DIR, write_context_maps
+        from doei.eval.cooccurrence import evaluate_cooccurrence
+
+        write_context_maps(synth_root, ("val",))
+        out["cooccurrence"] = evaluate_cooccurrence(pred_dir, synth_root / "SegmentationClass", synth_root / CONTEXT_DIR,
+                                                    ids, rep["beta"], class_names)
+    return out

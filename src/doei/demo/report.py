@@ -44,6 +44,7 @@ def render_report(metrics: dict) -> str:
         "![mIoU, FP, FN against beta](figures/beta_sweep.png)",
         "",
     ]
+    lines += _cooccurrence_section(metrics)
     if metrics.get("pipeline"):
         lines += _pipeline_section(metrics["pipeline"])
     lines += [
@@ -65,6 +66,27 @@ def render_report(metrics: dict) -> str:
         lines.append(f"| {k} | {v['wall_s']:.0f} | {v['cpu_s']:.0f} |")
     lines += ["", "Wall times depend on what else runs on the machine; CPU seconds are summed over threads.", ""]
     return "\n".join(lines)
+
+
+def _cooccurrence_section(metrics: dict) -> list[str]:
+    """Context leak / context hit / object FN of the context classes and object FN of the rest, baseline vs
+    DOEI (doei.eval.cooccurrence, docs/evaluation.md); nothing when the metrics predate them."""
+    b, d = metrics["baseline"].get("cooccurrence"), metrics["doei"].get("cooccurrence")
+    if not b or not d:
+        return []
+
+    def f(v):
+        return "–" if v is None else f"{v:.1f}"
+
+    g = b["groups"]["context"]["classes"]
+    lines = [f"Co-occurrence and under-activation at the best β (context classes: {', '.join(g)}; docs/evaluation.md):",
+             "", "| CAMs from | context leak | context hit | object FN (context) | IoU (context) | object FN (rest) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in (("baseline", b), ("DOEI", d)):
+        c, rest = r["groups"]["context"], r["groups"]["rest"]
+        lines.append(f"| {name} | {f(c['leak'])} | {f(c['context_hit'])} | {f(c['object_FN'])} | {f(c['IoU'])} | "
+                     f"{f(rest['object_FN'])} |")
+    return lines + [""]
 
 
 PIPELINE_ROWS = ("Seed", "Mask", "Seg", "Seg+CRF")

@@ -175,7 +175,7 @@ def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = la
     class_names = list(study.synth_meta["classes"])
     ids = write_cams(tr.checkpoint, study.synth_root, run_dir / "cams", study.cam_layers, batch=50)
     ev = evaluate_cams(run_dir / "cams", study.synth_root, ids, class_names, study.betas)
-    cooc = cooccurrence_of(run_dir / "cams", study.synth_root, ids, ev["beta"], class_names)
+    cooc = ev["cooccurrence"]
     stats = block_stats(tr.checkpoint, study.synth_root, study.stats_images)
     t2, c2 = time.time(), time.process_time()
     result = {
@@ -189,13 +189,6 @@ def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = la
     }
     atomic_write_json(res_path, result)
     return result
-
-
-def cooccurrence_of(cam_dir: Path, synth_root: Path, ids: list[str], beta: float, class_names: list[str]) -> dict:
-    """Context leak, context hit, object FN and IoU per class and class group at the run's best β
-    (:mod:`doei.eval.cooccurrence`), from the benchmark's context maps."""
-    return evaluate_cooccurrence(cam_dir, synth_root / "SegmentationClass", synth_root / CONTEXT_DIR, ids, beta,
-                                 class_names)
 
 
 def run_all(study: Study, runs: Sequence[tuple[dict, int]], desc: str) -> dict[str, dict]:
