@@ -10,20 +10,7 @@ from doei.core.config import READINGS
 from doei.core.hfa import IMAGENET_MEAN, IMAGENET_STD, attention_hfa, raw_rgb
 from doei.models.mctformer import MCTformerV2
 from doei.models.vit import Attention
-
-
-def _toy():
-    """The toy of tests/test_core_doei.py: 1 image, C = 2, P = 4, D = 2."""
-    a = torch.zeros(1, 6, 6)
-    a[0, 0, 2:] = torch.tensor([0.4, 0.1, 0.2, 0.0])
-    a[0, 1, 2:] = torch.tensor([0.0, 0.3, 0.1, 0.2])
-    a[0, 2:, :2] = torch.tensor([[0.1, 0.0], [0.0, 0.1], [0.1, 0.1], [0.0, 0.2]])
-    a[0, :2, :2] = torch.tensor([[0.3, 0.2], [0.1, 0.5]])
-    x = torch.zeros(1, 6, 2)
-    x[0, 0] = torch.tensor([1.0, 0.0])
-    x[0, 1] = torch.tensor([0.0, 1.0])
-    x[0, 2:] = torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, 2.0], [-1.0, 1.0]])
-    return x, a
+from test_core_doei import _toy  # the hand-computed toy (1 image, C = 2, P = 4, D = 2)
 
 
 def test_defaults_are_todays_reading():
