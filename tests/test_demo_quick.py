@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from doei.cli import main as cli_main
 
@@ -16,9 +17,37 @@ SHRINK = ["--n-train", "32", "--n-val", "8", "--set", "train.epochs=1", "--set",
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
+    """The shrunk quick demo, its two runs side by side (``--jobs 2``) with one thread each."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert cli_main(["demo", "--quick", "--out", str(out), *SHRINK]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert cli_main(["demo", "--quick", "--out", str(out), "--jobs", "2", *SHRINK]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
+
+
+def test_side_by_side_and_one_after_the_other_give_the_same_numbers(demo_dir, tmp_path):
+    """``--jobs 1`` with one thread computes what ``--jobs 2`` computed with one thread per job: every CAM,
+    classifier and pipeline number of metrics.json, and the same checkpoints."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli_main(["demo", "--quick", "--out", str(tmp_path / "seq"), "--jobs", "1", *SHRINK]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a = json.loads((demo_dir / "metrics.json").read_text())
+    b = json.loads((tmp_path / "seq" / "metrics.json").read_text())
+    for run in ("baseline", "doei"):
+        for k in ("mIoU", "FP", "FN", "beta", "cls_mAP", "cls_F1", "sweep"):
+            assert a[run][k] == b[run][k], (run, k)
+        assert a["pipeline"][run] == b["pipeline"][run], run
+        wa = torch.load(demo_dir / "runs" / run / "checkpoint.pt", weights_only=True)["model"]
+        wb = torch.load(tmp_path / "seq" / "runs" / run / "checkpoint.pt", weights_only=True)["model"]
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["settings"]["jobs"] == 2 and b["settings"]["jobs"] == 1
+    assert a["settings"]["threads_per_job"] == b["settings"]["threads_per_job"] == 1
 
 
 def test_demo_writes_report_metrics_and_figures(demo_dir):
@@ -55,10 +84,10 @@ def test_trivial_references_are_what_they_claim(demo_dir):
     assert len({round(p["mIoU"], 9) for p in uni}) == 1
 
 
-def test_demo_rerun_reuses_finished_work(demo_dir, capsys):
+def test_demo_rerun_reuses_finished_work(demo_dir, capfd):
     before = json.loads((demo_dir / "metrics.json").read_text())
     assert cli_main(["demo", "--quick", "--out", str(demo_dir), *SHRINK]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out                       # capfd: the side-by-side jobs print from their own processes
     assert "reusing the finished run" in out and "reusing" in out.split("== 2/6")[0]
     assert out.count("already done") == 2 * 6          # every pipeline stage of both runs is skipped
     after = json.loads((demo_dir / "metrics.json").read_text())
@@ -162,12 +191,16 @@ def test_demo_rejects_unknown_model(tmp_path):
     ("--cam-layers", "-1", "--cam-layers -1: expected an integer >= 1"),
     ("--seed", "-3", "--seed -3: expected an integer >= 0"),
     ("--train-seed", "-1", "--train-seed -1: expected an integer >= 0"),
+    ("--jobs", "0", "--jobs 0: expected an integer >= 1"),
+    ("--pipeline-px", "16", "--pipeline-px 16: expected 32..512"),
+    ("--pipeline-px", "96", "configs/demo_pipeline_quick_px96.yaml: pipeline config not found"),
+    ("--pipeline-set", "seg.train.epochs=-1", "seg.train.epochs = -1"),
 ])
 def test_demo_integer_options_are_used_as_given_or_refused(flag, value, needle, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli_main(["demo", "--quick", "--out", str(out), f"{flag}={value}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"doei demo: error: {needle}") and err.count("\n") == 1, err
+    assert err.startswith("doei demo: error: ") and needle in err and err.count("\n") == 1, err
     assert not out.exists()
 
 

@@ -66,15 +66,17 @@ def test_demo_pipeline_config_loads_and_overrides():
     assert c.refine.train.model == "psa_resnet38_aff_small" and c.data.kind == "synth"
 
 
-def test_demo_pipeline_px128_differs_only_in_resolution_keys():
-    """configs/demo_pipeline_px128.yaml (issue #16): the 64-px recipe with the classifier read at scale 0.5 and
-    the later stages' crops, radius and CRF widths scaled to 128 px; every other setting is the same."""
-    a = load_pipeline_config(REPO / "configs/demo_pipeline.yaml").to_dict()
-    b = load_pipeline_config(REPO / "configs/demo_pipeline_px128.yaml").to_dict()
+def test_demo_pipeline_128px_differs_from_64px_only_in_resolution_keys():
+    """configs/demo_pipeline.yaml (128 px, the demo's default since issue #16) is configs/demo_pipeline_px64.yaml's
+    recipe with the classifier read at scale 0.5, the later stages' crops, radius and CRF widths scaled to
+    128 px and the random walk's background threshold at the seeds' best β; every other setting is the same."""
+    a = load_pipeline_config(REPO / "configs/demo_pipeline_px64.yaml").to_dict()
+    b = load_pipeline_config(REPO / "configs/demo_pipeline.yaml").to_dict()
     assert b["cam"]["scales"] == [0.5] and b["refine"]["train"]["radius"] == 5
     assert b["seg"]["infer"]["crf_gauss_sxy"] == 2 * a["seg"]["infer"]["crf_gauss_sxy"]
     assert b["seg"]["infer"]["crf_bi_sxy"] == 2 * a["seg"]["infer"]["crf_bi_sxy"]
     changed = {("cam", "scales"), ("refine.train", "crop_size"), ("refine.train", "radius"),
+               ("refine.infer", "bg_threshold"),                       # the seeds' best beta at each size
                ("seg.train", "crop_size"), ("seg.infer", "crf_gauss_sxy"), ("seg.infer", "crf_bi_sxy")}
     for sec in ("cam", "refine.train", "refine.infer", "seg.train", "seg.infer", "eval"):
         x, y = a, b

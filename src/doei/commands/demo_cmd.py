@@ -19,7 +19,7 @@ Steps (each prints its progress; finished steps are reused when the command is r
 
 Examples::
 
-    doei demo --out demo_out            # ≤ 15 min on a 2-core CPU (docs/demo.md)
+    doei demo --out demo_out            # ≤ 20 min on an idle 2-core CPU (docs/demo.md)
     doei demo --quick --out demo_quick  # ≤ 3 min smoke run
     doei demo --model transcam --quick --out demo_transcam_quick
 """
@@ -30,14 +30,16 @@ import time
 from pathlib import Path
 
 from doei.demo import DemoOptions, MODELS, run_demo
+from doei.demo.runner import check_pipeline_config
 from doei.errors import DoeiError
+from doei.utils.jobs import default_jobs
 from doei.utils.outdir import check_out_dir, folder_lock
 from doei.utils.repo_configs import configs_dir
 
 # Benchmark sizes (train, val) of each mode; the config of each model and mode is in doei.demo.MODELS.
 MODES = {
-    "default": {"n_train": 3000, "n_val": 300, "pipeline_train": 1000},
-    "quick": {"n_train": 1000, "n_val": 100, "pipeline_train": 200},
+    "default": {"n_train": 3000, "n_val": 300, "pipeline_train": 1000, "pipeline_px": 128},
+    "quick": {"n_train": 1000, "n_val": 100, "pipeline_train": 200, "pipeline_px": 64},
 }
 BETAS = "0.05:0.95:0.05"
 OVERLAY_CLASSES = ("boat", "train", "car", "turtle", "house", "fish")
@@ -73,6 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a pipeline-config value for both runs, e.g. --pipeline-set seg.train.epochs=2")
     p.add_argument("--pipeline-train", type=int, default=None,
                    help="first N training images used for Seed/Mask and DeepLab (default 1000; quick 200)")
+    p.add_argument("--pipeline-px", type=int, default=None,
+                   help="image side of the later stages' benchmark: the same scenes rendered at this size (default "
+                        "128, twice the classifier's 64 px; quick 64); its config is demo_pipeline[_quick]_px<N>.yaml "
+                        "unless --pipeline-config")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="run the baseline and DOEI trainings and pipelines side by side in this many processes, "
+                        "the threads shared out (default: 2 with 2+ cores, else 1; docs/demo.md)")
     p.add_argument("--ceilings", action="store_true",
                    help="also the ceiling rows of the pipeline table: random walk from true seeds, DeepLab trained "
                         "on the true masks (doei.demo.ceilings; about 4 more CPU-minutes at the default sizes)")
@@ -81,6 +90,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     mode = MODES["quick" if args.quick else "default"]
     n_train, n_val, pipeline_train = _sizes(args, mode)
+    pipeline_px = mode["pipeline_px"] if args.pipeline_px is None else args.pipeline_px
+    if not 32 <= pipeline_px <= 512:
+        raise DoeiError(f"--pipeline-px {pipeline_px}: expected 32..512")
+    if args.jobs is not None and args.jobs < 1:
+        raise DoeiError(f"--jobs {args.jobs}: expected an integer >= 1")
+    jobs = default_jobs(2) if args.jobs is None else args.jobs
     config = (Path(args.config) if args.config
               else _configs_dir() / MODELS[args.model][1]["quick" if args.quick else "default"])
     opts = DemoOptions(
@@ -90,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
         overlay_classes=OVERLAY_CLASSES, pipeline=args.pipeline,
         pipeline_config=Path(args.pipeline_config) if args.pipeline_config else None,
         pipeline_overrides=list(args.pipeline_overrides), pipeline_train=pipeline_train, ceilings=args.ceilings,
+        pipeline_px=pipeline_px, jobs=jobs,
     )
 
+    check_pipeline_config(opts)
     t0 = time.time()
     with folder_lock(check_out_dir(opts.out), "demo folder"):
         summary = run_demo(opts)

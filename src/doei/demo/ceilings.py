@@ -18,9 +18,10 @@ from doei.cam.oracle import write_oracle_cams
 from doei.data.build import build_dataset
 from doei.pipeline import run_pipeline
 from doei.pipeline_config import pipeline_config_from_dict
+from doei.utils.jobs import run_jobs
 
 CEILINGS = {"rw_true_seeds": "random walk from true seeds", "seg_true_masks": "DeepLab on the true masks"}
-ORACLE_STRIDE = 8          # the demo classifiers' patch size: a perfect CAM is no sharper than its token grid
+ORACLE_STRIDE = 8          # the demo classifiers' patch size at 64 px: a perfect CAM is no sharper than its token grid
 
 
 def _table(res: dict) -> dict:
@@ -50,20 +51,26 @@ def ceiling_configs(cfg, out: Path) -> dict:
             "seg_true_masks": pipeline_config_from_dict(seg, where="ceiling seg_true_masks")}
 
 
-def run_ceilings(cfg, out: Path) -> dict:
-    """Run both ceilings (finished stages are skipped); ``{name: {row: {mIoU, FP, FN, ...}}}``."""
+def _run(cfg) -> dict:
+    return _table(run_pipeline(cfg))
+
+
+def run_ceilings(cfg, out: Path, stride: int = ORACLE_STRIDE, jobs: int = 1, threads: int = 1) -> dict:
+    """Run both ceilings (finished stages are skipped), side by side with ``jobs > 1`` (``utils.jobs``);
+    ``{name: {row: {mIoU, FP, FN, ...}}}``. ``stride``: the classifier's token grid in pixels of the
+    pipeline's images (8 at 64 px, 16 at 128)."""
     cfgs = ceiling_configs(cfg, out)
     d = cfg.data
     ds = build_dataset(d.kind, d.root, d.train_split)
     rw = cfgs["rw_true_seeds"]
-    write_oracle_cams(ds, rw.refine.train.cam_dir, ORACLE_STRIDE)
+    write_oracle_cams(ds, rw.refine.train.cam_dir, stride)
     seg = cfgs["seg_true_masks"]
     masks = Path(seg.seg.train.pseudo_dir)
     masks.mkdir(parents=True, exist_ok=True)
     for r in ds.records:
         if not (masks / f"{r.id}.png").is_file():
             shutil.copyfile(r.mask_path, masks / f"{r.id}.png")
-    return {name: _table(run_pipeline(c)) for name, c in cfgs.items()}
+    return dict(zip(cfgs, run_jobs([(_run, (c,)) for c in cfgs.values()], jobs, threads)))
 
 
 __all__ = ["CEILINGS", "ORACLE_STRIDE", "ceiling_configs", "run_ceilings"]

@@ -93,15 +93,20 @@ PIPELINE_ROWS = ("Seed", "Mask", "Seg", "Seg+CRF")
 
 
 def _pipeline_section(p: dict) -> list[str]:
-    """The paper's Table 1/2 analogue: Seed and Mask on the training subset, Seg (+CRF) on the held-out split."""
+    """The paper's Table 1/2 analogue: Seed and Mask on the training subset, Seg (+CRF) on the held-out split;
+    then what each stage added, for both runs and for the ceiling runs (the stage started from the truth)."""
     st = p["settings"]
     cols = [k for k in PIPELINE_ROWS if all(k in p[run] for run in RUNS)]
     split = lambda k: p["baseline"][k]["split"]  # noqa: E731
+    px = st.get("px")
+    where = (f" The later stages run on the same scenes rendered at {px} px (`{st['root']}`): the classifiers "
+             "read them at their own 64 px (CAMs bilinear back), AffinityNet and DeepLab work at full size."
+             if px and px != 64 else "")
     lines = ["## The whole pipeline (paper Tables 1–2 analogue)", "",
              f"Each classifier's CAMs of the first {st['pipeline_train']} training images are the seeds (Seed, best "
              "β); AffinityNet trained on them turns them into pseudo masks by random walk (Mask); DeepLab-v1 "
              "(ResNet38) trained on those masks segments the held-out split, multi-scale + flip (Seg) and then "
-             f"DenseCRF (Seg+CRF). Config `{st['config']}`"
+             f"DenseCRF (Seg+CRF).{where} Config `{st['config']}`"
              + (f", overrides `{' '.join(st['overrides'])}`" if st["overrides"] else "") + ". mIoU, percent; "
              "Seed/Mask average all classes (seed convention), Seg the classes present (segmentation convention).",
              "", "| run | " + " | ".join(f"{k} ({split(k)})" for k in cols) + " |",
@@ -111,25 +116,57 @@ def _pipeline_section(p: dict) -> list[str]:
     lines.append("| DOEI − baseline | "
                  + " | ".join(f"{p['doei'][k]['mIoU'] - p['baseline'][k]['mIoU']:+.1f}" for k in cols) + " |")
     ceil = p.get("ceilings") or {}
-    for name, label in (("rw_true_seeds", "ceiling: true seeds → random walk"),
-                        ("seg_true_masks", "ceiling: DeepLab on the true masks")):
+    for name, label in CEILING_ROWS:
         if name in ceil:
             lines.append(f"| {label} | " + " | ".join(f"{ceil[name][k]['mIoU']:.1f}" if k in ceil[name] else "–"
                                                      for k in cols) + " |")
-    lines += ["", "What each stage added (mIoU points): " + "; ".join(
-        f"{label}: " + ", ".join(f"{b} → {a} {p[run][a]['mIoU'] - p[run][b]['mIoU']:+.1f}"
-                                 for b, a in zip(cols, cols[1:]))
-        for run, label in (("baseline", "baseline"), ("doei", "DOEI"))) + "."]
+    lines += _stage_gains(p, cols)
     if ceil:
+        grid = st.get("oracle_stride", 8)
         lines += ["", "Ceiling rows use the ground truth in place of the previous stage's output (the same for both "
-                  "classifiers): *true seeds* are the true masks at the classifiers' 8-px token grid (average-pooled, "
-                  "bilinear back), refined by AffinityNet + random walk with the same recipe (Seed → Mask: what the "
-                  "refinement adds to right seeds); *DeepLab on the true masks* is the segmentation stage trained "
-                  "on the true masks of the same images (its limit with perfect pseudo masks)."]
+                  f"classifiers): *true seeds* are the true masks at the classifiers' token grid ({grid} px here; "
+                  "average-pooled, bilinear back), refined by AffinityNet + random walk with the same recipe (Seed → "
+                  "Mask: what the refinement adds to right seeds); *DeepLab on the true masks* is the segmentation "
+                  "stage trained on the true masks of the same images (its limit with perfect pseudo masks)."]
     lines += ["", "FP / FN (percent) per stage: "
               + "; ".join(f"{k}: baseline {p['baseline'][k]['FP']:.1f} / {p['baseline'][k]['FN']:.1f}, DOEI "
                           f"{p['doei'][k]['FP']:.1f} / {p['doei'][k]['FN']:.1f}" for k in cols) + ".",
               "", "![segmentations](figures/segmentation.png)", ""]
+    return lines
+
+
+CEILING_ROWS = (("rw_true_seeds", "ceiling: true seeds → random walk"),
+                ("seg_true_masks", "ceiling: DeepLab on the true masks"))
+STAGE_STEPS = (("Seed", "Mask", "AffinityNet + random walk"), ("Mask", "Seg", "DeepLab"),
+               ("Seg", "Seg+CRF", "DenseCRF"))
+
+
+def _stage_gains(p: dict, cols: list[str]) -> list[str]:
+    """A table of what each stage added (mIoU points, its output minus its input) per run; the ceiling
+    columns say what the same stage does from the truth, and the last column what the whole chain after the
+    CAMs added (Seg+CRF − Seed)."""
+    steps = [(a, b, name) for a, b, name in STAGE_STEPS if a in cols and b in cols]
+    if not steps:
+        return []
+    ceil = p.get("ceilings") or {}
+    limit = {"Mask": ceil.get("rw_true_seeds"), "Seg": ceil.get("seg_true_masks"), "Seg+CRF": ceil.get("seg_true_masks")}
+    head = [f"{name} ({a} → {b})" for a, b, name in steps]
+    whole = "Seed" in cols and "Seg+CRF" in cols
+    lines = ["", "What each stage added (mIoU points: its output − its input):", "",
+             "| run | " + " | ".join(head) + (" | after the CAMs (Seg+CRF − Seed) |" if whole else " |"),
+             "|---|" + "---:|" * (len(steps) + whole)]
+    for run, label in (("baseline", "baseline"), ("doei", "+ DOEI")):
+        r = p[run]
+        cells = [f"{r[b]['mIoU'] - r[a]['mIoU']:+.1f}" for a, b, _ in steps]
+        if whole:
+            cells.append(f"{r['Seg+CRF']['mIoU'] - r['Seed']['mIoU']:+.1f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if ceil:
+        cells = []
+        for a, b, _ in steps:
+            c = limit.get(b)
+            cells.append(f"{c[b]['mIoU'] - c[a]['mIoU']:+.1f}" if c and a in c and b in c else "–")
+        lines.append("| the same stage from the truth (ceiling runs) | " + " | ".join(cells) + (" | – |" if whole else " |"))
     return lines
 
 

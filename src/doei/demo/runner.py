@@ -7,6 +7,7 @@ config matches), so an interrupted demo picks up where it stopped.
 """
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from doei.cam.heldout import evaluate_cams, write_cams, write_reference_cams
 from doei.config import apply_overrides, load_yaml
 from doei.data.benchmark import ensure_synth
 from doei.demo.catalog import MODELS, REFERENCES, RUNS
-from doei.demo.ceilings import run_ceilings
+from doei.demo.ceilings import ORACLE_STRIDE, run_ceilings
 from doei.demo.figures import figure_overlays, figure_segmentation, figure_sweep
 from doei.demo.report import PIPELINE_ROWS, render_report
 from doei.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -29,6 +30,7 @@ from doei.pipeline import run_pipeline
 from doei.pipeline_config import STAGES, pipeline_config_from_dict
 from doei.train_config import train_config_from_dict
 from doei.utils.io import atomic_write_json, atomic_write_text
+from doei.utils.jobs import job_threads, run_jobs
 
 
 
@@ -54,10 +56,19 @@ class DemoOptions:
     pipeline_overrides: list[str] = field(default_factory=list)
     pipeline_train: int = 1000            # first N training images: Seed/Mask split, DeepLab's training set
     ceilings: bool = False                # also the ceiling rows (doei.demo.ceilings: stages started from the truth)
+    pipeline_px: int = 128                # image side of the pipeline's benchmark (default_pipeline_px)
+    jobs: int = 1                         # baseline and DOEI side by side in this many processes (utils.jobs)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished child processes (parallel jobs, CRF pools)."""
+    return time.process_time() + sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f)
+                                     for f in ("ru_utime", "ru_stime"))
 
 
 class _Clock:
-    """Wall and process-CPU seconds per stage (the CPU figure is robust to a shared machine)."""
+    """Wall and CPU seconds per stage (the CPU figure, this process and its children, is robust to a
+    shared machine)."""
 
     def __init__(self) -> None:
         self.stages: dict[str, dict[str, float]] = {}
@@ -67,12 +78,12 @@ class _Clock:
 
         class _Ctx:
             def __enter__(self):
-                self.w, self.c = time.time(), time.process_time()
+                self.w, self.c = time.time(), _cpu_seconds()
                 print(f"\n== {name}", flush=True)
 
             def __exit__(self, *exc):
                 clock.stages[name] = {"wall_s": round(time.time() - self.w, 1),
-                                      "cpu_s": round(time.process_time() - self.c, 1)}
+                                      "cpu_s": round(_cpu_seconds() - self.c, 1)}
 
         return _Ctx()
 
@@ -126,9 +137,48 @@ def pipeline_split(synth_root: Path, n: int) -> str:
     return name
 
 
+def pipeline_benchmark(o: DemoOptions, synth_root: Path, size: int) -> tuple[Path, str]:
+    """``(root, split)`` the later stages run on: the first ``pipeline_train`` training scenes and the held-out
+    ones, rendered at ``pipeline_px``. At the classifier's own size that is a split of the demo's benchmark;
+    at another size, a second benchmark with the same seed (the generator draws each scene from ``(seed,
+    split, index)`` and renders it at the size asked, so these are the same scenes, e.g. twice as fine at
+    128 px: AffinityNet's stride-8 grid is then finer than the classifier's 8-px token grid, as DeiT's
+    patch 16 is in the paper's setting; docs/demo.md)."""
+    if o.pipeline_px == size:
+        return synth_root, pipeline_split(synth_root, o.pipeline_train)
+    root = o.out / f"synth-{o.pipeline_train}-{o.n_val}-s{o.seed}-px{o.pipeline_px}"
+    ensure_synth(root, o.pipeline_train, o.n_val, o.seed, {"size": o.pipeline_px})
+    return root, "train"
+
+
 def pipeline_yaml(o: DemoOptions) -> Path:
-    """``--pipeline-config``, else ``demo_pipeline[_quick].yaml`` beside the training config."""
-    return Path(o.pipeline_config or o.config.parent / f"demo_pipeline{'_quick' if o.quick else ''}.yaml")
+    """``--pipeline-config``, else ``demo_pipeline[_quick][_px<N>].yaml`` beside the training config (no
+    ``_px`` part for the mode's default size: 128 px, quick 64)."""
+    if o.pipeline_config:
+        return Path(o.pipeline_config)
+    px = "" if o.pipeline_px == default_pipeline_px(o.quick) else f"_px{o.pipeline_px}"
+    return o.config.parent / f"demo_pipeline{'_quick' if o.quick else ''}{px}.yaml"
+
+
+def check_pipeline_config(o: DemoOptions) -> None:
+    """Parse the pipeline config and ``--pipeline-set`` before any work (a missing file, a bad key or value is
+    one line naming it, and nothing is written)."""
+    if not o.pipeline:
+        return
+    path = pipeline_yaml(o)
+    if not path.is_file():
+        raise DoeiError(f"{path}: pipeline config not found (pass --pipeline-config FILE or --no-pipeline)")
+    pipeline_config_from_dict(apply_overrides(load_yaml(path), list(o.pipeline_overrides)), where=str(path))
+
+
+def default_pipeline_px(quick: bool) -> int:
+    """The pipeline benchmark's image side: 128 px (a stride-8 affinity grid twice as fine as the CAMs');
+    ``--quick``: the classifier's 64 px (a smoke test of the stages, not of what they add)."""
+    return 64 if quick else 128
+
+
+def _side_by_side(jobs: int) -> str:
+    return f" [{jobs} processes side by side]" if jobs > 1 else ""
 
 
 def pipeline_config(o: DemoOptions, run: str, synth_root: Path, split: str, checkpoint: Path, patch_refine: bool):
@@ -171,10 +221,11 @@ def run_demo(o: DemoOptions) -> str:
         meta = ensure_synth(synth_root, o.n_train, o.n_val, o.seed)
     class_names = list(meta["classes"])
     cfgs = demo_configs(o, synth_root)
+    threads = job_threads(o.jobs)
     cls_metrics = {}
-    for i, run in enumerate(RUNS):
-        with clock.stage(f"2/{n_stages} training {run} (DOEI {'on' if run == 'doei' else 'off'})"):
-            last = train_or_reuse(cfgs[run], o.fresh)
+    with clock.stage(f"2/{n_stages} training baseline (DOEI off) and doei (DOEI on){_side_by_side(o.jobs)}"):
+        finals = run_jobs([(train_or_reuse, (cfgs[run], o.fresh)) for run in RUNS], o.jobs, threads)
+    for run, last in zip(RUNS, finals):
         cls_metrics[run] = {"cls_mAP": last.get("val_mAP", float("nan")), "cls_F1": last.get("val_F1", float("nan")),
                             "cls_mAP_img": last.get("val_mAP_img", float("nan"))}
     cam_root = o.out / "cams"
@@ -189,17 +240,23 @@ def run_demo(o: DemoOptions) -> str:
         for name in (*RUNS, *REFERENCES):
             results[name] = evaluate_cams(cam_root / name, synth_root, ids, class_names, o.betas)
     pipeline: dict = {}
+    proot = synth_root
     if o.pipeline:
-        split = pipeline_split(synth_root, o.pipeline_train)
-        pcfgs = {run: pipeline_config(o, run, synth_root, split, Path(cfgs[run].train.out_dir) / "checkpoint.pt",
+        with clock.stage(f"5/{n_stages} pipeline benchmark ({o.pipeline_px} px)"):
+            proot, split = pipeline_benchmark(o, synth_root, int(meta["params"]["size"]))
+        stride = ORACLE_STRIDE * o.pipeline_px // int(meta["params"]["size"])   # the token grid at this size
+        pcfgs = {run: pipeline_config(o, run, proot, split, Path(cfgs[run].train.out_dir) / "checkpoint.pt",
                                       patch_refine) for run in RUNS}
-        for run in RUNS:
-            with clock.stage(f"5/{n_stages} pipeline {run}: cam -> refine -> train-seg -> infer-seg -> eval"):
-                pipeline[run] = run_pipeline_stages(pcfgs[run])
+        with clock.stage(f"5/{n_stages} pipeline baseline and doei: cam -> refine -> train-seg -> infer-seg -> eval"
+                         f"{_side_by_side(o.jobs)}"):
+            tables = run_jobs([(run_pipeline_stages, (pcfgs[run],)) for run in RUNS], o.jobs, threads)
+        pipeline.update(zip(RUNS, tables))
         if o.ceilings:
-            with clock.stage(f"5/{n_stages} pipeline ceilings: true seeds -> random walk, true masks -> DeepLab"):
-                pipeline["ceilings"] = run_ceilings(pcfgs["baseline"], o.out / "pipeline")
-        pipeline["settings"] = {"config": str(pipeline_yaml(o)),
+            with clock.stage(f"5/{n_stages} pipeline ceilings: true seeds -> random walk, true masks -> DeepLab"
+                             f"{_side_by_side(o.jobs)}"):
+                pipeline["ceilings"] = run_ceilings(pcfgs["baseline"], o.out / "pipeline", stride, o.jobs, threads)
+        pipeline["settings"] = {"config": str(pipeline_yaml(o)), "px": o.pipeline_px, "root": str(proot),
+                                "oracle_stride": stride,
                                 "overrides": list(o.pipeline_overrides), "pipeline_train": o.pipeline_train,
                                 "split": split, "out": str(o.out / "pipeline")}
     with clock.stage(f"{n_stages}/{n_stages} figures and report"):
@@ -209,7 +266,7 @@ def run_demo(o: DemoOptions) -> str:
         if o.pipeline:
             final = {run: Path(pcfgs[run].seg.infer.out_dir) / ("pred_crf" if pcfgs[run].seg.infer.crf else "pred")
                      for run in RUNS}
-            figure_segmentation(fig_dir / "segmentation.png", synth_root, final, class_names, o.overlay_classes)
+            figure_segmentation(fig_dir / "segmentation.png", proot, final, class_names, o.overlay_classes)
     c = cfgs["baseline"]
     metrics = {
         "baseline": {**results["baseline"], **cls_metrics["baseline"]},
@@ -220,7 +277,7 @@ def run_demo(o: DemoOptions) -> str:
                      "synth_root": str(synth_root), "config": str(o.config), "overrides": list(o.overrides),
                      "model": c.model.name, "epochs": c.train.epochs, "batch_size": c.train.batch_size,
                      "peak_lr": c.peak_lr(), "cam_layers": o.cam_layers, "patch_refine": patch_refine, "betas": o.betas,
-                     "threads": torch.get_num_threads()},
+                     "threads": torch.get_num_threads(), "jobs": o.jobs, "threads_per_job": threads},
         "timings": {**clock.stages, "total": {"wall_s": round(time.time() - t0, 1),
                                               "cpu_s": round(sum(v["cpu_s"] for v in clock.stages.values()), 1)}},
     }
@@ -240,4 +297,4 @@ def run_demo(o: DemoOptions) -> str:
 
 
 __all__ = ["DemoOptions", "MODELS", "RUNS", "run_demo", "demo_configs", "train_or_reuse", "pipeline_split",
-           "pipeline_config", "run_pipeline_stages"]
+           "pipeline_benchmark", "check_pipeline_config", "pipeline_config", "pipeline_yaml", "default_pipeline_px", "run_pipeline_stages"]
