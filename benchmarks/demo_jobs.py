@@ -4,8 +4,9 @@ out (``doei.utils.jobs.run_jobs``, what ``doei demo --jobs 2`` does), in the sam
 A job is ``--steps`` training steps (forward + backward + AdamW) of a demo network on fixed random data:
 ``cls`` = the demo classifier (``mctformer_v2_tiny_conv``, 64 px, batch 64, DOEI on), ``seg`` = the
 pipeline's DeepLab (``deeplab_resnet38_small``, 1/8 width, 128-px crops, batch 8). Prints the wall time of
-each arrangement and, last, ``side_by_side_speedup=X`` per network (sequential wall / side-by-side wall;
-above 1: side by side is faster). The sequential arrangement uses this process's thread count (default:
+each arrangement and, last, per network ``side_by_side_speedup=X`` (sequential wall / side-by-side wall;
+above 1: side by side is faster) and ``thread_speedup=Y`` (one job's steps with half the threads / with
+all of them: what the extra threads buy one run). The sequential arrangement uses this process's thread count (default:
 the cores), side by side gives each of the two jobs half of it.
 
     python benchmarks/demo_jobs.py [--net cls seg] [--steps 20]
@@ -63,9 +64,15 @@ def main() -> None:
         t0 = time.perf_counter()
         run_jobs([(train_steps, (net, a.steps))] * 2, 2, job_threads(2))
         par = time.perf_counter() - t0
+        full = train_steps(net, a.steps)                                          # one job, all the threads
+        threads = torch.get_num_threads()
+        torch.set_num_threads(job_threads(2))
+        one = train_steps(net, a.steps)                                           # one job, half the threads
+        torch.set_num_threads(threads)
         print(f"{net}: 2 jobs x {a.steps} steps: sequential with {torch.get_num_threads()} threads {seq:.1f} s, "
-              f"side by side with {job_threads(2)} each {par:.1f} s (incl. process start)", flush=True)
-        ratios.append(f"{net}_side_by_side_speedup={seq / par:.2f}")
+              f"side by side with {job_threads(2)} each {par:.1f} s (incl. process start); one job's steps: "
+              f"{full:.1f} s with {threads} threads, {one:.1f} s with {job_threads(2)}", flush=True)
+        ratios.append(f"{net}_side_by_side_speedup={seq / par:.2f} {net}_thread_speedup={one / full:.2f}")
     print(" ".join(ratios))
 
 

@@ -15,7 +15,14 @@ Steps (each prints its progress; finished steps are reused when the command is r
    written as ``OUT/cams/<run>/<id>.npz``;
 4. the same evaluation (``doei eval``'s β sweep) of both and of two trivial references: every pixel
    background, and a "uniform CAM" giving each labelled class the value 1 everywhere;
-5. ``OUT/report.md``, ``OUT/metrics.json`` and ``OUT/figures/{cam_overlays,beta_sweep}.png``.
+5. the rest of the pipeline for both classifiers (``doei run`` with ``configs/demo_pipeline.yaml``): the
+   first ``--pipeline-train`` training scenes and the held-out ones rendered again at ``--pipeline-px``
+   (128; quick: the 64-px benchmark itself), CAMs → AffinityNet + random walk → DeepLab → multi-scale +
+   CRF → Seed / Mask / Seg / Seg+CRF; ``--ceilings`` adds each stage run from the truth;
+6. ``OUT/report.md``, ``OUT/metrics.json`` and ``OUT/figures/{cam_overlays,beta_sweep,segmentation}.png``.
+
+The baseline and DOEI runs of steps 2 and 5 run side by side in two processes (``--jobs``, default 2
+with 2+ cores; the threads are shared out, and a run's numbers depend only on its own thread count).
 
 Examples::
 

@@ -52,7 +52,7 @@ class DemoOptions:
     overlay_classes: Sequence[str] = ()
     batch: int = 50
     pipeline: bool = True                 # stages after the CAMs (doei run) for both classifiers
-    pipeline_config: Path | None = None   # None: configs/demo_pipeline[_quick].yaml next to ``config``
+    pipeline_config: Path | None = None   # None: pipeline_yaml() (demo_pipeline[_quick][_px<N>].yaml)
     pipeline_overrides: list[str] = field(default_factory=list)
     pipeline_train: int = 1000            # first N training images: Seed/Mask split, DeepLab's training set
     ceilings: bool = False                # also the ceiling rows (doei.demo.ceilings: stages started from the truth)
