@@ -64,7 +64,8 @@ def render_report(metrics: dict) -> str:
     ]
     for k, v in metrics["timings"].items():
         lines.append(f"| {k} | {v['wall_s']:.0f} | {v['cpu_s']:.0f} |")
-    lines += ["", "Wall times depend on what else runs on the machine; CPU seconds are summed over threads and over the side-by-side processes.", ""]
+    lines += ["", "Wall times depend on what else runs on the machine; CPU seconds are summed over threads and over "
+              "the side-by-side processes.", ""]
     return "\n".join(lines)
 
 
