@@ -1,79 +1,58 @@
-"""Two demo-sized jobs one after the other with all threads, against side by side with the threads shared
-out (``doei.utils.jobs.run_jobs``, what ``doei demo --jobs 2`` does), in the same run.
+"""The demo's two runs one after the other with all threads (``--jobs 1``) against side by side with the
+threads shared out (``--jobs 2``, ``doei.utils.jobs``), measured on the demo itself, in the same run.
 
-A job is ``--steps`` training steps (forward + backward + AdamW) of a demo network on fixed random data:
-``cls`` = the demo classifier (``mctformer_v2_tiny_conv``, 64 px, batch 64, DOEI on), ``seg`` = the
-pipeline's DeepLab (``deeplab_resnet38_small``, 1/8 width, 128-px crops, batch 8). Prints the wall time of
-each arrangement and, last, per network ``side_by_side_speedup=X`` (sequential wall / side-by-side wall;
-above 1: side by side is faster) and ``thread_speedup=Y`` (one job's steps with half the threads / with
-all of them: what the extra threads buy one run). The sequential arrangement uses this process's thread count (default:
-the cores), side by side gives each of the two jobs half of it.
+Each arrangement is a shrunk ``doei demo`` (its own benchmark of ``--n-train`` 64-px scenes, one training
+epoch of the demo's classifier at batch 64, and the 128-px pipeline on ``--pipeline-train`` scenes with one
+AffinityNet and one DeepLab epoch) into a temporary folder; the arrangements alternate ``--repeats``
+times and the medians of the two side-by-side stages' wall seconds (training; pipeline) are compared.
+The data loading, the Python work between kernels and the evaluation are part of what is measured, as in
+a real demo. Prints each measurement and, last, ``training_speedup=X pipeline_speedup=Y`` (one after the
+other / side by side; above 1: side by side is faster).
 
-    python benchmarks/demo_jobs.py [--net cls seg] [--steps 20]
+    python benchmarks/demo_jobs.py [--n-train 1280] [--pipeline-train 200] [--repeats 1]
 """
 from __future__ import annotations
 
 import argparse
-import time
+import contextlib
+import io
+import json
+import statistics
+import tempfile
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-import doei.models.resnet38_small  # noqa: F401  (registers the reduced-width factories)
-from doei.core import DOEIConfig
-from doei.models.registry import create_model
-from doei.utils.jobs import job_threads, run_jobs
+from doei.cli import main as cli_main
 
 
-def train_steps(net: str, steps: int) -> float:
-    """``steps`` seeded training steps of ``net``; returns the wall seconds of the steps (not the build)."""
-    torch.manual_seed(0)
-    if net == "cls":
-        model = create_model("mctformer_v2_tiny_conv", num_classes=10, img_size=64, doei=DOEIConfig(enabled=True))
-        x, y = torch.randn(64, 3, 64, 64), (torch.rand(64, 10) < 0.3).float()
-
-        def loss_fn():
-            return model.classification_loss(model(x), y)[0]
-    else:
-        model = create_model("deeplab_resnet38_small", num_classes=11, width=0.125, frozen_bn=False)
-        x, y = torch.randn(8, 3, 128, 128), torch.randint(0, 11, (8, 16, 16))
-
-        def loss_fn():
-            return F.cross_entropy(model(x), y)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn().backward()                              # warm-up step, not timed
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss_fn().backward()
-        opt.step()
-    return time.perf_counter() - t0
+def one_demo(out: Path, jobs: int, n_train: int, pipeline_train: int) -> dict[str, float]:
+    """Run the shrunk demo into ``out``; ``{training, pipeline}`` wall seconds of its two side-by-side stages."""
+    args = ["demo", "--out", str(out), "--jobs", str(jobs), "--n-train", str(n_train), "--n-val", "32",
+            "--set", "train.epochs=1", "--set", "train.progress=false", "--pipeline-train", str(pipeline_train),
+            "--pipeline-set", "refine.train.epochs=1", "--pipeline-set", "seg.train.epochs=1",
+            "--pipeline-set", "run.progress=false"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli_main(args) == 0
+    t = json.loads((out / "metrics.json").read_text())["timings"]
+    return {"training": next(v["wall_s"] for k, v in t.items() if k.startswith("2/")),
+            "pipeline": next(v["wall_s"] for k, v in t.items() if "cam -> refine" in k)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--net", nargs="+", default=["cls", "seg"], choices=["cls", "seg"])
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--n-train", type=int, default=1280)
+    ap.add_argument("--pipeline-train", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=1)
     a = ap.parse_args()
-    ratios = []
-    for net in a.net:
-        t0 = time.perf_counter()
-        run_jobs([(train_steps, (net, a.steps))] * 2, 1, torch.get_num_threads())
-        seq = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        run_jobs([(train_steps, (net, a.steps))] * 2, 2, job_threads(2))
-        par = time.perf_counter() - t0
-        full = train_steps(net, a.steps)                                          # one job, all the threads
-        threads = torch.get_num_threads()
-        torch.set_num_threads(job_threads(2))
-        one = train_steps(net, a.steps)                                           # one job, half the threads
-        torch.set_num_threads(threads)
-        print(f"{net}: 2 jobs x {a.steps} steps: sequential with {torch.get_num_threads()} threads {seq:.1f} s, "
-              f"side by side with {job_threads(2)} each {par:.1f} s (incl. process start); one job's steps: "
-              f"{full:.1f} s with {threads} threads, {one:.1f} s with {job_threads(2)}", flush=True)
-        ratios.append(f"{net}_side_by_side_speedup={seq / par:.2f} {net}_thread_speedup={one / full:.2f}")
-    print(" ".join(ratios))
+    times: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.repeats):
+            for jobs in (1, 2):
+                t = one_demo(Path(tmp) / f"r{r}_j{jobs}", jobs, a.n_train, a.pipeline_train)
+                times[jobs].append(t)
+                print(f"repeat {r} --jobs {jobs}: training {t['training']:.1f} s, pipeline {t['pipeline']:.1f} s wall",
+                      flush=True)
+    med = {j: {k: statistics.median(t[k] for t in times[j]) for k in ("training", "pipeline")} for j in times}
+    print(" ".join(f"{k}_speedup={med[1][k] / med[2][k]:.2f}" for k in ("training", "pipeline")))
 
 
 if __name__ == "__main__":
