@@ -1,6 +1,12 @@
 """doei.utils.jobs: side-by-side jobs give the results (and errors) of running them here."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,3 +55,40 @@ def test_thread_share_and_default_jobs():
     assert job_threads(1) == torch.get_num_threads()
     assert job_threads(10 ** 6) == 1
     assert 1 <= default_jobs(2) <= 2 and default_jobs(1) == 1
+
+
+def record_pid_and_sleep(path: str) -> None:
+    """A job that says who it is, then waits (to be killed with its parent)."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_jobs_die_with_a_killed_parent(tmp_path):
+    """SIGKILL of the process running the jobs (no finally runs) still ends them: no orphan keeps writing."""
+    code = ("import sys; from test_jobs import record_pid_and_sleep as f; from doei.utils.jobs import run_jobs; "
+            "run_jobs([(f, (sys.argv[1],)), (f, (sys.argv[2],))], jobs=2, threads=1)")
+    files = [tmp_path / "a", tmp_path / "b"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, files)], env=env)
+    try:
+        deadline = time.time() + 60
+        while not all(f.is_file() and f.read_text() for f in files):
+            assert time.time() < deadline and proc.poll() is None, "the jobs did not start"
+            time.sleep(0.2)
+        pids = [int(f.read_text()) for f in files]
+        assert all(_alive(p) for p in pids)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 20
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)

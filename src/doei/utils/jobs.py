@@ -11,15 +11,18 @@ Each job is ``fn(*args)`` in a *spawned* process (no forked torch state), with
 read by tqdm when it is imported in the child). Its return value comes back pickled. A
 :class:`~doei.errors.DoeiError` in a job is raised again here with its one-line message (the CLI's error
 boundary); any other failure is a bug and is raised as ``RuntimeError`` carrying the child's traceback.
-If one job fails, the others are stopped. The numbers a job computes depend only on its own thread
+If one job fails, the others are stopped; if this process dies, its jobs are sent SIGTERM (Linux). The numbers a job computes depend only on its own thread
 count, so a seeded job gives the same result whether it runs here or in the calling process with the
 same number of threads.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import signal
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -28,7 +31,20 @@ import torch
 from doei.errors import DoeiError
 
 
-def _child(conn, fn: Callable, args: tuple, threads: int) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel send this job SIGTERM when the process that started it dies (even by SIGKILL),
+    so no orphaned job keeps training and writing into the output folder; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)                     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:                        # the parent died before the request took effect
+        os._exit(1)
+
+
+def _child(conn, fn: Callable, args: tuple, threads: int, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     torch.set_num_threads(threads)
     try:
         conn.send(("ok", fn(*args)))
@@ -58,7 +74,7 @@ def run_jobs(tasks: Sequence[tuple[Callable, tuple]], jobs: int, threads: int) -
                 old = os.environ.get("TQDM_POSITION")
                 os.environ["TQDM_POSITION"] = str(len(running))
                 try:
-                    p = ctx.Process(target=_child, args=(child, fn, args, threads))   # not daemonic: a job may start its own pool
+                    p = ctx.Process(target=_child, args=(child, fn, args, threads, os.getpid()))   # not daemonic: a job may start its own pool
                     p.start()
                 finally:
                     os.environ.pop("TQDM_POSITION") if old is None else os.environ.update(TQDM_POSITION=old)
