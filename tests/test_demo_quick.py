@@ -96,6 +96,21 @@ def test_demo_rerun_reuses_finished_work(demo_dir, capfd):
     assert after["pipeline"]["doei"] == before["pipeline"]["doei"]
 
 
+def test_demo_rerun_by_relative_path_reuses_and_other_settings_are_named(demo_dir, capfd, monkeypatch):
+    """The same folder spelled relatively is the same runs (reused, nothing recomputed); a rerun with other
+    training settings is refused in one line naming the setting, before anything is written."""
+    monkeypatch.chdir(demo_dir.parent)
+    assert cli_main(["demo", "--quick", "--out", demo_dir.name, *SHRINK]) == 0
+    out = capfd.readouterr().out
+    assert "reusing the finished run" in out and out.count("already done") == 2 * 6
+    weights = (demo_dir / "runs" / "baseline" / "checkpoint.pt").read_bytes()
+    assert cli_main(["demo", "--quick", "--out", demo_dir.name, *SHRINK, "--set", "train.epochs=2"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a training run made with other settings (train.epochs: 1 there, 2 now" in err[0]
+    assert "--fresh" in err[0] and "--resume" not in err[0]
+    assert (demo_dir / "runs" / "baseline" / "checkpoint.pt").read_bytes() == weights
+
+
 def test_demo_runs_the_whole_pipeline_for_both(demo_dir):
     """Seed/Mask on the 16-image training subset, Seg and Seg+CRF on the held-out split, for both runs; the
     pipeline uses the demo's own classifiers and the report carries the Table 1/2 analogue."""

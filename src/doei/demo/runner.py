@@ -7,6 +7,7 @@ config matches), so an interrupted demo picks up where it stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from dataclasses import dataclass, field
@@ -103,19 +104,37 @@ def demo_configs(o: DemoOptions, synth_root: Path) -> dict:
 
 
 def train_or_reuse(cfg, fresh: bool) -> dict:
-    """Train (or resume / reuse a finished run with the same config); returns the last epoch record."""
+    """Train (or resume / reuse a run with the same config); returns the last epoch record. A run made with
+    other settings is refused in one line naming the first settings that differ (``--fresh`` replaces it)."""
     ckpt = Path(cfg.train.out_dir) / CHECKPOINT_NAME
     resume: bool | str = False
     if not fresh and ckpt.is_file():
         try:
-            same = load_checkpoint(ckpt)["config"] == cfg.to_dict()
-        except DoeiError:
-            same = False
-        resume = "auto" if same else False
+            stored = load_checkpoint(ckpt)["config"]
+        except DoeiError as e:
+            raise DoeiError(f"{e}; pass --fresh to retrain (replaces it)") from None
+        if stored != cfg.to_dict():
+            diff = _differing_keys(stored, cfg.to_dict())
+            raise DoeiError(f"{ckpt}: a training run made with other settings ({', '.join(diff[:3])}"
+                            f"{', …' if len(diff) > 3 else ''}); rerun with those settings, or pass --fresh to "
+                            "retrain (replaces it)")
+        resume = "auto"
     res = train(cfg, resume=resume, overwrite=fresh)
     if res.epochs_run == 0:
         print(f"reusing the finished run in {cfg.train.out_dir}")
     return res.final
+
+
+def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts, e.g. ``['train.out_dir: x != y']``."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differing_keys(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k}: {x!r} there, {y!r} now")
+    return out
 
 
 PIPELINE_STAGES = list(STAGES)   # the demo runs every stage of doei run
@@ -212,6 +231,8 @@ def run_demo(o: DemoOptions) -> str:
     if o.model not in MODELS:
         raise DoeiError(f"--model {o.model!r}: expected one of {', '.join(MODELS)}")
     patch_refine = MODELS[o.model][2] if o.patch_refine is None else o.patch_refine
+    # absolute paths in every config: `--out demo_out` and `--out $PWD/demo_out` are the same runs
+    o = dataclasses.replace(o, out=o.out.resolve(), config=o.config.resolve())
     o.out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
     t0 = time.time()
