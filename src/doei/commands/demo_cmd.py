@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from doei.demo import DemoOptions, MODELS, run_demo
-from doei.demo.runner import check_pipeline_config
+from doei.demo.runner import check_pipeline_config, default_pipeline_px
 from doei.errors import DoeiError
 from doei.utils.jobs import default_jobs
 from doei.utils.outdir import check_out_dir, folder_lock
@@ -45,8 +45,8 @@ from doei.utils.repo_configs import configs_dir
 
 # Benchmark sizes (train, val) of each mode; the config of each model and mode is in doei.demo.MODELS.
 MODES = {
-    "default": {"n_train": 3000, "n_val": 300, "pipeline_train": 1000, "pipeline_px": 128},
-    "quick": {"n_train": 1000, "n_val": 100, "pipeline_train": 200, "pipeline_px": 64},
+    "default": {"n_train": 3000, "n_val": 300, "pipeline_train": 1000},
+    "quick": {"n_train": 1000, "n_val": 100, "pipeline_train": 200},
 }
 BETAS = "0.05:0.95:0.05"
 OVERLAY_CLASSES = ("boat", "train", "car", "turtle", "house", "fish")
@@ -97,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     mode = MODES["quick" if args.quick else "default"]
     n_train, n_val, pipeline_train = _sizes(args, mode)
-    pipeline_px = mode["pipeline_px"] if args.pipeline_px is None else args.pipeline_px
+    pipeline_px = default_pipeline_px(args.quick) if args.pipeline_px is None else args.pipeline_px
     if not 32 <= pipeline_px <= 512:
         raise DoeiError(f"--pipeline-px {pipeline_px}: expected 32..512")
     if args.jobs is not None and args.jobs < 1:

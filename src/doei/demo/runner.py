@@ -126,7 +126,8 @@ def train_or_reuse(cfg, fresh: bool) -> dict:
 
 
 def _differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts, e.g. ``['train.out_dir: x != y']``."""
+    """The dotted keys whose values differ between two nested config dicts, each as
+    ``"train.epochs: 1 there, 2 now"`` (``a`` = the stored run's, ``b`` = this one's)."""
     out = []
     for k in sorted(set(a) | set(b)):
         x, y = a.get(k), b.get(k)
