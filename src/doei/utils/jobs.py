@@ -74,10 +74,14 @@ def run_jobs(tasks: Sequence[tuple[Callable, tuple]], jobs: int, threads: int) -
                 old = os.environ.get("TQDM_POSITION")
                 os.environ["TQDM_POSITION"] = str(len(running))
                 try:
-                    p = ctx.Process(target=_child, args=(child, fn, args, threads, os.getpid()))   # not daemonic: a job may start its own pool
+                    # not daemonic: a job may start its own pool (the CRF workers)
+                    p = ctx.Process(target=_child, args=(child, fn, args, threads, os.getpid()))
                     p.start()
                 finally:
-                    os.environ.pop("TQDM_POSITION") if old is None else os.environ.update(TQDM_POSITION=old)
+                    if old is None:
+                        del os.environ["TQDM_POSITION"]
+                    else:
+                        os.environ["TQDM_POSITION"] = old
                 child.close()
                 running[i] = (p, parent)
             ready = multiprocessing.connection.wait([conn for _, conn in running.values()])
@@ -103,7 +107,8 @@ def run_jobs(tasks: Sequence[tuple[Callable, tuple]], jobs: int, threads: int) -
 
 def default_jobs(n_tasks: int = 2) -> int:
     """Parallel jobs for ``n_tasks`` independent runs: one per available core, at most ``n_tasks``."""
-    return max(1, min(n_tasks, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(n_tasks, cores))
 
 
 def job_threads(jobs: int) -> int:
