@@ -24,7 +24,11 @@ CEILINGS = {"rw_true_seeds": "random walk from true seeds", "seg_true_masks": "D
 ORACLE_STRIDE = 8          # the demo classifiers' patch size at 64 px: a perfect CAM is no sharper than its token grid
 
 
-def _table(res: dict) -> dict:
+def run_pipeline_stages(cfg) -> dict:
+    """``doei run`` for one config; returns ``{Seed|Mask|Seg|Seg+CRF: {mIoU, FP, FN, beta, split, images,
+    mean}}``. Finished stages are skipped (their markers hold the summaries), so a rerun only re-reads the
+    table. Used for the demo's two runs and for the ceiling runs."""
+    res = run_pipeline(cfg)
     return {k: {"mIoU": v["mIoU"], "FP": v["FP"], "FN": v["FN"], "beta": v["beta"], "split": v["split"],
                 "images": v["num_images"], "mean": v["mean_convention"]}
             for k, v in res["eval"]["results"].items()}
@@ -51,10 +55,6 @@ def ceiling_configs(cfg, out: Path) -> dict:
             "seg_true_masks": pipeline_config_from_dict(seg, where="ceiling seg_true_masks")}
 
 
-def _run(cfg) -> dict:
-    return _table(run_pipeline(cfg))
-
-
 def run_ceilings(cfg, out: Path, stride: int = ORACLE_STRIDE, jobs: int = 1, threads: int = 1) -> dict:
     """Run both ceilings (finished stages are skipped), side by side with ``jobs > 1`` (``utils.jobs``);
     ``{name: {row: {mIoU, FP, FN, ...}}}``. ``stride``: the classifier's token grid in pixels of the
@@ -70,7 +70,7 @@ def run_ceilings(cfg, out: Path, stride: int = ORACLE_STRIDE, jobs: int = 1, thr
     for r in ds.records:
         if not (masks / f"{r.id}.png").is_file():
             shutil.copyfile(r.mask_path, masks / f"{r.id}.png")
-    return dict(zip(cfgs, run_jobs([(_run, (c,)) for c in cfgs.values()], jobs, threads)))
+    return dict(zip(cfgs, run_jobs([(run_pipeline_stages, (c,)) for c in cfgs.values()], jobs, threads)))
 
 
-__all__ = ["CEILINGS", "ORACLE_STRIDE", "ceiling_configs", "run_ceilings"]
+__all__ = ["CEILINGS", "ORACLE_STRIDE", "ceiling_configs", "run_ceilings", "run_pipeline_stages"]

@@ -150,7 +150,7 @@ def _stage_gains(p: dict, cols: list[str]) -> list[str]:
     if not steps:
         return []
     ceil = p.get("ceilings") or {}
-    limit = {"Mask": ceil.get("rw_true_seeds"), "Seg": ceil.get("seg_true_masks"), "Seg+CRF": ceil.get("seg_true_masks")}
+    limit = {"Mask": ceil.get("rw_true_seeds"), "Seg+CRF": ceil.get("seg_true_masks")}   # no ceiling starts at Mask
     head = [f"{name} ({a} → {b})" for a, b, name in steps]
     whole = "Seed" in cols and "Seg+CRF" in cols
     lines = ["", "What each stage added (mIoU points: its output − its input):", "",

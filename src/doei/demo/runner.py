@@ -20,14 +20,13 @@ from doei.cam.heldout import evaluate_cams, write_cams, write_reference_cams
 from doei.config import apply_overrides, load_yaml
 from doei.data.benchmark import ensure_synth
 from doei.demo.catalog import MODELS, REFERENCES, RUNS
-from doei.demo.ceilings import ORACLE_STRIDE, run_ceilings
+from doei.demo.ceilings import ORACLE_STRIDE, run_ceilings, run_pipeline_stages
 from doei.demo.figures import figure_overlays, figure_segmentation, figure_sweep
 from doei.demo.report import PIPELINE_ROWS, render_report
 from doei.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from doei.engine.classifier import load_classifier
 from doei.engine.train_cls import train
 from doei.errors import DoeiError
-from doei.pipeline import run_pipeline
 from doei.pipeline_config import STAGES, pipeline_config_from_dict
 from doei.train_config import train_config_from_dict
 from doei.utils.io import atomic_write_json, atomic_write_text
@@ -216,15 +215,6 @@ def pipeline_config(o: DemoOptions, run: str, synth_root: Path, split: str, chec
     depth = load_classifier(checkpoint)[0].depth                 # as write_cams: at most the model's depth
     d.setdefault("cam", {}).update({"n_layers": min(o.cam_layers, depth), "patch_refine": patch_refine})
     return pipeline_config_from_dict(d, where=str(path))
-
-
-def run_pipeline_stages(cfg) -> dict:
-    """``doei run`` for one config; returns ``{Seed|Mask|Seg|Seg+CRF: {mIoU, FP, FN, beta, split, images}}``.
-    Finished stages are skipped (their markers hold the summaries), so a rerun only re-reads the table."""
-    res = run_pipeline(cfg)
-    return {k: {"mIoU": v["mIoU"], "FP": v["FP"], "FN": v["FN"], "beta": v["beta"], "split": v["split"],
-                "images": v["num_images"], "mean": v["mean_convention"]}
-            for k, v in res["eval"]["results"].items()}
 
 
 def run_demo(o: DemoOptions) -> str:
