@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 import typing
 from pathlib import Path
@@ -66,6 +68,28 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+def describe(value: Any) -> str:
+    """How a value found in a file reads in an error: ``null``, ``a string 'abc'``, ``a list of 2``, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        short = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string {short!r}"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return f"a mapping with keys {sorted(map(str, value))[:6]}"
+    return f"a {type(value).__name__}"
+
+
+def _bad(where: str, expected: str, value: Any) -> DoeiError:
+    return DoeiError(f"{where}: expected {expected}, found {describe(value)}")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -97,41 +121,81 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise DoeiError(f"{where}: expected a mapping, got {type(value).__name__}")
+            raise _bad(where, "a mapping", value)
         return from_dict(tp, value, where)
-    if origin in (list, tuple):
+    if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise DoeiError(f"{where}: expected a list, got {value!r}")
+            raise _bad(where, "a list", value)
         inner = args[0] if args else Any
         out = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if origin is dict:
+        return tuple(out) if (origin or tp) is tuple else out
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise DoeiError(f"{where}: expected a mapping, got {value!r}")
+            raise _bad(where, "a mapping", value)
+        if len(args) == 2:
+            return {_coerce(k, args[0], f"{where} key {k!r}"): _coerce(v, args[1], f"{where}.{k}")
+                    for k, v in value.items()}
         return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise DoeiError(f"{where}: expected true/false, got {value!r}")
+            raise _bad(where, "true/false", value)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise DoeiError(f"{where}: expected an integer, got {value!r}")
+            raise _bad(where, "an integer", value)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DoeiError(f"{where}: expected a number, got {value!r}")
+            raise _bad(where, "a number", value)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise DoeiError(f"{where}: expected a string, got {value!r}")
+            raise _bad(where, "a string", value)
         return value
+    return value
+
+
+def check_type(value: Any, tp: Any, where: str) -> Any:
+    """THE schema check for anything read back (markers, settings, manifests, checkpoint metadata, YAML
+    sections): ``value`` against type ``tp`` (a dataclass, ``dict[str, X]``, ``list[X]``, ``Optional``,
+    ``Literal``, ``int``/``float``/``str``/``bool``, ``Any``), returning it (dataclasses built, strict keys).
+
+    A wrong shape is one DoeiError line naming ``where`` (``<file>: <key>``), what was found and what was
+    expected: ``run/stages/cam/stage_done.json: fingerprint: expected a string, found null``."""
+    return _coerce(value, tp, where)
+
+
+def read_json(path: str | os.PathLike, tp: Any = dict, what: str = "") -> Any:
+    """Read JSON file ``path`` (one that doei wrote, or the user gave) and :func:`check_type` it against
+    ``tp``; every failure (missing, not UTF-8, not JSON, wrong shape) is one line naming the file."""
+    from doei.utils.io import read_text
+
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    text = read_text(path, what=what or "JSON file")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DoeiError(f"{label}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    return check_type(data, tp, label)
+
+
+def section(data: Any, key: str, where: str) -> dict:
+    """``data[key]`` as a mapping (absent or null = empty), else one line naming ``where: key`` and what it is."""
+    if not isinstance(data, dict):
+        raise _bad(where, "a mapping", data)
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(f"{where}: {key}", "a mapping", value)
     return value
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise DoeiError."""
     if not isinstance(data, dict):
-        raise DoeiError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise _bad(where, "a mapping", data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls, include_extras=True)
     unknown = [k for k in data if k not in fields]
@@ -158,19 +222,21 @@ def _first_line(e: yaml.YAMLError) -> str:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A YAML config file as a mapping (BOM and CRLF accepted; not UTF-8, not YAML, not a mapping: one line)."""
+    from doei.utils.io import read_text
+
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise DoeiError(f"{path}: config file not found")
+    text = read_text(path, what="config")
     try:
-        data = parse_yaml(path.read_text(encoding="utf-8"))
+        data = parse_yaml(text)
     except yaml.YAMLError as e:
         raise DoeiError(f"{path}: not valid YAML ({_first_line(e)})") from None
-    except UnicodeDecodeError:
-        raise DoeiError(f"{path}: not a text file (expected a YAML config)") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise DoeiError(f"{path}: expected a mapping at top level")
+        raise DoeiError(f"{path}: expected a mapping at top level, found {describe(data)}")
     return data
 
 

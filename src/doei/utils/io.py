@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from doei.errors import DoeiError
+
 
 _UMASK_LOCK = threading.Lock()
 
@@ -122,3 +124,45 @@ def truncate_jsonl_epochs(path: str | os.PathLike, first_epoch: int) -> None:
         if rec.get("epoch", -1) < first_epoch:
             keep.append(line)
     atomic_write_text(path, "".join(f"{ln}\n" for ln in keep))
+
+
+BOM = "\ufeff"
+
+
+def os_error_line(path: str | os.PathLike, e: OSError, what: str = "") -> str:
+    """One line for an OS refusal of ``path``: name too long, dangling or looping symlink, permission, ..."""
+    import errno
+
+    label = f"{what} {path}" if what else str(path)
+    reason = {errno.ENAMETOOLONG: "the name is longer than the file system allows",
+              errno.ELOOP: "a symbolic link loop",
+              errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+              errno.EISDIR: "is a folder, expected a file", errno.ENOTDIR: "a part of the path is a file, not a folder",
+              errno.ENOENT: "not found", errno.EROFS: "read-only file system",
+              errno.ENOSPC: "no space left on the device"}.get(e.errno, e.strerror or type(e).__name__)
+    return f"{label}: {reason}"
+
+
+def read_text(path: str | os.PathLike, what: str = "") -> str:
+    """A text file as ``str``, the way every doei reader takes text: UTF-8, a leading byte-order mark dropped,
+    CRLF/CR line ends read as LF. Not UTF-8 is one DoeiError naming the file and the byte offset; an OS
+    refusal (missing, a folder, permission, a name too long, a symlink loop) one naming the path."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DoeiError(os_error_line(path, e, what)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        label = f"{what} {path}" if what else str(path)
+        raise DoeiError(f"{label}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                        "save it as UTF-8") from None
+    if text.startswith(BOM):
+        text = text[1:]
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_lines(path: str | os.PathLike, what: str = "") -> list[str]:
+    """The non-blank lines of a text list (ids, class names), stripped; see :func:`read_text`."""
+    return [ln.strip() for ln in read_text(path, what).split("\n") if ln.strip()]
