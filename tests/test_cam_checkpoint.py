@@ -1,4 +1,4 @@
-"""doei.models.checkpoint: wrapper/prefix unwrapping and one-line errors for ill-fitting checkpoints."""
+"""doei.models.weights: wrapper/prefix unwrapping and one-line errors for ill-fitting checkpoints."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from doei.errors import DoeiError
-from doei.models.checkpoint import load_model_weights, read_state_dict, unwrap_state_dict
+from doei.models.weights import load_model_weights, read_state_dict, unwrap_state_dict
 
 
 def _net(out: int = 3) -> nn.Module:

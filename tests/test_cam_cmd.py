@@ -180,7 +180,7 @@ def test_bad_input_exit_2_nothing_written(voc, tmp_path, capsys, case):
 def test_any_bytes_are_refused_in_one_line(tmp_path):
     """Property over 200 fixed seeds (64 and 300 bytes): every file of random bytes is a one-line DoeiError
     naming the file, whatever exception torch.load raised inside."""
-    from doei.models.checkpoint import load_weights_only
+    from doei.models.weights import load_weights_only
 
     f = tmp_path / "bytes.pth"
     for seed in range(200):

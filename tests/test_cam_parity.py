@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from doei.cam.extractor import CamExtractor, MCTformerCamSource, minmax_labelled, official_views
+from doei.cam.extractor import CamExtractor, minmax_labelled, official_views
+from doei.models.mctformer import MCTformerCamSource
 from doei.cam.seeds import crf_label_map, crf_with_alpha, official_crf_image
 from doei.models.registry import create_model
 from recipe_weights import fill_state_dict_

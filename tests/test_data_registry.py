@@ -191,14 +191,14 @@ def test_a_registered_dataset_in_configs(tiny_kind, tmp_path):
     from doei.cam.config import CamConfig
     from doei.cam.generate import open_dataset
     from doei.config import from_dict
-    from doei.engine.train_cls import build_dataset as train_cls_dataset
+    from doei.data.build import dataset_from_config
     from doei.pipeline_config import PipelineData
     from doei.train_config import train_config_from_dict
 
     root = _tiny_root(tmp_path)
     cfg = train_config_from_dict({"data": {"kind": tiny_kind, "root": str(root), "train_split": "all",
                                            "labels_file": str(root / "other.json")}})
-    ds = train_cls_dataset(cfg, cfg.data.train_split, None)
+    ds = dataset_from_config(cfg.data, cfg.data.train_split)
     assert ds.ids == ["t0", "t1"] and ds.records[0].classes == (1,)      # the data section's labels_file
     cam = from_dict(CamConfig, {"dataset": tiny_kind, "data_root": str(root), "split": "all", "num_classes": 3})
     assert open_dataset(cam).records[0].classes == (0, 2)

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from doei.engine.losses import classification_loss, loss_kind, prediction_logits
+from doei.engine.losses import classification_loss, prediction_logits
 from doei.models.registry import create_model
 
 
@@ -25,11 +25,13 @@ def _target() -> torch.Tensor:
     return torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
 
 
-def test_kinds(models):
-    assert {k: loss_kind(m) for k, m in models.items()} == {k: k for k in models}
+def test_families_and_wrappers(models):
+    assert {k: m.family for k, m in models.items()} == {k: k for k in models}
     wrapped = nn.Module()
     wrapped.module = models["transcam"]  # a DDP-like wrapper is looked through
-    assert loss_kind(wrapped) == "transcam"
+    a, b = torch.randn(2, 4), torch.randn(2, 4)
+    assert torch.equal(classification_loss(wrapped, (a, b), _target())[0],
+                       classification_loss(models["transcam"], (a, b), _target())[0])
 
 
 def test_mctformer_sums_class_token_and_patch_terms(models):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from doei.engine.checkpoint import rng_state, set_rng_state
 from doei.engine.optim import lr_at, param_groups
-from doei.engine.pretrained import adapt_deit_state_dict, load_pretrained
+from doei.models.pretrained import adapt_deit_state_dict, load_pretrained
 from doei.engine.seed import epoch_seed
 from doei.eval.classification import average_precision, classification_metrics
 from doei.errors import DoeiError

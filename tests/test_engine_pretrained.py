@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from doei.engine.pretrained import load_pretrained
+from doei.models.pretrained import load_pretrained
 from doei.errors import DoeiError
 from doei.models.mctformer import MCTformerV2
 from doei.models.tscam import TSCAM

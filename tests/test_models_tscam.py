@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from doei.core import DOEIConfig
-from doei.models.checkpoint import load_model_weights
+from doei.models.weights import load_model_weights
 from doei.models.tscam import tscam_cams, tscam_deit_small
 from recipe_weights import fill_state_dict_
 

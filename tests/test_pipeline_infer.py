@@ -91,7 +91,7 @@ def test_refine_infer_bad_inputs(data, tmp_path):
 def test_infer_seg_outputs_resume_and_worker_parity(data, tmp_path):
     from doei.data.build import build_dataset
     from doei.seg.crf import CRFParams, crf_refine
-    from doei.seg.inference import multiscale_predict
+    from doei.seg.multiscale import multiscale_predict
 
     root, synth = data
     inline = _cfg(root, synth, tmp_path / "a")

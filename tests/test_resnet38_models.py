@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from doei.models.resnet38 import AffinityNet, DeepLabResNet38, ResNet38Cls, parameter_groups
 from doei.models.affinity import dense_affinity
-from doei.seg.inference import multiscale_predict
+from doei.seg.multiscale import multiscale_predict
 from recipe_weights import fill_state_dict_
 
 

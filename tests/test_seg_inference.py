@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from doei.errors import DoeiError
 from doei.seg.crf import crf_refine
-from doei.seg.inference import OFFICIAL_SCALES, multiscale_predict, normalize_image
+from doei.seg.multiscale import OFFICIAL_SCALES, multiscale_predict, normalize_image
 from doei.seg.metrics import confusion_matrix, iou_from_confusion
 
 

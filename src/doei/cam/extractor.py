@@ -1,6 +1,6 @@
 """Multi-scale, flip-augmented class activation maps in one call: ``cams = extractor(images, labels)``.
 
-The pipeline is MCTformer's official CAM generation (../shared/reference/README §5.3, gotchas 3-5):
+The pipeline is MCTformer's official CAM generation (docs/reference-notes.md#mctformer-cam-generation):
 
 1. views ``[s0, flip(s0), s1, flip(s1), ...]`` of the image at each scale;
 2. per view the raw low-resolution maps of a :class:`CamSource` (MCTformer-V2: fused class→patch
@@ -32,7 +32,6 @@ from torch import Tensor
 
 from doei.errors import DoeiError
 from doei.models.cam_source import CamSource, ViewCams
-from doei.models.mctformer import MCTformerCamSource  # noqa: F401  (re-exported: the name's old home)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +39,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def cam_source_for(model: nn.Module, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> CamSource:
     """The :class:`CamSource` of a model: its family's ``model.cam_source(n_layers=, kind=, patch_refine=)``
-    (MCTformer-V2: :class:`MCTformerCamSource`; TS-CAM, TransCAM: their own). A model without that method
+    (MCTformer-V2: :class:`doei.models.mctformer.MCTformerCamSource`; TS-CAM, TransCAM: their own). A model without that method
     is a one-line DoeiError (a ``forward_cams`` alone does not say how to read its maps)."""
     if hasattr(model, "cam_source"):
         return model.cam_source(n_layers=n_layers, kind=kind, patch_refine=patch_refine)
@@ -108,7 +107,7 @@ class CamExtractor:
 
     Options: ``kind`` ('fused' official), ``normalize=False`` returns the label-masked sum over views
     before min–max (the official ``sum_cam``), ``amp=True`` runs the model under CUDA fp16 autocast as
-    the official code does on GPU (README gotcha 13; ignored on CPU), ``source`` overrides the model
+    the official code does on GPU (docs/reference-notes.md#mctformer-cam-generation; ignored on CPU), ``source`` overrides the model
     adapter (a :class:`CamSource`). Views of one scale (the image and its flip) run as one batch.
     """
 

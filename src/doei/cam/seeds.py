@@ -4,14 +4,14 @@ Label-map convention: 0 = background, ``k + 1`` = foreground class k (0-based), 
 
 * :func:`seeds_from_cams`: ``argmax([β; cams])`` in float32, ties to the lower index (so background
   wins a tie with a class, and the lower class wins between classes), as ``evaluation.py`` does.
-* :func:`crf_with_alpha`: the official ``_crf_with_alpha`` (README §5.3 step 5): ``bg = (1 - max)^α``,
+* :func:`crf_with_alpha`: the official ``_crf_with_alpha`` (docs/reference-notes.md#mctformer-cam-generation): ``bg = (1 - max)^α``,
   probabilities ``[bg; cams]``, ``unary_from_softmax`` (−log, clipped at 1e-5), Gaussian pairwise
   (sxy 3, compat 3), bilateral pairwise (sxy 80, srgb 13, compat 10), 10 mean-field iterations.
   PSA's affinity labels are made from α = 1 (low: generous foreground) and α = 12 (high: confident
   foreground). Needs ``pydensecrf2`` (import name ``pydensecrf``).
 * :func:`official_crf_image`: the CRF's colour image as the official code builds it — the normalised
   tensor de-normalised and TRUNCATED to uint8 (``astype(np.uint8)``), which differs from the original
-  pixels by one grey level here and there (README gotcha 6). Passing the original uint8 pixels to
+  pixels by one grey level here and there (docs/reference-notes.md#mctformer-cam-generation). Passing the original uint8 pixels to
   :func:`crf_with_alpha` instead is allowed (``doei cam --crf-image original``); it is what one would
   do without the official quirk and gives slightly different CRF outputs.
 """

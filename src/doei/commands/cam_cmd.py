@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from doei.cam.config import CamConfig
-from doei.cam.generate import LOG_FILE, SETTINGS_FILE  # noqa: F401 - the output names, re-exported
 from doei.cam.generate import generate_cams, load_cam_model, open_dataset
 from doei.config import apply_overrides, from_dict, load_config, to_dict
 from doei.core import DOEIConfig

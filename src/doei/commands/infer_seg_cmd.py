@@ -21,7 +21,7 @@ import argparse
 
 from doei.engine import distributed as dist_util
 from doei.pipeline_config import load_pipeline_config
-from doei.seg.infer import LOG_FILE, infer_segmentation  # noqa: F401 - the log name, re-exported
+from doei.seg.infer import infer_segmentation
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

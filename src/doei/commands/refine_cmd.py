@@ -21,7 +21,7 @@ import argparse
 from doei.engine import distributed as dist_util
 from doei.engine.train_aff import train_affinity
 from doei.pipeline_config import load_pipeline_config
-from doei.refine.infer import LOG_FILE, infer_pseudo_masks  # noqa: F401 - the log name, re-exported
+from doei.refine.infer import infer_pseudo_masks
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -197,6 +197,15 @@ def dataset_options(section: Any, kind: str | None = None) -> dict[str, Any]:
     return out
 
 
+def dataset_from_config(section: Any, split: str | None, *, transform: "Transform | None" = None
+                        ) -> "ClassificationDataset":
+    """The dataset a config's data section describes (``kind``, ``root`` and the options its kind declares,
+    :func:`dataset_options`), split ``split``: the one way every stage opens its configured data."""
+    get = section.get if isinstance(section, Mapping) else (lambda k, d=None: getattr(section, k, d))
+    kind = get("kind")
+    return build_dataset(kind, get("root"), split, transform=transform, **dataset_options(section, kind))
+
+
 def dataset_class_names(kind: str, root: str | Path | None = None) -> list[str]:
     """Foreground class names of a kind without building the dataset (synth/folder read them from ``root``)."""
     spec = get_dataset_spec(kind)
@@ -216,4 +225,4 @@ def fixed_class_names() -> list[tuple[str, tuple[str, ...]]]:
 
 
 __all__ = ["DatasetSpec", "DatasetKind", "register_dataset", "unregister_dataset", "dataset_kinds",
-           "get_dataset_spec", "build_dataset", "dataset_options", "dataset_class_names", "fixed_class_names"]
+           "get_dataset_spec", "build_dataset", "dataset_options", "dataset_from_config", "dataset_class_names", "fixed_class_names"]

@@ -86,7 +86,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training checkpoint with ``weights_only=True``; a one-line DoeiError if it is not one."""
-    from doei.models.checkpoint import load_weights_only
+    from doei.models.weights import load_weights_only
 
     path = Path(path)
     return check_checkpoint(load_weights_only(path, "weights-only checkpoint"), path)

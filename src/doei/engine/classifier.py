@@ -30,7 +30,7 @@ import torch.nn as nn
 from doei.core import DOEIConfig
 from doei.engine.checkpoint import FORMAT, check_checkpoint
 from doei.errors import DoeiError, DoeiWarning
-from doei.models.checkpoint import load_model_weights, load_weights_only
+from doei.models.weights import load_model_weights, load_weights_only
 from doei.train_config import TrainConfig, train_config_from_dict
 
 DOEI_FIELDS = tuple(f.name for f in dataclasses.fields(DOEIConfig))
@@ -69,7 +69,7 @@ def build_classifier(cfg: TrainConfig) -> nn.Module:
         raise DoeiError(f"model {m.name!r}: {e}") from None
     check_doei_effect(model, cfg.doei_config(), m.name)
     if m.pretrained:
-        from doei.engine.pretrained import load_pretrained
+        from doei.models.pretrained import load_pretrained
 
         load_pretrained(model, m.pretrained)
     return model
@@ -167,7 +167,7 @@ def _from_training_checkpoint(path: Path, ckpt: dict, name, num_classes, img_siz
 
 def _from_weights(path: Path, obj: object, name, num_classes, img_size, options, doei,
                   where: str) -> tuple[nn.Module, ClassifierSpec]:
-    from doei.models.checkpoint import unwrap_state_dict
+    from doei.models.weights import unwrap_state_dict
     from doei.models.registry import create_model
 
     name = name or DEFAULT_MODEL

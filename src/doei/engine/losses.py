@@ -16,15 +16,12 @@ looked through (``.module``). A model that does not provide the methods is a one
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable
 
 import torch.nn as nn
 from torch import Tensor
 
 from doei.errors import DoeiError
-
-LossKind = Literal["mctformer", "tscam", "transcam"]
-
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
@@ -38,16 +35,6 @@ def _family_method(model: nn.Module, name: str) -> Callable:
                         "classification_loss, prediction_logits, cam_source and load_pretrained, see "
                         "doei.models.registry.Classifier)")
     return fn
-
-
-def loss_kind(model: nn.Module) -> LossKind:
-    """Which family's objective ``model`` trains with: its ``family`` ('mctformer', 'tscam', 'transcam')."""
-    m = _unwrap(model)
-    kind = getattr(m, "family", None)
-    if kind is None:
-        raise DoeiError(f"{type(m).__name__}: not a classifier family (no 'family' attribute; see "
-                        "doei.models.registry.Classifier)")
-    return kind
 
 
 def classification_loss(model: nn.Module, outputs: Tensor | tuple[Tensor, ...],
@@ -68,4 +55,4 @@ def prediction_logits(model: nn.Module, outputs: Tensor | tuple[Tensor, ...]) ->
     return _family_method(model, "prediction_logits")(outputs)
 
 
-__all__ = ["classification_loss", "prediction_logits", "loss_kind", "LossKind"]
+__all__ = ["classification_loss", "prediction_logits"]

@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from doei.cam.io import load_cam
-from doei.data.build import build_dataset, dataset_options
+from doei.data.build import dataset_from_config
 from doei.engine import distributed as dist_util
 from doei.engine.checkpoint import refuse_to_replace
 from doei.engine.seed import epoch_seed, seed_everything
@@ -267,7 +267,7 @@ def _train_affinity(cfg: PipelineConfig, resume: bool | str, stop_after: int | N
                     overwrite: bool):
     sec = cfg.refine.train
     d = cfg.data
-    base = build_dataset(d.kind, d.root, sec.split, **_data_kwargs(cfg))
+    base = dataset_from_config(cfg.data, sec.split)
     cam_dir = Path(sec.cam_dir)
     require_id_files(cam_dir, base.ids, ".npz", "CAM", "run doei cam first, or set refine.train.cam_dir", sec.split)
     out_dir = Path(sec.out_dir)
@@ -310,12 +310,6 @@ def require_id_files(folder: Path, ids: Sequence[str], suffix: str, what: str, h
         of_split = f" of split {split!r}" if split is not None else ""
         raise DoeiError(f"{folder}/{missing[0]}{suffix}: {what} file missing ({len(missing)} of {len(ids)} ids"
                         f"{of_split} have none)")
-
-
-def _data_kwargs(cfg: PipelineConfig) -> dict:
-    """Extra loader arguments of the configured dataset kind: the ``data`` options it declares
-    (:func:`doei.data.build.dataset_options`; kept under this name for its callers)."""
-    return dataset_options(cfg.data)
 
 
 __all__ = ["AffinityDataset", "train_affinity", "require_id_files", "build_affinity_model", "precompute_crf_scores",

@@ -26,7 +26,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from doei.data.build import dataset_from_config
 
 from doei.engine.checkpoint import load_checkpoint, refuse_to_replace
 from doei.engine.classifier import build_classifier, load_classifier
@@ -55,16 +57,6 @@ def train_transform(cfg: TrainConfig) -> Callable:
     if d.transform == "simple":
         return T.simple_train_transform(size, scale=tuple(d.crop_scale), hflip=d.hflip, color_jitter=d.color_jitter)
     return T.resize_transform(size)
-
-
-def build_dataset(cfg: TrainConfig, split: str, transform: Callable | None) -> Dataset:
-    """A :class:`doei.data.dataset.ClassificationDataset` for ``split`` of the configured source
-    (through :func:`doei.data.build.build_dataset`, with the data-section options its kind declares)."""
-    from doei.data.build import build_dataset as build
-    from doei.data.build import dataset_options
-
-    d = cfg.data
-    return build(d.kind, d.root, split, transform=transform, **dataset_options(d))
 
 
 @torch.no_grad()
@@ -128,14 +120,14 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     # -- data
-    train_ds = build_dataset(cfg, cfg.data.train_split, train_transform(cfg))
+    train_ds = dataset_from_config(cfg.data, cfg.data.train_split, transform=train_transform(cfg))
     val_ds = None
     if cfg.data.val_split:
         from doei.data.transforms import eval_transform, resize_transform
 
         # MCTformer validates on Resize(size·256/224) + CenterCrop(size); small models on a plain resize
         vt = eval_transform if cfg.data.transform == "mctformer" else resize_transform
-        val_ds = build_dataset(cfg, cfg.data.val_split, vt(cfg.model.img_size))
+        val_ds = dataset_from_config(cfg.data, cfg.data.val_split, transform=vt(cfg.model.img_size))
     n_classes = getattr(train_ds, "num_classes", cfg.model.num_classes)
     if n_classes != cfg.model.num_classes:
         raise DoeiError(f"model.num_classes = {cfg.model.num_classes} but {cfg.data.root} has {n_classes} classes")
@@ -185,4 +177,4 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
         nonfinite_hint="lower optim.lr or check the data", log=log)
 
 
-__all__ = ["train", "TrainResult", "build_dataset", "train_transform", "load_trained_model", "predict_logits"]
+__all__ = ["train", "TrainResult", "train_transform", "load_trained_model", "predict_logits"]

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from doei.data.build import build_dataset
+from doei.data.build import dataset_from_config
 from doei.data.common import read_mask
 from doei.engine import distributed as dist_util
 from doei.engine.checkpoint import refuse_to_replace
 from doei.engine.seed import epoch_seed, seed_everything
 from doei.engine.sgd_loop import fit
-from doei.engine.train_aff import _data_kwargs, crop_hwc, item_rng, normalize, random_crop_offsets, require_id_files
+from doei.engine.train_aff import crop_hwc, item_rng, normalize, random_crop_offsets, require_id_files
 from doei.errors import DoeiError
 from doei.models.initial_weights import load_initial_weights
 from doei.models.registry import create_model
@@ -173,7 +173,7 @@ def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_af
 
     sec = cfg.seg.train
     d = cfg.data
-    base = build_dataset(d.kind, d.root, sec.split, **_data_kwargs(cfg))
+    base = dataset_from_config(cfg.data, sec.split)
     pseudo = Path(sec.pseudo_dir)
     if sec.allow_ground_truth:
         log(f"train-seg: seg.train.allow_ground_truth is set: {pseudo} may hold ground truth (an oracle run)")

@@ -2,7 +2,7 @@
 
 ``a_ij = exp(-mean_c |f_c(i) - f_c(j)|)`` for the pairs of :mod:`doei.models.pairs`. The dense
 matrix is symmetric, has ones on the diagonal and zeros for pairs that are not listed
-(reference README §5.4).
+(docs/reference-notes.md#affinitynet-and-the-random-walk).
 """
 from __future__ import annotations
 

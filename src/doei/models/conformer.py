@@ -46,7 +46,7 @@ from doei.core.doei import doei_update
 from doei.core.hfa import hfa_affinity
 from doei.errors import DoeiError
 from doei.models.cam_source import ViewCams
-from doei.models.checkpoint import load_model_weights, read_state_dict, unwrap_state_dict
+from doei.models.weights import load_model_weights, read_state_dict, unwrap_state_dict
 from doei.models.pretrained import TIMM_PREFIX
 from doei.models.registry import register_model
 from doei.models.conformer_blocks import ConvBlock, ConvTransBlock, TokenHook

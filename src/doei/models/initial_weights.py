@@ -7,7 +7,7 @@ initialisation — with BatchNorm frozen, i.e. at random statistics — and nobo
 model except the new heads in ``model.from_scratch_names`` and the ``num_batches_tracked`` counters,
 which no weight format stores and frozen BatchNorm never uses), how many it provides with the right
 shape. Below :data:`MIN_COVERAGE` the load is refused with one line naming the file, the numbers and
-the first missing keys. A shape mismatch is always an error (``doei.models.checkpoint``).
+the first missing keys. A shape mismatch is always an error (``doei.models.weights``).
 
 Accepted files: our / PyTorch checkpoints (``.pth``/``.pt``, read weights-only) and MXNet ``.params``
 (the ImageNet ResNet-38 release, read by :mod:`doei.models.mxnet_params` — no conversion step needed).
@@ -69,7 +69,7 @@ def read_initial_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from doei.models.mxnet_params import resnet38_state_dict_from_mxnet
 
         return resnet38_state_dict_from_mxnet(path)
-    from doei.models.checkpoint import read_state_dict
+    from doei.models.weights import read_state_dict
 
     return read_state_dict(path)
 

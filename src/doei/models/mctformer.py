@@ -1,6 +1,6 @@
 """MCTformer-V2 (Xu et al., CVPR 2022): one class token per class + a conv head on patch tokens.
 
-Matches the official model (../shared/reference/README §5.1, gotchas 1-5): tokens =
+Matches the official model (docs/reference-notes.md#mctformer-v2): tokens =
 [C class tokens ; patches] + position embedding, pre-norm blocks, NO final LayerNorm (``norm`` is kept
 only so checkpoints load), class logits = mean over channels of each class token, patch logits =
 global average of the 3×3 conv head on the patch-token map, CAM = SUM (not mean) of the last

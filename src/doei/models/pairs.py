@@ -7,7 +7,7 @@ is listed once): first ``(0, 1) … (0, r-1)``, then for ``dy = 1 … r-1`` ever
 
 "From" positions exclude the last ``r-1`` rows and the first/last ``r-1`` columns, so every
 offset stays inside the grid: the from-grid is ``(h-(r-1)) × (w-2(r-1))``, row-major. Two pixels
-that both lie in that border band never get an affinity (reference README §5.4, gotcha 10).
+that both lie in that border band never get an affinity (docs/reference-notes.md#affinitynet-and-the-random-walk).
 """
 from __future__ import annotations
 

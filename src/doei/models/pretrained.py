@@ -1,4 +1,6 @@
-"""DeiT/timm weights for the ViT classifier families (what MCTformer's ``--finetune`` does).
+"""Starting a classifier from pretrained weights: :func:`load_pretrained` asks the model's family
+(``model.load_pretrained(source)``, the contract in :class:`doei.models.registry.Classifier`); the ViT
+families read DeiT/timm weights with :func:`load_deit_weights` (what MCTformer's ``--finetune`` does).
 
 A DeiT-S checkpoint has ONE class token; MCTformer has one per class. Adapting it (facts from the
 official main.py):
@@ -82,26 +84,27 @@ def timm_state_dict(name: str) -> dict[str, Tensor]:
 
 
 def read_pretrained(source: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict of ``source``: ``timm:<name>`` or a checkpoint file (``doei.models.checkpoint``)."""
+    """The state dict of ``source``: ``timm:<name>`` or a checkpoint file (``doei.models.weights``)."""
     if isinstance(source, str) and source.startswith(TIMM_PREFIX):
         name = source[len(TIMM_PREFIX):]
         if not name:
             raise DoeiError(f"model.pretrained = {source!r}: expected 'timm:<model name>', e.g. timm:deit_small_patch16_224")
         return timm_state_dict(name)
-    from doei.models.checkpoint import read_state_dict
+    from doei.models.weights import read_state_dict
 
     return read_state_dict(source)
 
 
 def load_deit_weights(model: torch.nn.Module, path: str | os.PathLike) -> list[str]:
     """Load DeiT/timm weights from ``path`` (a file or ``timm:<name>``) into a ViT classifier ``model``
-    (MCTformer-V2, TS-CAM; in place), adapted to its ``num_cls_tokens`` and ``base_grid``.
+    (a :class:`doei.models.vit.VisionTransformer`: MCTformer-V2, TS-CAM; in place), adapted to its
+    ``num_cls_tokens`` and ``base_grid`` (the patch grid its position embedding is built for).
 
     Returns the model keys left at their initialisation (``head.*`` for DeiT weights). Any other
     missing key or a shape mismatch raises a one-line DoeiError.
     """
     sd = read_pretrained(path)
-    n_tokens = int(getattr(model, "num_cls_tokens", model.num_classes))
+    n_tokens = int(model.num_cls_tokens)
     adapted = adapt_deit_state_dict(sd, n_tokens, tuple(model.base_grid), where=str(path))
     own = model.state_dict()
     bad = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in adapted.items()
@@ -117,5 +120,21 @@ def load_deit_weights(model: torch.nn.Module, path: str | os.PathLike) -> list[s
     return missing
 
 
-__all__ = ["adapt_deit_state_dict", "timm_state_dict", "read_pretrained", "load_deit_weights", "TIMM_PREFIX",
+def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> list[str]:
+    """Load the pretrained weights ``path`` (a file or ``timm:<name>``) into ``model`` (in place) the way
+    its family does (``model.load_pretrained``; a ``DistributedDataParallel`` wrapper is looked through).
+
+    Returns the model keys left at their initialisation (the classifier heads). A bad source, a missing
+    key or a shape mismatch raises a one-line DoeiError; so does a model whose family does not say how
+    it loads pretrained weights.
+    """
+    m = getattr(model, "module", model)
+    fn = getattr(m, "load_pretrained", None)
+    if fn is None:
+        raise DoeiError(f"model.pretrained = {str(path)!r}: {type(m).__name__} does not say how it loads pretrained "
+                        "weights (a classifier family provides load_pretrained(source); see doei.models.registry)")
+    return fn(path)
+
+
+__all__ = ["load_pretrained", "adapt_deit_state_dict", "timm_state_dict", "read_pretrained", "load_deit_weights", "TIMM_PREFIX",
            "DROP_PREFIXES", "DROP_KEYS"]

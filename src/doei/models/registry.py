@@ -28,7 +28,7 @@ methods, which the engine and the CAM layer ask for instead of testing types:
 * ``cam_source(n_layers=, kind=, patch_refine=) -> CamSource`` — the maps
   :class:`doei.cam.extractor.CamExtractor` upsamples (:mod:`doei.models.cam_source`);
 * ``load_pretrained(source) -> list[str]`` — its ImageNet start (``model.pretrained``;
-  :func:`doei.engine.pretrained.load_pretrained`), returning the keys left at initialisation.
+  :func:`doei.models.pretrained.load_pretrained`), returning the keys left at initialisation.
 
 A model without one of these methods is a one-line :class:`doei.errors.DoeiError` where the method is
 needed; it never falls back on another family's behaviour. docs/architecture.md ("Adding a backbone")

@@ -14,7 +14,7 @@ Parameter names are exactly the official ones (``../shared/reference/keys_psa_re
 ``load_state_dict``. Shapes: input ``[B,3,H,W]`` normalised with the ImageNet mean/std; every
 feature map is ``[B,C,ceil(H/8),ceil(W/8)]``.
 
-Frozen BatchNorm (reference README §7 gotcha 14): the official ``train()`` puts **every**
+Frozen BatchNorm (docs/reference-notes.md#resnet38-batchnorm): the official ``train()`` puts **every**
 BatchNorm2d in eval mode (running statistics, no update) and freezes its affine parameters even
 while training, and freezes ``conv1a`` (plus ``b2``, ``b2_1``, ``b2_2`` in the cls / aff nets).
 Here this is the ``frozen_bn=True`` constructor option (the default for all these nets, as in the

@@ -1,6 +1,6 @@
 """TS-CAM (Gao et al., ICCV 2021) on DeiT: one cls token, 3×3 conv semantic head on patch tokens.
 
-Matches the official model (../shared/reference/README §5.6, gotcha 7): standard DeiT with its
+Matches the official model (docs/reference-notes.md#ts-cam): standard DeiT with its
 final LayerNorm, logits = global average of the head map, CAM = (cls→patch attention summed over ALL
 blocks) × head map, with NO ReLU on the head map. Unlike the official code (224² only), any input
 size works: position embeddings are interpolated as MCTformer does.

@@ -8,9 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-from doei.data.build import build_dataset
+from doei.data.build import dataset_from_config
 from doei.engine import distributed as dist_util
-from doei.engine.train_aff import _data_kwargs
 from doei.eval.evaluate import EvalCounts, evaluate_dirs
 from doei.eval.reading import PRED_EXT, check_files_exist
 from doei.eval.report import build_report
@@ -19,7 +18,7 @@ from doei.utils.io import atomic_write_json
 
 
 def _gt_dir(cfg: PipelineConfig, split: str) -> tuple[Path | None, list[str]]:
-    ds = build_dataset(cfg.data.kind, cfg.data.root, split, **_data_kwargs(cfg))
+    ds = dataset_from_config(cfg.data, split)
     dirs = {r.mask_path.parent for r in ds.records if r.mask_path is not None}
     if len(dirs) != 1 or not ds.has_masks:
         return None, ds.ids

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from doei.data.build import build_dataset
+from doei.data.build import dataset_from_config
 from doei.engine import distributed as dist_util
-from doei.engine.train_aff import _data_kwargs
 from doei.errors import DoeiError
 from doei.models.initial_weights import preflight_initial_weights
 from doei.pipeline.evaluation import stage_eval
@@ -37,7 +36,7 @@ def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]
     * ``eval.train_split``: its ids are part of the split the CAMs and pseudo masks are made for;
     * ``data.num_classes``: the dataset's own class count (else the eval would count absent classes as 0).
     """
-    found = build_dataset(cfg.data.kind, cfg.data.root, cfg.data.train_split, **_data_kwargs(cfg)).num_classes
+    found = dataset_from_config(cfg.data, cfg.data.train_split).num_classes
     if found != cfg.data.num_classes:
         raise DoeiError(f"data.num_classes = {cfg.data.num_classes}, but {cfg.data.root} ({cfg.data.kind}) has {found} "
                         "foreground classes; every stage and the eval table count with it")
@@ -51,8 +50,8 @@ def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]
         log(f"seg.train.init_weights: {cov.summary()}")
     es = cfg.eval.train_split
     if "eval" in stages and es and es != cfg.data.train_split:
-        have = set(build_dataset(cfg.data.kind, cfg.data.root, cfg.refine.infer.split, **_data_kwargs(cfg)).ids)
-        ids = build_dataset(cfg.data.kind, cfg.data.root, es, **_data_kwargs(cfg)).ids
+        have = set(dataset_from_config(cfg.data, cfg.refine.infer.split).ids)
+        ids = dataset_from_config(cfg.data, es).ids
         outside = [i for i in ids if i not in have]
         if outside:
             raise DoeiError(f"eval.train_split = {es!r}: {len(outside)} of its {len(ids)} ids (e.g. {outside[0]}) are not "

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 
 from doei.cam.io import load_cam
 from doei.cam.visualize import save_label_png
-from doei.data.build import build_dataset
+from doei.data.build import dataset_from_config
 from doei.engine.per_image import PerImageJob, first_n
-from doei.engine.train_aff import _data_kwargs, build_affinity_model, normalize, require_id_files
+from doei.engine.train_aff import build_affinity_model, normalize, require_id_files
 from doei.errors import DoeiError
-from doei.models.checkpoint import load_model_weights
+from doei.models.weights import load_model_weights
 from doei.refine.random_walk import random_walk_refine
 from doei.utils.device import resolve_device
 
@@ -65,11 +65,11 @@ class RandomWalkJob(PerImageJob):
     what = "pseudo-mask folder"
 
     def __init__(self, cfg, limit: int | None = None) -> None:
-        ri, d = cfg.refine.infer, cfg.data
+        ri = cfg.refine.infer
         self.cfg, self.ri = cfg, ri
         self.cam_dir = Path(ri.cam_dir)
         first_n([], limit)                                  # a bad --limit before the dataset is opened
-        self.base = build_dataset(d.kind, d.root, ri.split, **_data_kwargs(cfg))
+        self.base = dataset_from_config(cfg.data, ri.split)
         self.records = first_n(self.base.records, limit)
         require_id_files(self.cam_dir, [r.id for r in self.records], ".npz", "CAM",
                          "run doei cam first, or set refine.infer.cam_dir")

@@ -1,6 +1,6 @@
 """Random walk of CAM scores over AffinityNet affinities (PSA ``infer_aff.py``), done cheaply.
 
-Official formulation (reference README §5.4, gotcha 10), on the stride-8 grid of ``N = h*w``
+Official formulation (docs/reference-notes.md#affinitynet-and-the-random-walk), on the stride-8 grid of ``N = h*w``
 positions::
 
     T = A**beta / A**beta.sum(0)          # column-normalised dense [N,N] transition matrix
@@ -32,7 +32,7 @@ from doei.models.pairs import from_grid_shape, pair_indices, pair_offsets
 
 BackgroundMode = Literal["constant", "power"]
 
-# Official defaults (README §5.4): MCTformer psa/infer_aff.py and jiwoon-ahn/psa infer_aff.py.
+# Official defaults (docs/reference-notes.md#affinitynet-and-the-random-walk): MCTformer psa/infer_aff.py and jiwoon-ahn/psa infer_aff.py.
 MCTFORMER_DEFAULTS = {"bg_mode": "constant", "bg_threshold": 0.39, "beta": 8, "logt": 6}
 PSA_DEFAULTS = {"bg_mode": "power", "alpha": 16.0, "beta": 8, "logt": 8}
 

@@ -8,7 +8,7 @@ and one bilateral pairwise term, 10 mean-field iterations:
 * segmentation style (MCTformer ``seg/tool/imutils.crf_inference_inf``):
   Gaussian ``sxy=4, compat=3``; bilateral ``sxy=83, srgb=5, compat=3`` (:data:`SEG_CRF`).
 
-Reference README §5.3 step 5 and §5.5. Images are ``uint8 [H,W,3]`` RGB; probabilities ``[C,H,W]``.
+See docs/reference-notes.md#mctformer-cam-generation and #segmentation-inference. Images are ``uint8 [H,W,3]`` RGB; probabilities ``[C,H,W]``.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def crf_with_alpha(image: np.ndarray, cams: np.ndarray, alpha: float, params: CR
     through the CAM-style CRF → ``[K+1,H,W]`` (row 0 = background, then the CAM rows in order).
 
     ``cams`` ``[K,H,W]``, normally min–max normalised to [0,1]. MCTformer passes the uint8-truncated
-    de-normalised network input as ``image`` (README gotcha 6).
+    de-normalised network input as ``image`` (docs/reference-notes.md#mctformer-cam-generation).
     """
     v = np.asarray(cams, dtype=np.float32)
     bg = np.power(1 - v.max(axis=0, keepdims=True), alpha)

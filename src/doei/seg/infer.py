@@ -18,14 +18,13 @@ from typing import Callable
 import numpy as np
 
 from doei.cam.visualize import save_label_png, voc_palette
-from doei.data.build import build_dataset
+from doei.data.build import dataset_from_config
 from doei.engine.per_image import PerImageJob, first_n
-from doei.engine.train_aff import _data_kwargs
 from doei.engine.train_seg import build_seg_model
 from doei.errors import DoeiError
-from doei.models.checkpoint import load_model_weights
+from doei.models.weights import load_model_weights
 from doei.seg.crf import CRFParams, crf_refine
-from doei.seg.inference import multiscale_predict
+from doei.seg.multiscale import multiscale_predict
 from doei.utils.device import resolve_device
 from doei.utils.io import atomic_save_png
 
@@ -88,10 +87,10 @@ class SegmentationJob(PerImageJob):
     what = "segmentation folder"
 
     def __init__(self, cfg, limit: int | None = None) -> None:
-        si, d = cfg.seg.infer, cfg.data
+        si = cfg.seg.infer
         self.cfg, self.si = cfg, si
         first_n([], limit)                                  # a bad --limit before the dataset is opened
-        self.base = build_dataset(d.kind, d.root, si.split, **_data_kwargs(cfg))
+        self.base = dataset_from_config(cfg.data, si.split)
         self.records = first_n(self.base.records, limit)
         self.params = {"gauss_sxy": si.crf_gauss_sxy, "gauss_compat": si.crf_gauss_compat, "bi_sxy": si.crf_bi_sxy,
                        "bi_srgb": si.crf_bi_srgb, "bi_compat": si.crf_bi_compat, "iterations": si.crf_iterations}

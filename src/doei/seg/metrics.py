@@ -3,7 +3,7 @@
 Rows are ground truth, columns prediction; pixels whose ground truth is outside
 ``0..num_classes-1`` (255 = ignore) are skipped. ``IoU_k = C_kk / (row_k + col_k - C_kk)`` is NaN for
 a class absent from both, and the mean is ``nanmean`` (absent classes ignored) — unlike seed
-evaluation (:mod:`doei.eval.metrics`, all 21 classes averaged). Reference README §5.5, gotcha 11.
+evaluation (:mod:`doei.eval.metrics`, all 21 classes averaged). See docs/reference-notes.md#segmentation-inference.
 """
 from __future__ import annotations
 

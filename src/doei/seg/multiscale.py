@@ -1,6 +1,6 @@
 """Multi-scale (+ optional flip) segmentation inference with the seg baseline's conventions.
 
-MCTformer ``seg/infer_seg.py`` (reference README §5.5, gotcha 11), for an input ``[1,3,H,W]``:
+MCTformer ``seg/infer_seg.py`` (docs/reference-notes.md#segmentation-inference), for an input ``[1,3,H,W]``:
 
 1. for each scale ``s``: resize the *normalised* input to ``[int(H*s), int(W*s)]`` with bilinear
    ``align_corners=True``;
