@@ -46,6 +46,11 @@ class RunSection:
     device: str = "auto"
     seed: int = 0
     progress: bool = True
+    # smoke mode (docs/pipeline.md, "Smoke mode"): every stage at the config's own sizes, capped at `smoke`
+    # optimiser steps and `smoke` images per stage, random init (no pretrained files); per-stage wall seconds,
+    # s/step or s/image and peak memory in <out_dir>/smoke.json. Never a result: a real run refuses its folder
+    smoke: Optional[int] = None
+    smoke_batch: Optional[int] = None           # smoke only: this batch for the three training stages (default: theirs)
 
 
 @dataclass
@@ -256,6 +261,10 @@ class PipelineConfig:
             (self.eval.workers is None or self.eval.workers >= 1, "eval.workers", self.eval.workers,
              ">= 1 or null (all available cores)"),
             (rt.crf_workers >= 0, "refine.train.crf_workers", rt.crf_workers, ">= 0"),
+            (self.run.smoke is None or self.run.smoke >= 1, "run.smoke", self.run.smoke,
+             "a number of steps/images >= 1, or null (a real run)"),
+            (self.run.smoke_batch is None or (self.run.smoke is not None and self.run.smoke_batch >= 1),
+             "run.smoke_batch", self.run.smoke_batch, "null, or a batch >= 1 together with run.smoke"),
         ]
         for dev_key, dev in (("run.device", self.run.device), ("refine.train.device", rt.device),
                              ("refine.infer.device", ri.device), ("seg.train.device", st.device),

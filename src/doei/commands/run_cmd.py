@@ -5,6 +5,13 @@ Examples::
     doei run --config configs/demo_pipeline.yaml
     doei run --config configs/demo_pipeline.yaml --set run.out_dir=demo_out/pipeline_doei --set classifier.doei.enabled=true
     doei run --config voc.yaml --set run.cls_checkpoint=MCTformerV2.pth --set run.stages=[cam,refine,train-seg,infer-seg,eval]
+    doei run --config configs/paper/voc_mctformer_v2_doei.yaml --smoke 1 --set run.out_dir=runs/smoke/voc_v2_doei
+
+Smoke mode (``--smoke N`` = ``run.smoke: N``; docs/pipeline.md): every stage at the config's own sizes,
+capped at N optimiser steps and N images per split, random init (no pretrained file read); prints and
+writes ``<run.out_dir>/smoke.json`` (per stage: wall seconds, s/step or s/image, peak memory). Training
+stages use their configured batch unless ``--smoke-batch B``. Never a result: a real run refuses its folder.
+
 
 Stages, in order: ``train-cls`` (classifier, :mod:`doei.engine.train_cls`) → ``cam`` (CAMs of the
 train split) → ``refine`` (AffinityNet training + random-walk pseudo masks) → ``train-seg``
@@ -32,11 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="pipeline YAML (configs/demo_pipeline.yaml, docs/pipeline.md)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set refine.train.epochs=2 (repeatable)")
+    p.add_argument("--smoke", type=int, default=None, metavar="N",
+                   help="smoke mode: every stage at real size, capped at N steps / N images, random init (= run.smoke)")
+    p.add_argument("--smoke-batch", type=int, default=None, metavar="B",
+                   help="smoke mode only: batch B for the three training stages (= run.smoke_batch)")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_pipeline_config(args.config, args.overrides)
-    res = run_pipeline(cfg)
+    extra = [f"run.smoke={args.smoke}"] if args.smoke is not None else []
+    extra += [f"run.smoke_batch={args.smoke_batch}"] if args.smoke_batch is not None else []
+    cfg = load_pipeline_config(args.config, list(args.overrides) + extra)
+    res = run_pipeline(cfg, config_path=str(args.config))
     if "eval" in res and res["eval"].get("table"):
         print(format_table(res["eval"]["table"]))
     return 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,6 +51,7 @@ class TrainResult:
     epochs_run: int          # epochs trained by THIS call (0 when the run was already complete)
     final: dict              # the last epoch record ({} when nothing ran and there is no checkpoint)
     seconds: float
+    phases: dict = field(default_factory=dict)   # seconds of work done before the loop, e.g. {"crf_cache": 12.3}
 
 
 def run_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, loss_fn: LossFn,
@@ -59,7 +60,8 @@ def run_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset:
                  check_resume: Callable[[dict, Path], None], resume: bool | str = "auto", overwrite: bool = False,
                  num_workers: int = 0, log_every: int = 10, progress: bool = True, deterministic: bool = True,
                  stop_after: int | None = None, scaler: Any = None, clip_grad: float | None = None,
-                 find_unused_parameters: bool = False, validate: Callable[[int, nn.Module], dict] | None = None,
+                 find_unused_parameters: bool = False, max_steps: int | None = None,
+                 validate: Callable[[int, nn.Module], dict] | None = None,
                  bar_desc: str = "", describe: Callable[[dict], str] | None = None,
                  intro: Callable[[int, int, int, int], str] | None = None, what: str = "out_dir",
                  nonfinite_hint: str = "lower the learning rate or check the data",
@@ -69,7 +71,11 @@ def run_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset:
     (refused while the folder holds a run unless ``overwrite``). ``check_resume(saved_config, path)``
     refuses a checkpoint made with other settings; ``validate(epoch, model)`` returns extra epoch-record
     fields (rank 0); ``describe(record)`` / ``intro(n_params, n_images, steps_per_epoch, world)`` make the
-    printed lines; ``what`` names the folder's option in messages."""
+    printed lines; ``what`` names the folder's option in messages. ``max_steps`` (smoke runs): exactly that
+    many optimiser steps of ``batch_size`` in one epoch, the dataset's samples repeated in order as often as
+    needed (:class:`RepeatedDataset`); the run then counts as complete (``set_lr`` still sees the step)."""
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps = {max_steps!r}: expected an int >= 1 or None")
     out_dir = Path(out_dir)
     if not resume:
         refuse_to_replace(out_dir, overwrite, what)
@@ -79,7 +85,7 @@ def run_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset:
 
 def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, seed, device, out_dir, config,
           check_resume, resume, num_workers, log_every, progress, deterministic, stop_after, scaler, clip_grad,
-          find_unused_parameters, validate, bar_desc, describe, intro, nonfinite_hint, log) -> TrainResult:
+          find_unused_parameters, max_steps, validate, bar_desc, describe, intro, nonfinite_hint, log) -> TrainResult:
     t_start = time.time()
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
     set_deterministic(deterministic)
@@ -89,6 +95,8 @@ def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, see
     if not is_main:
         log = lambda *_: None  # noqa: E731 - rank 0 reports
     model.to(device)
+    if max_steps is not None:                 # a smoke run: max_steps full batches, then done
+        dataset, epochs = RepeatedDataset(dataset, max_steps * batch_size), 1
     n = len(dataset)
     drop_last = n > batch_size
     dist_util.global_batch_indices(range(n), batch_size, rank, world, drop_last)  # checks the split
@@ -192,4 +200,24 @@ def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, see
     return TrainResult(out_dir, ckpt_path, max(0, end_epoch - start_epoch), last, time.time() - t_start)
 
 
-__all__ = ["run_training", "TrainResult", "LossFn"]
+class RepeatedDataset(Dataset):
+    """The first ``length`` samples of ``base`` repeated in order (index ``i`` reads ``base[i % len(base)]``);
+    ``set_epoch`` is passed on. Smoke runs use it to fill whole batches from a few images."""
+
+    def __init__(self, base: Dataset, length: int) -> None:
+        if len(base) < 1:
+            raise DoeiError("the training set is empty: nothing to repeat for the capped steps")
+        self.base, self.length = base, int(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        return self.base[i % len(self.base)]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+
+__all__ = ["run_training", "TrainResult", "LossFn", "RepeatedDataset"]

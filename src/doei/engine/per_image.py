@@ -39,6 +39,14 @@ def first_n(records: list, limit: int | None, flag: str = "--limit") -> list:
     return records if limit is None else records[:limit]
 
 
+def first_images(ds, limit: int | None, flag: str = "limit"):
+    """The dataset of ``ds``'s first ``limit`` images (``ds`` itself with ``None``): a capped (smoke) run reads
+    only these, in every stage, so each stage finds the files the one before it wrote."""
+    if limit is None:
+        return ds
+    return ds.subset(first_n(ds.ids, limit, flag))
+
+
 class PerImageJob:
     """Override :meth:`process` (or :meth:`iterate`) and :meth:`outputs`; call :meth:`run`."""
 
@@ -134,4 +142,4 @@ class PerImageJob:
                 "out_dir": str(self.out), "processes": self.world, **totals}
 
 
-__all__ = ["PerImageJob", "first_n"]
+__all__ = ["PerImageJob", "first_n", "first_images"]

@@ -17,6 +17,7 @@ once into ``<out_dir>/seed_scores_la<low>_ha<high>/<id>.npz`` (float16, resumabl
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,6 +30,7 @@ from doei.cam.io import load_cam
 from doei.data.build import dataset_from_config
 from doei.engine import distributed as dist_util
 from doei.engine.checkpoint import refuse_to_replace
+from doei.engine.per_image import first_images
 from doei.engine.seed import epoch_seed, seed_everything
 from doei.engine.sgd_loop import fit
 from doei.errors import DoeiError
@@ -252,32 +254,38 @@ def _fixed_keys() -> list[str]:
 
 
 def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after: int | None = None,
-                   log: Callable[[str], None] = print, overwrite: bool = False):
+                   log: Callable[[str], None] = print, overwrite: bool = False, limit: int | None = None,
+                   max_steps: int | None = None):
     """Train AffinityNet as configured in ``cfg.refine.train`` on ``cfg.data``; returns a
     :class:`doei.engine.loop.TrainResult`. Writes into ``refine.train.out_dir``.
     A fresh start (``resume=False``) into a folder that holds a run is refused unless ``overwrite``; the
-    folder is locked for the call (one writer)."""
+    folder is locked for the call (one writer). A capped (smoke) run: ``limit`` = only the first N images
+    of the split (CAMs, CRF cache, training samples), ``max_steps`` = exactly that many optimiser steps
+    (:func:`doei.engine.loop.run_training`). The CRF cache's seconds are in the result's ``phases``."""
     if not resume:
         refuse_to_replace(cfg.refine.train.out_dir, overwrite, "refine.train.out_dir")
     with folder_lock(cfg.refine.train.out_dir, "affinity training folder"):
-        return _train_affinity(cfg, resume, stop_after, log, overwrite)
+        return _train_affinity(cfg, resume, stop_after, log, overwrite, limit, max_steps)
 
 
 def _train_affinity(cfg: PipelineConfig, resume: bool | str, stop_after: int | None, log: Callable[[str], None],
-                    overwrite: bool):
+                    overwrite: bool, limit: int | None, max_steps: int | None):
     sec = cfg.refine.train
     d = cfg.data
-    base = dataset_from_config(cfg.data, sec.split)
+    base = first_images(dataset_from_config(cfg.data, sec.split), limit)
     cam_dir = Path(sec.cam_dir)
     require_id_files(cam_dir, base.ids, ".npz", "CAM", "run doei cam first, or set refine.train.cam_dir", sec.split)
     out_dir = Path(sec.out_dir)
     score_dir = None
     dist_util.init_from_env(torch.device(resolve_device(sec.device)).type)  # torchrun: the score cache is sharded
+    phases = {}
     if sec.crf:
         score_dir = out_dir / f"seed_scores_la{sec.low_alpha:g}_ha{sec.high_alpha:g}"  # one cache per alpha pair
+        t0 = time.time()
         n = precompute_crf_scores(base, cam_dir, score_dir, sec, sec.progress)
+        phases = {"crf_cache_images": n, "crf_cache_seconds": round(time.time() - t0, 3)}
         if n and dist_util.is_main():
-            log(f"computed CRF seed scores of {n} images into {score_dir}")
+            log(f"computed CRF seed scores of {n} images into {score_dir} [{phases['crf_cache_seconds']:.0f} s]")
     ds = AffinityDataset(base, cam_dir, sec, score_dir)
     seed_everything(epoch_seed(sec.seed, -1, "init"))
     model = build_affinity_model(sec.model, sec.model_options, sec.init_weights, sec.radius,
@@ -285,12 +293,14 @@ def _train_affinity(cfg: PipelineConfig, resume: bool | str, stop_after: int | N
     w, b, hw, hb = parameter_groups(model)
     groups = [(w, 1.0, sec.weight_decay), (b, 2.0, 0.0), (hw, 10.0, sec.weight_decay), (hb, 20.0, 0.0)]
     config = {**{k: v for k, v in vars(sec).items()}, "data": vars(d).copy()}
-    return fit(model=model, dataset=ds, loss_fn=affinity_loss_fn, groups=groups, base_lr=sec.lr, momentum=sec.momentum, optimizer=sec.optimizer,
+    res = fit(model=model, dataset=ds, loss_fn=affinity_loss_fn, groups=groups, base_lr=sec.lr, momentum=sec.momentum, optimizer=sec.optimizer,
                power=sec.power, epochs=sec.epochs, batch_size=sec.batch_size, seed=sec.seed,
                device=torch.device(resolve_device(sec.device)), out_dir=out_dir, config=config,
                resume_fixed=_fixed_keys(), resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,
                progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="affinity",
-               log=log, overwrite=overwrite)
+               log=log, overwrite=overwrite, max_steps=max_steps)
+    res.phases.update(phases)
+    return res
 
 
 def require_id_files(folder: Path, ids: Sequence[str], suffix: str, what: str, hint: str,

@@ -35,6 +35,7 @@ from doei.engine.classifier import build_classifier, load_classifier
 from doei.engine.loop import TrainResult, run_training
 from doei.engine.losses import classification_loss, prediction_logits
 from doei.engine.optim import build_optimizer, lr_at, set_lr
+from doei.engine.per_image import first_images
 from doei.engine.seed import epoch_seed, seed_everything
 from doei.errors import DoeiError
 from doei.eval.classification import classification_metrics
@@ -98,13 +99,16 @@ def _check_resume_config(saved: dict, now: dict, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ training
 def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], None] = print,
-          stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
+          stop_after: int | None = None, overwrite: bool = False, limit: int | None = None,
+          max_steps: int | None = None) -> TrainResult:
     """Train the classifier of ``cfg`` through the one loop (:func:`doei.engine.loop.run_training`).
     ``resume``: True = continue from ``out_dir/checkpoint.pt`` (error if absent), ``"auto"`` = continue if
     it exists, False = start afresh — refused when the folder holds a run unless ``overwrite``, which
     replaces it. ``stop_after``: return after at most that many epochs in this call (the schedule still
     spans ``train.epochs``; a later ``resume`` continues), as an interrupted run would. The folder is
-    locked for the call (a second writer is refused at once)."""
+    locked for the call (a second writer is refused at once). A capped (smoke) run: ``limit`` = only the
+    first N images of the train and val splits, ``max_steps`` = exactly that many optimiser steps of
+    ``train.batch_size`` (images repeated as needed), then one validation (:func:`doei.engine.loop.run_training`)."""
     tc = cfg.train
     if not resume:
         refuse_to_replace(Path(tc.out_dir), overwrite, "train.out_dir")   # before any work
@@ -120,14 +124,16 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     # -- data
-    train_ds = dataset_from_config(cfg.data, cfg.data.train_split, transform=train_transform(cfg))
+    train_ds = first_images(dataset_from_config(cfg.data, cfg.data.train_split, transform=train_transform(cfg)),
+                            limit)
     val_ds = None
     if cfg.data.val_split:
         from doei.data.transforms import eval_transform, resize_transform
 
         # MCTformer validates on Resize(size·256/224) + CenterCrop(size); small models on a plain resize
         vt = eval_transform if cfg.data.transform == "mctformer" else resize_transform
-        val_ds = dataset_from_config(cfg.data, cfg.data.val_split, transform=vt(cfg.model.img_size))
+        val_ds = first_images(dataset_from_config(cfg.data, cfg.data.val_split, transform=vt(cfg.model.img_size)),
+                              limit)
     n_classes = getattr(train_ds, "num_classes", cfg.model.num_classes)
     if n_classes != cfg.model.num_classes:
         raise DoeiError(f"model.num_classes = {cfg.model.num_classes} but {cfg.data.root} has {n_classes} classes")
@@ -147,7 +153,8 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
         return lr
 
     def validate(epoch: int, net: nn.Module) -> dict:
-        if val_ds is None or not ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
+        due = (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs or max_steps is not None
+        if val_ds is None or not due:
             return {}
         vloader = DataLoader(val_ds, batch_size=2 * tc.batch_size, shuffle=False, num_workers=tc.num_workers)
         logits, targets = predict_logits(net, vloader, next(net.parameters()).device, use_amp, tc.progress)
@@ -173,7 +180,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
         overwrite=overwrite, num_workers=tc.num_workers, log_every=tc.log_every, progress=tc.progress,
         deterministic=tc.deterministic, stop_after=stop_after, scaler=scaler, clip_grad=cfg.optim.clip_grad,
         # some families leave parameters out of the training loss (e.g. MCTformer's unused tokens/heads)
-        find_unused_parameters=True, validate=validate, describe=describe, intro=intro, what="train.out_dir",
+        find_unused_parameters=True, max_steps=max_steps, validate=validate, describe=describe, intro=intro, what="train.out_dir",
         nonfinite_hint="lower optim.lr or check the data", log=log)
 
 

@@ -28,6 +28,7 @@ from doei.data.build import dataset_from_config
 from doei.data.common import read_mask
 from doei.engine import distributed as dist_util
 from doei.engine.checkpoint import refuse_to_replace
+from doei.engine.per_image import first_images
 from doei.engine.seed import epoch_seed, seed_everything
 from doei.engine.sgd_loop import fit
 from doei.engine.train_aff import crop_hwc, item_rng, normalize, random_crop_offsets, require_id_files
@@ -164,16 +165,18 @@ def seg_param_groups(model: nn.Module, weight_decay: float, head_mult: float) ->
 
 
 def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_after: int | None = None,
-                       log: Callable[[str], None] = print, overwrite: bool = False):
+                       log: Callable[[str], None] = print, overwrite: bool = False, limit: int | None = None,
+                       max_steps: int | None = None):
     """Train the segmentation net as configured in ``cfg.seg.train``; returns a :class:`doei.engine.loop.TrainResult`.
     A fresh start (``resume=False``) into a folder that holds a run is refused (before the data and the
-    net are built) unless ``overwrite``; the loop locks the folder (one writer)."""
+    net are built) unless ``overwrite``; the loop locks the folder (one writer). A capped (smoke) run:
+    ``limit`` = only the first N images of the split, ``max_steps`` = exactly that many optimiser steps."""
     if not resume:
         refuse_to_replace(cfg.seg.train.out_dir, overwrite, "seg.train.out_dir")
 
     sec = cfg.seg.train
     d = cfg.data
-    base = dataset_from_config(cfg.data, sec.split)
+    base = first_images(dataset_from_config(cfg.data, sec.split), limit)
     pseudo = Path(sec.pseudo_dir)
     if sec.allow_ground_truth:
         log(f"train-seg: seg.train.allow_ground_truth is set: {pseudo} may hold ground truth (an oracle run)")
@@ -196,7 +199,7 @@ def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_af
                device=torch.device(resolve_device(sec.device)), out_dir=sec.out_dir, config=config,
                resume_fixed=fixed, resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,
                progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="seg", log=log,
-               overwrite=overwrite)
+               overwrite=overwrite, max_steps=max_steps)
 
 
 __all__ = ["SegDataset", "train_segmentation", "build_seg_model", "check_not_ground_truth", "seg_param_groups",

@@ -79,11 +79,16 @@ def stage_eval(r, log: Callable[[str], None]) -> dict:
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist_util.world_size() > 1 else 1
     results: dict = {}
     table = []
+    smoke = cfg.run.smoke
     for name, producer, pred, split, ptype, mean in eval_rows(cfg):
+        if smoke is not None and producer in ("cam", "refine"):
+            # a smoke run made CAMs / pseudo masks for the first images of their own split only
+            split = r.cam.split if producer == "cam" else cfg.refine.infer.split
         if producer not in cfg.run.stages and not Path(pred).is_dir():
             log(f"eval: {name}: stage {producer} is not in run.stages and {pred} does not exist; skipped")
             continue
         gt, ids = _gt_dir(cfg, split)
+        ids = ids if smoke is None else ids[:smoke]
         if gt is None:
             log(f"eval: {name}: split {split!r} has no ground-truth masks; skipped")
             continue
@@ -97,6 +102,9 @@ def stage_eval(r, log: Callable[[str], None]) -> dict:
     if not dist_util.is_main():
         return {}
     out = {"table": table, "results": results}
+    if smoke is not None:
+        out = {"smoke": smoke, "note": "smoke run: capped, random init; not a result", **out}
+        log(f"eval: smoke run: the rows score the first {smoke} images of each split; not results")
     atomic_write_json(Path(cfg.run.out_dir) / "eval.json", out)
     log(format_table(table))
     return out

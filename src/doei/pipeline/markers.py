@@ -40,6 +40,8 @@ def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
         "infer-seg": {"seg_infer": d["seg"]["infer"]},
         "eval": {"eval": {k: v for k, v in d["eval"].items() if not (k == "train_split" and v is None)}},
     }[stage]          # eval.train_split only counts when set: markers written before the key existed stay valid
+    if d["run"].get("smoke") is not None:   # a smoke stage is never taken for a real one (and vice versa)
+        parts = {**parts, "smoke": {"smoke": d["run"]["smoke"], "smoke_batch": d["run"].get("smoke_batch")}}
     return _strip_runtime(parts)
 
 

@@ -80,8 +80,10 @@ def stage_train_cls(r: Resolved, log: Callable[[str], None]) -> dict:
         log(f"train-cls: using the given classifier {cfg.run.cls_checkpoint}")
         return {"checkpoint": cfg.run.cls_checkpoint, "trained": False}
 
-    res = train(r.classifier, resume="auto", log=log)
-    return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
+    n = cfg.run.smoke
+    res = train(r.classifier, resume="auto", log=log, limit=n, max_steps=n)
+    return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final,
+            "batch_size": r.classifier.train.batch_size}
 
 
 def cam_config(cfg: PipelineConfig) -> CamConfig:
@@ -106,27 +108,31 @@ def stage_cam(r: Resolved, log: Callable[[str], None]) -> dict:
     ds = open_dataset(r.cam)
     model, spec, ccfg = load_cam_model(r.cam, ckpt, ds)
     s = generate_cams(model, ccfg, r.cfg.refine.train.cam_dir, ckpt, ds=ds, spec=spec, progress=r.cfg.run.progress,
-                      desc="cam", what="refine.train.cam_dir")
+                      desc="cam", what="refine.train.cam_dir", limit=r.cfg.run.smoke)
     log(f"cam: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
-    return {"computed": s["computed"], "skipped": s["skipped"], "out_dir": s["out_dir"]}
+    return {"computed": s["computed"], "skipped": s["skipped"], "out_dir": s["out_dir"],
+            "seconds": round(s["seconds"], 3)}
 
 
 def stage_refine(r: Resolved, log: Callable[[str], None]) -> dict:
-    res = train_affinity(r.cfg, resume="auto", log=log)
+    n = r.cfg.run.smoke
+    res = train_affinity(r.cfg, resume="auto", log=log, limit=n, max_steps=n)
     dist_util.barrier()          # rank 0's final checkpoint is on disk before any rank loads it
-    s = infer_pseudo_masks(r.cfg, log=log)
+    s = infer_pseudo_masks(r.cfg, limit=n, log=log)
     log(f"refine: {s['computed']} pseudo masks computed, {s['skipped']} already done -> {s['out_dir']}")
-    return {"train": {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final},
-            "infer": s}
+    return {"train": {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final,
+                      "phases": res.phases, "batch_size": r.cfg.refine.train.batch_size}, "infer": s}
 
 
 def stage_train_seg(r: Resolved, log: Callable[[str], None]) -> dict:
-    res = train_segmentation(r.cfg, resume="auto", log=log)
-    return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final}
+    n = r.cfg.run.smoke
+    res = train_segmentation(r.cfg, resume="auto", log=log, limit=n, max_steps=n)
+    return {"checkpoint": str(res.checkpoint), "epochs_run": res.epochs_run, "final": res.final,
+            "batch_size": r.cfg.seg.train.batch_size}
 
 
 def stage_infer_seg(r: Resolved, log: Callable[[str], None]) -> dict:
-    s = infer_segmentation(r.cfg, log=log)
+    s = infer_segmentation(r.cfg, limit=r.cfg.run.smoke, log=log)
     log(f"infer-seg: {s['computed']} computed, {s['skipped']} already done -> {s['out_dir']}")
     return s
 

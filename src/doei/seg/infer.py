@@ -112,8 +112,9 @@ class SegmentationJob(PerImageJob):
 
     def iterate(self, mine: list[int]):
         si = self.si
-        if mine and si.crf and si.crf_workers > 0:
-            self.pool = mp.get_context("spawn").Pool(si.crf_workers)
+        workers = min(si.crf_workers, len(mine)) if len(mine) > 1 else 0   # no idle processes (each imports torch)
+        if si.crf and workers > 0:
+            self.pool = mp.get_context("spawn").Pool(workers)
         for i in mine:
             t = time.time()
             rid = self.records[i].id
@@ -125,7 +126,7 @@ class SegmentationJob(PerImageJob):
                 job = (rid, image, probs.numpy().astype(np.float16), self.params, str(self.out), si.overlays)
                 del probs
                 self.pending.append(_Done(_crf_job(job)) if self.pool is None else self.pool.apply_async(_crf_job, (job,)))
-                self._drain(2 * max(1, si.crf_workers))
+                self._drain(2 * max(1, workers))
             elif si.overlays:
                 label = probs.argmax(dim=0).numpy().astype(np.uint8)
                 atomic_save_png(self.out / "overlay" / f"{rid}.png", overlay_panel(image, label))
