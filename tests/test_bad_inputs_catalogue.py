@@ -350,7 +350,7 @@ def c_labels_conflict_with_existing_file(b, t):
     from doei.data.voc import VOC_CLASSES
 
     write_labels_json(t / "out", {b["ids"][0]: [19], "other_1": [3]}, VOC_CLASSES, source="test")
-    argv = ["labels", "--dataset", "voc", "--root", str(b["data"]), "--source", "masks", "--split", "train",
+    argv = ["labels", "--dataset", "voc", "--data-root", str(b["data"]), "--source", "masks", "--split", "train",
             "--out", str(t / "out")]
     return argv, rf"out: image '{b['ids'][0]}' is labelled \[tvmonitor\] there but .*--overwrite"
 
@@ -358,7 +358,7 @@ def c_labels_conflict_with_existing_file(b, t):
 def c_labels_existing_file_other_classes(b, t):
     # synth's own cls_labels.json names 10 synthetic classes: not merged into a VOC labels file
     shutil.copy(b["data"] / "cls_labels.json", t / "out")
-    argv = ["labels", "--dataset", "voc", "--root", str(b["data"]), "--source", "masks", "--out", str(t / "out")]
+    argv = ["labels", "--dataset", "voc", "--data-root", str(b["data"]), "--source", "masks", "--out", str(t / "out")]
     return argv, r"--out .*out exists but cannot be merged.*class names"
 
 

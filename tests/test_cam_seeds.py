@@ -90,6 +90,6 @@ def test_overlay_and_panel():
     assert ov[0, 7, 0] > ov[0, 7, 2]                  # jet(1) is red, jet(0) is blue
     assert ov[0, 0, 2] > ov[0, 0, 0]
     panel = cam_panel(img, [2, 5], np.stack([cam, cam]), seeds=np.zeros((6, 8), np.uint8))
-    assert panel.shape == (6, 32, 3)
+    assert panel.dtype == np.uint8 and panel.shape[1] >= 4 * 256    # image, 2 CAMs, seeds in 256-px cells
     with pytest.raises(DoeiError, match="does not match"):
         cam_overlay(img, cam[:5])

@@ -95,11 +95,11 @@ def test_xml_labels_and_auto_source(tmp_path):
 
 def test_labels_command_writes_file_the_loader_picks_up(tmp_path, voc_mini, capsys):
     root = _mini_voc(tmp_path / "v")
-    assert main(["labels", "--dataset", "voc", "--root", str(root)]) == 0
+    assert main(["labels", "--dataset", "voc", "--data-root", str(root)]) == 0
     ds = voc_dataset(root, "train")
     assert ds.label_source.startswith("file ") and [r.classes for r in ds.records] == [(11, 14), (19,)]
     out = tmp_path / "real.json"
-    assert main(["labels", "--dataset", "voc", "--root", str(voc_mini), "--source", "masks", "--out", str(out)]) == 0
+    assert main(["labels", "--dataset", "voc", "--data-root", str(voc_mini), "--source", "masks", "--out", str(out)]) == 0
     ref = json.loads((voc_mini / "cls_labels_from_masks.json").read_text())
     got = json.loads(out.read_text())
     assert got["classes"] == list(VOC_CLASSES) and got["labels"] == {k: ref[k] for k in sorted(ref)}
@@ -161,31 +161,31 @@ def test_labels_split_merges_into_the_existing_file(tmp_path, capsys):
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a_1\n")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("a_2\n")
     out = root / "cls_labels.json"
-    assert main(["labels", "--dataset", "voc", "--root", str(root)]) == 0      # every split
+    assert main(["labels", "--dataset", "voc", "--data-root", str(root)]) == 0      # every split
     full = json.loads(out.read_text())["labels"]
     assert full == {"a_1": [11, 14], "a_2": [19]}
     capsys.readouterr()
     # the same split again: nothing changes, the file is not even rewritten
     mtime = out.stat().st_mtime_ns
-    assert main(["labels", "--dataset", "voc", "--root", str(root), "--split", "val"]) == 0
+    assert main(["labels", "--dataset", "voc", "--data-root", str(root), "--split", "val"]) == 0
     assert "unchanged: 2 images (0 added, 1 already there with the same labels, 0 replaced, 1 other" in capsys.readouterr().out
     assert out.stat().st_mtime_ns == mtime and json.loads(out.read_text())["labels"] == full
     # a split with a new image is added, the others kept
     (root / "Annotations" / "a_3.xml").write_text("<annotation><object><name>cat</name></object></annotation>")
     (root / "ImageSets" / "Segmentation" / "extra.txt").write_text("a_3\n")
-    assert main(["labels", "--dataset", "voc", "--root", str(root), "--split", "extra"]) == 0
+    assert main(["labels", "--dataset", "voc", "--data-root", str(root), "--split", "extra"]) == 0
     assert "3 images (1 added, 0 already there with the same labels, 0 replaced, 2 other" in capsys.readouterr().out
     got = json.loads(out.read_text())
     assert got["labels"] == {**full, "a_3": [7]} and got["source"] == "xml (train, val); xml (extra)"
     # labels that differ (masks say only dog for a_1) are refused, file untouched ...
     before = out.read_bytes()
-    assert main(["labels", "--dataset", "voc", "--root", str(root), "--split", "train", "--source", "masks"]) == 2
+    assert main(["labels", "--dataset", "voc", "--data-root", str(root), "--split", "train", "--source", "masks"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and re.search(r"cls_labels\.json: image 'a_1' is labelled \[dog, person\] there but \[dog\] "
                                          r"by masks .*1 id\(s\) differ.*--overwrite", err), err
     assert out.read_bytes() == before
     # ... and replaced with --overwrite, every other image still kept
-    assert main(["labels", "--dataset", "voc", "--root", str(root), "--split", "train", "--source", "masks",
+    assert main(["labels", "--dataset", "voc", "--data-root", str(root), "--split", "train", "--source", "masks",
                  "--overwrite"]) == 0
     assert "1 replaced, 2 other images kept" in capsys.readouterr().out
     assert json.loads(out.read_text())["labels"] == {"a_1": [11], "a_2": [19], "a_3": [7]}
@@ -198,7 +198,7 @@ def test_labels_refuses_an_existing_file_it_cannot_merge(tmp_path, capsys):
     for text, pattern in (('{"labels": {"a_1": [', r"not a readable JSON"),
                           (json.dumps({"format": "doei-image-labels-v1", "classes": ["x"], "labels": {}}), r"class names")):
         out.write_text(text)
-        assert main(["labels", "--dataset", "voc", "--root", str(root)]) == 2
+        assert main(["labels", "--dataset", "voc", "--data-root", str(root)]) == 2
         err = capsys.readouterr().err.strip()
         assert re.search(r"--out .*cls_labels\.json exists but cannot be merged.*" + pattern, err), err
         assert out.read_text() == text

@@ -108,7 +108,7 @@ def test_infer_seg_outputs_resume_and_worker_parity(data, tmp_path):
         b = {d: _png(tmp_path / "b" / "seg_pred" / d / f"{r.id}.png") for d in ("pred", "pred_crf", "overlay")}
         for d in a:
             assert np.array_equal(a[d], b[d]), d
-        assert a["pred"].shape == (64, 64) and a["overlay"].shape == (64, 128, 3)
+        assert a["pred"].shape == (64, 64) and a["overlay"].ndim == 3 and a["overlay"].shape[1] >= 2 * 320  # 2 legend cells
         if i == 0:
             img = ds.sample(i).image
             probs = multiscale_predict(model, img, [0.75, 1.0], flip=True)

@@ -7,15 +7,26 @@ fast and a broken optional dependency affects only the command that needs it.
 Errors: a :class:`doei.errors.DoeiError` (bad input) prints one line ``doei <cmd>: error: ...``
 to stderr and exits with status 2. A :class:`doei.errors.DoeiWarning` (a setting that can do nothing, an
 explicit override) prints one line ``doei <cmd>: warning: ...`` and the command goes on.
+
+Every verb takes ``-q/--quiet`` (warnings and results only: no progress bars, no informational log lines)
+and ``-v/--verbose`` (debug log lines too), through Python's :mod:`logging` (logger ``doei``); they may
+also come before the verb (``doei -q cam ...``). ``doei --version`` prints the version. The flags shared
+by several verbs have one spelling everywhere (:mod:`doei.utils.cliargs`).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 import warnings
 
+import doei
 from doei.errors import DoeiError, DoeiWarning
+from doei.utils.cliargs import HelpFormatter
+
+LOG = logging.getLogger("doei")
 
 # name -> (module under doei.commands, one-line help). Add a line here to add a command.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,8 +53,32 @@ def _top_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items()),
     )
+    p.add_argument("--version", action="version", version=f"doei {doei.__version__}")
+    _add_verbosity(p)
     p.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="see below")
     return p
+
+
+def _add_verbosity(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", default=None,
+                   help="only warnings, errors and results: no progress bars or informational lines")
+    g.add_argument("-v", "--verbose", action="store_true", default=None, help="also debug log lines")
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Logger ``doei`` to stderr at WARNING (quiet), INFO (default) or DEBUG (verbose); quiet also turns
+    off tqdm progress bars (``TQDM_DISABLE``), for this process and the ones it starts."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    LOG.setLevel(level)
+    if not any(getattr(h, "_doei", False) for h in LOG.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        h._doei = True  # type: ignore[attr-defined]
+        LOG.addHandler(h)
+        LOG.propagate = False
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
 
 
 def _one_line_warnings(name: str, fallback):
@@ -58,26 +93,54 @@ def _one_line_warnings(name: str, fallback):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        _top_parser().parse_args(argv[:1] or ["--help"])
+    lead = []                                   # -q / -v given before the verb
+    while argv and argv[0] in ("-q", "--quiet", "-v", "--verbose"):
+        lead.append(argv.pop(0))
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(lead + (argv[:1] or ["--help"]))
         return 2
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(f"doei.commands.{module_name}")
     parser = argparse.ArgumentParser(prog=f"doei {name}", description=help_text)
     module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", DoeiWarning)
-            warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
+    for leaf in _leaves(parser):
+        _add_verbosity(leaf)
+    _formatter_everywhere(parser)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DoeiWarning)
+        warnings.showwarning = _one_line_warnings(name, warnings.showwarning)
+        args = parser.parse_args(rest)
+        quiet = bool(args.quiet) or any(a in ("-q", "--quiet") for a in lead)
+        verbose = bool(args.verbose) or any(a in ("-v", "--verbose") for a in lead)
+        if quiet and verbose:
+            parser.error("-q/--quiet and -v/--verbose exclude each other")
+        setup_logging(quiet, verbose)
+        try:
             return int(module.run(args) or 0)
-    except DoeiError as e:
-        print(f"doei {name}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"doei {name}: interrupted", file=sys.stderr)
-        return 130
+        except DoeiError as e:
+            print(f"doei {name}: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"doei {name}: interrupted", file=sys.stderr)
+            return 130
+
+
+def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that take the options: the verb's, or each of its sub-verbs' (``refine train|infer``)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for a in subs for sub in a.choices.values() for leaf in _leaves(sub)]
+
+
+def _formatter_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Every (sub-)parser shows defaults in its help (:class:`doei.utils.cliargs.HelpFormatter`)."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _formatter_everywhere(sub)
 
 
 if __name__ == "__main__":  # pragma: no cover

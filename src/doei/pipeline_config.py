@@ -126,6 +126,7 @@ class RefineInferSection:
     alpha: float = 16.0
     beta: float = 8.0
     logt: int = 6                               # MCTformer; PSA: 8
+    overlays: bool = False                      # also write overlay/<id>.png: image | pseudo mask, with a legend
     device: str = "auto"
     progress: bool = True
 

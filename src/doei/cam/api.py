@@ -4,9 +4,14 @@
 
     with AttentionCAM(model, n_layers=3) as cam:
         maps = cam(images, targets)        # [B, K, H, W] in [0, 1], model's device and dtype
+        gray = cam(images, [3, 7], output="numpy")   # numpy [B, H, W]: class 3 of image 0, 7 of image 1
+        maps = cam(images)                 # targets=None: the classes the model predicts (cam.targets)
 
-``targets`` are per-image multi-label targets: a multi-hot [B, K] tensor/array, or a list of B lists
-of 0-based class indices. Unlabelled classes get all-zero maps.
+``targets``, as pytorch-grad-cam takes them: ``None`` (the model's predicted classes: sigmoid score
+>= ``threshold``, and at least the top class), a flat list of B class indices (one class per image),
+a list of B lists of 0-based class indices, or a multi-hot [B, K] tensor/array. Non-target classes
+get all-zero maps. ``output="numpy"`` returns float32 ``[B, H, W]``: each image's target map (the
+maximum over its targets when it has several), the shape grad-cam's ``grayscale_cam`` has.
 
 Models:
 
@@ -39,7 +44,9 @@ from doei.models.mctformer import refine_with_patch_affinity
 from doei.models.timm_plugin import DoeiPlug, get_plug, plug, unplug
 
 TIMM_KINDS = ("attention", "semantic")
-Targets = Union[Tensor, np.ndarray, Sequence[Sequence[int]]]   # multi-hot [B, K] or B lists of class ids
+OUTPUTS = ("tensor", "numpy")
+# None (predicted) | B class ids | B lists of class ids | multi-hot [B, K]
+Targets = Union[None, Tensor, np.ndarray, Sequence[int], Sequence[Sequence[int]]]
 
 
 class TimmAttentionSource:
@@ -139,14 +146,26 @@ class AttentionCAM:
     (default: on for MCTformer-V2 as the official code, off for timm), ``num_classes`` (timm models
     without a classifier), ``class_tokens`` (used only when the extractor plugs a timm model itself;
     see ``doei.models.timm_plugin``).
+    ``threshold``: the sigmoid score from which a class counts as predicted when ``targets`` is None
+    (default 0.5; the top class is always taken).
     ``images``: normalised [B, 3, H, W] (or a list of [3, H_i, W_i], giving a list back). Returns maps
-    [B, K, H, W] in [0, 1] on the model's device, in the model's dtype; the model runs in eval mode
-    without gradients inside the block and gets its previous mode back on exit.
+    [B, K, H, W] in [0, 1] on the model's device, in the model's dtype (``output="numpy"``: float32
+    numpy [B, H, W], see the module docstring); the model runs in eval mode without gradients inside the
+    block and gets its previous mode back on exit. After each call ``cam.targets`` is the multi-hot
+    [B, K] target actually used and ``cam.scores`` the sigmoid scores [B, K] when they were predicted
+    (else None).
     """
 
     def __init__(self, model: nn.Module, n_layers: int = 3, kind: str | None = None,
                  scales: Sequence[float] = (1.0,), flip: bool = False, patch_refine: bool | None = None,
-                 num_classes: int | None = None, class_tokens: str = "class") -> None:
+                 num_classes: int | None = None, class_tokens: str = "class", threshold: float = 0.5) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"threshold={threshold}: expected a sigmoid score strictly between 0 and 1")
+        self.threshold = float(threshold)
+        self.targets: Tensor | None = None
+        self.scores: Tensor | None = None
         self.model = model
         self.n_layers = n_layers
         self.kind = kind
@@ -195,23 +214,90 @@ class AttentionCAM:
         if stack is not None:
             stack.close()
 
-    def __call__(self, images: Tensor | Sequence[Tensor], targets: Targets) -> Tensor | list[Tensor]:
+    def __repr__(self) -> str:
+        state = "open" if self._extractor is not None else "closed"
+        return (f"AttentionCAM({type(self.model).__name__}, n_layers={self.n_layers}, kind={self.kind!r}, "
+                f"scales={self.scales}, flip={self.flip}, patch_refine={self.patch_refine}, "
+                f"threshold={self.threshold}, {state})")
+
+    def __call__(self, images: Tensor | Sequence[Tensor], targets: Targets = None,
+                 output: str = "tensor") -> Tensor | list[Tensor] | np.ndarray | list[np.ndarray]:
         if self._extractor is None:
             raise DoeiError("use AttentionCAM as a context manager: `with AttentionCAM(model) as cam: "
                             "maps = cam(images, targets)`")
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r}: expected one of {', '.join(OUTPUTS)}")
+        if not isinstance(images, Tensor) and not (isinstance(images, (list, tuple))
+                                                   and all(isinstance(t, Tensor) for t in images)):
+            raise TypeError(f"images: expected a [B, 3, H, W] tensor or a list of [3, H, W] tensors, "
+                            f"got {type(images).__name__}")
         n = images.shape[0] if isinstance(images, Tensor) else len(images)
-        labels = targets_to_multihot(targets, n, self._extractor.num_classes)
+        k = self._extractor.num_classes
+        self.scores = None
+        if targets is None:
+            self.scores = self.predict_scores(images)
+            labels = predicted_targets(self.scores, self.threshold)
+        else:
+            labels = targets_to_multihot(targets, n, k)
+        self.targets = labels
         out = self._extractor(images, labels)
         p = _param(self.model)
         dev, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+        if output == "numpy":
+            maps = [out] if isinstance(out, Tensor) else [o.unsqueeze(0) for o in out]
+            arrays = []
+            for j, m in enumerate(maps):
+                lab = labels[j: j + m.shape[0]] if isinstance(out, Tensor) else labels[j: j + 1]
+                sel = m.float().cpu() * lab.view(*lab.shape, 1, 1)
+                arrays.append(sel.amax(dim=1).numpy().astype(np.float32))
+            return arrays[0] if isinstance(out, Tensor) else [a[0] for a in arrays]
         if isinstance(out, Tensor):
             return out.to(dev, dtype)
         return [o.to(dev, dtype) for o in out]
 
+    @torch.no_grad()
+    def predict_scores(self, images: Tensor | Sequence[Tensor]) -> Tensor:
+        """The model's sigmoid class scores float32 [B, K] (CPU) for normalised ``images``."""
+        model = self.model
+        p = _param(model)
+        dev, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
+        batch = [images] if isinstance(images, Tensor) else [t.unsqueeze(0) for t in images]
+        mode = model.training
+        model.eval()
+        try:
+            rows = []
+            for x in batch:
+                outputs = model(x.to(dev, dtype))
+                logits = model.prediction_logits(outputs) if hasattr(model, "prediction_logits") else outputs
+                if isinstance(logits, (tuple, list)):
+                    logits = logits[0]
+                rows.append(torch.sigmoid(logits.float()).cpu())
+        finally:
+            model.train(mode)
+        scores = torch.cat(rows)
+        if scores.shape[1] != self._extractor.num_classes:
+            raise DoeiError(f"{type(model).__name__}: scores for {scores.shape[1]} classes, but its CAMs have "
+                            f"{self._extractor.num_classes}; pass targets explicitly")
+        return scores
+
+
+def predicted_targets(scores: Tensor, threshold: float = 0.5) -> Tensor:
+    """Multi-hot float32 [B, K] of the predicted classes: score >= ``threshold``, and each image's top class
+    (so every image has at least one target, as pytorch-grad-cam's ``targets=None`` takes the top class)."""
+    lab = (scores >= threshold).float()
+    lab[torch.arange(scores.shape[0]), scores.argmax(dim=1)] = 1.0
+    return lab
+
 
 def targets_to_multihot(targets: Targets, batch: int, num_classes: int) -> Tensor:
     """Per-image targets -> multi-hot float32 [B, K]: a [B, K] tensor/array of 0/1 is taken as is;
-    a list of B lists (or sets/tuples) of 0-based class indices is converted."""
+    a list of B lists (or sets/tuples) of 0-based class indices is converted; a flat list of B ints (or a
+    1-D integer tensor/array of length B) is one class per image."""
+    flat = _flat_classes(targets)
+    if flat is not None:
+        if len(flat) != batch:
+            raise DoeiError(f"targets: {len(flat)} class indices for {batch} images (one per image)")
+        targets = [[c] for c in flat]
     if isinstance(targets, (list, tuple)) and all(isinstance(t, (list, tuple, set, range)) for t in targets):
         if len(targets) != batch:
             raise DoeiError(f"targets: {len(targets)} per-image class lists for {batch} images")
@@ -232,8 +318,22 @@ def targets_to_multihot(targets: Targets, batch: int, num_classes: int) -> Tenso
     return lab
 
 
+def _flat_classes(targets: Targets) -> list[int] | None:
+    """A flat sequence of class indices (one per image) as a list of ints; None for any other form."""
+    if isinstance(targets, Tensor):
+        ok = targets.ndim == 1 and not targets.dtype.is_floating_point and targets.dtype != torch.bool
+        return [int(t) for t in targets.tolist()] if ok else None
+    if isinstance(targets, np.ndarray):
+        return [int(t) for t in targets.tolist()] if targets.ndim == 1 and np.issubdtype(targets.dtype, np.integer) \
+            else None
+    if isinstance(targets, (list, tuple)) and targets and all(isinstance(t, (int, np.integer))
+                                                              and not isinstance(t, bool) for t in targets):
+        return [int(t) for t in targets]
+    return None
+
+
 def _param(model: nn.Module) -> Tensor | None:
     return next(model.parameters(), None)
 
 
-__all__ = ["AttentionCAM", "TimmAttentionSource", "targets_to_multihot"]
+__all__ = ["AttentionCAM", "TimmAttentionSource", "targets_to_multihot", "predicted_targets"]

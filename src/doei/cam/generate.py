@@ -28,7 +28,7 @@ import torch
 from doei.cam.extractor import CamExtractor, minmax_labelled, normalize_image, official_views
 from doei.cam.io import load_cam, save_cam
 from doei.cam.seeds import crf_label_map, crf_with_alpha, official_crf_image, seeds_from_cams
-from doei.cam.visualize import cam_panel, save_label_png
+from doei.cam.visualize import cam_figure, save_label_png
 from doei.data.build import build_dataset
 from doei.engine.classifier import load_classifier
 from doei.engine.per_image import PerImageJob, first_n
@@ -255,7 +255,7 @@ def _write_outputs(out: Path, item: dict, cams: np.ndarray, cfg, class_names) ->
             save_label_png(out / crf_dir(a) / f"{image_id}.png", label)
     if cfg.save_overlays:
         atomic_save_png(out / "overlays" / f"{image_id}.png",
-                        cam_panel(item["image"], classes, kept, class_names, seeds=seeds))
+                        cam_figure(item["image"], classes, kept, class_names, seeds=seeds, title=image_id))
     # the CAM file last: its presence (with the other outputs) marks the id as done
     save_cam(out / f"{image_id}.npz", classes, kept, dtype=np.float16 if cfg.cam_dtype == "float16" else np.float32)
 

@@ -37,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crowd", choices=("ignore", "class"), default="ignore",
                    help="crowd regions: 255 ignore (default) or their class")
     p.add_argument("--overwrite", action="store_true", help="re-render masks that already exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +61,7 @@ def _write_masks(args: argparse.Namespace, api, out: Path) -> int:
         raise DoeiError(f"{args.ann}: two images share the file name stem {dup!r}")
     written = skipped = 0
     digest = hashlib.sha256()
-    for n, k in tqdm(list(zip(nums, keys)), desc="doei coco-masks", unit="img"):
+    for n, k in tqdm(list(zip(nums, keys)), desc="doei coco-masks", unit="img", disable=args.no_progress):
         path = out / f"{k}.png"
         img = api.imgs[n]
         if path.is_file() and not args.overwrite:

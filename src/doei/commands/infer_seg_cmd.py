@@ -22,6 +22,7 @@ import argparse
 from doei.engine import distributed as dist_util
 from doei.pipeline_config import load_pipeline_config
 from doei.seg.infer import infer_segmentation
+from doei.utils import cliargs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,10 +32,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set seg.infer.split=val (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="only the first N ids of the split (smoke tests)")
+    cliargs.add_data_root(p, help="dataset folder (sets data.root)")
+    cliargs.add_device(p, "seg.infer.device")
+    cliargs.add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_pipeline_config(args.config, args.overrides)
+    sets = list(args.overrides) + cliargs.overrides(args, {"device": ("seg.infer.device",),
+                                                          "progress": ("seg.infer.progress",)})
+    if args.data_root:
+        sets.append(f"data.root={args.data_root}")
+    cfg = load_pipeline_config(args.config, sets)
     s = infer_segmentation(cfg, limit=args.limit)
     if dist_util.is_main():
         print(f"doei infer-seg: {s['computed']} computed, {s['skipped']} already done, {s['seconds']:.1f} s "

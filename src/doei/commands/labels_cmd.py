@@ -2,9 +2,9 @@
 
 Examples::
 
-    doei labels --dataset voc --root VOC2012                      # from Annotations/*.xml -> VOC2012/cls_labels.json
-    doei labels --dataset voc --root VOC2012 --source masks --split train_aug --split val
-    doei labels --dataset voc --root VOC2012 --from-npy cls_labels.npy --trust-pickle   # convert the official file
+    doei labels --dataset voc --data-root VOC2012                      # from Annotations/*.xml -> VOC2012/cls_labels.json
+    doei labels --dataset voc --data-root VOC2012 --source masks --split train_aug --split val
+    doei labels --dataset voc --data-root VOC2012 --from-npy cls_labels.npy --trust-pickle   # convert the official file
     doei labels --dataset coco --ann annotations/instances_train2014.json --out COCO/cls_labels_train2014.json
 
 The VOC loader picks up ``<root>/cls_labels.json`` automatically; the COCO loader picks up
@@ -26,11 +26,13 @@ from doei.data.coco import COCO_CLASSES, coco_image_ids, coco_labels, image_key,
 from doei.data.common import read_cls_labels_npy, read_id_list, read_labels_json, write_labels_json
 from doei.data.voc import available_splits, default_mask_dir, load_labels, split_file, VOC_CLASSES
 from doei.errors import DoeiError
+from doei.utils import cliargs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=("voc", "coco"), required=True)
-    p.add_argument("--root", default=None, help="VOC2012 folder (voc)")
+    p.add_argument("--dataset", choices=("voc", "coco"), required=True, help="which dataset's labels")
+    cliargs.add_data_root(p, help="VOC2012 folder (voc)")
+    cliargs.deprecated_alias(p, "--root", "--data-root", dest="data_root")
     p.add_argument("--split", action="append", default=None,
                    help="VOC split(s) to cover (repeatable; default: every list in ImageSets/Segmentation{,Aug}/)")
     p.add_argument("--source", choices=("xml", "masks"), default="xml", help="VOC label source (default xml)")
@@ -48,11 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _voc(args) -> tuple[dict, list[str], str, Path]:
     if args.from_npy:
         table = read_cls_labels_npy(args.from_npy, len(VOC_CLASSES), trust_pickle=args.trust_pickle)
-        out = Path(args.out) if args.out else Path(args.root or ".") / "cls_labels.json"
+        out = Path(args.out) if args.out else Path(args.data_root or ".") / "cls_labels.json"
         return table, list(VOC_CLASSES), f"converted from {args.from_npy}", out
-    if not args.root:
-        raise DoeiError("--root is required for --dataset voc (unless --from-npy)")
-    root = Path(args.root)
+    if not args.data_root:
+        raise DoeiError("--data-root is required for --dataset voc (unless --from-npy)")
+    root = Path(args.data_root)
     splits = args.split or available_splits(root)
     if not splits:
         raise DoeiError(f"{root}: no split lists in ImageSets/Segmentation/; pass --split")
@@ -89,8 +91,8 @@ def _out_path(args) -> Path | None:
     """The output path as :func:`_voc`/:func:`_coco` will choose it (``None``: they will refuse first)."""
     if args.out:
         return Path(args.out)
-    if args.dataset == "voc" and (args.from_npy or args.root):
-        return Path(args.root or ".") / "cls_labels.json"
+    if args.dataset == "voc" and (args.from_npy or args.data_root):
+        return Path(args.data_root or ".") / "cls_labels.json"
     return None
 
 

@@ -31,6 +31,10 @@ import argparse
 
 from doei.pipeline import format_table, run_pipeline
 from doei.pipeline_config import load_pipeline_config
+from doei.utils import cliargs
+
+DEVICE_KEYS = ('run.device', 'refine.train.device', 'refine.infer.device', 'seg.train.device', 'seg.infer.device')
+PROGRESS_KEYS = ('run.progress', 'refine.train.progress', 'refine.infer.progress', 'seg.train.progress', 'seg.infer.progress')
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,13 +47,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="smoke mode: every stage at real size, capped at N steps / N images, random init (= run.smoke)")
     p.add_argument("--smoke-batch", type=int, default=None, metavar="B",
                    help="smoke mode only: batch B for the three training stages (= run.smoke_batch)")
+    cliargs.add_data_root(p, help="dataset folder (sets data.root)")
+    cliargs.add_device(p, "run.device and every stage's device")
+    cliargs.add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
     extra = [f"run.smoke={args.smoke}"] if args.smoke is not None else []
     extra += [f"run.smoke_batch={args.smoke_batch}"] if args.smoke_batch is not None else []
+    extra += cliargs.overrides(args, {"device": DEVICE_KEYS, "progress": PROGRESS_KEYS})
+    if args.data_root:
+        extra.append(f"data.root={args.data_root}")
     cfg = load_pipeline_config(args.config, list(args.overrides) + extra)
-    res = run_pipeline(cfg, config_path=str(args.config))
+    said: list[str] = []
+
+    def log(msg: str) -> None:
+        said.append(msg)
+        print(msg, flush=True)
+
+    res = run_pipeline(cfg, log=log, config_path=str(args.config))
     if "eval" in res and res["eval"].get("table"):
-        print(format_table(res["eval"]["table"]))
+        table = format_table(res["eval"]["table"])
+        if table not in said:          # the eval stage prints it when it runs; a skipped one does not
+            print(table)
     return 0

@@ -25,12 +25,12 @@ from doei.utils.outdir import check_out_dir, folder_lock
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SynthParams()
     p.add_argument("--out", required=True, help="output folder (VOC layout)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed: the benchmark is a function of it")
     p.add_argument("--n-train", type=int, default=d.n_train, help=f"train images (default {d.n_train})")
     p.add_argument("--n-val", type=int, default=d.n_val, help=f"val images (default {d.n_val})")
     p.add_argument("--size", type=int, default=d.size, help=f"image side in pixels (default {d.size})")
-    p.add_argument("--min-objects", type=int, default=d.min_objects)
-    p.add_argument("--max-objects", type=int, default=d.max_objects)
+    p.add_argument("--min-objects", type=int, default=d.min_objects, help="fewest objects per image")
+    p.add_argument("--max-objects", type=int, default=d.max_objects, help="most objects per image")
     p.add_argument("--scale", type=float, nargs=2, default=list(d.scale), metavar=("LO", "HI"),
                    help=f"object size range as a fraction of the image side (default {d.scale[0]} {d.scale[1]})")
     p.add_argument("--p-context", type=float, default=d.p_context,
@@ -39,10 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="probability of each band in an image without its class")
     p.add_argument("--p-companion", type=float, default=d.p_companion, help="probability of a tree with a house")
     p.add_argument("--p-rocks", type=float, default=d.p_rocks, help="probability of headless-shell clutter")
-    p.add_argument("--max-clutter", type=int, default=d.max_clutter)
+    p.add_argument("--max-clutter", type=int, default=d.max_clutter, help="most clutter shapes per image")
     p.add_argument("--noise", type=float, default=d.noise, help="pixel noise std (0..255 scale)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (output is identical)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing benchmark with other parameters")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def params_from_args(args: argparse.Namespace):
@@ -81,7 +82,7 @@ def _write(args: argparse.Namespace, p, out: Path) -> int:
             raise DoeiError(f"{out}: exists and is not a synthetic benchmark (no meta.json); refusing to touch it")
         else:
             out.rmdir()
-    with tqdm(total=p.n_train + p.n_val, desc="doei synth", unit="img") as bar:
+    with tqdm(total=p.n_train + p.n_val, desc="doei synth", unit="img", disable=args.no_progress) as bar:
         meta = write_synth(out, p, workers=args.workers, progress=bar.update)
     print(f"wrote {out}: {meta['splits']['train']} train + {meta['splits']['val']} val images, "
           f"{len(meta['classes'])} classes, {p.size}px, seed {p.seed}")

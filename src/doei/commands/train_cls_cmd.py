@@ -18,6 +18,7 @@ import argparse
 from doei.engine import distributed as dist_util
 from doei.engine.train_cls import train
 from doei.train_config import load_train_config
+from doei.utils import cliargs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,10 +29,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue bit-for-bit from <train.out_dir>/checkpoint.pt (the config must match)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh even if <train.out_dir> holds a run (it is replaced); without it that is refused")
+    cliargs.add_data_root(p, help="dataset folder (sets data.root)")
+    cliargs.add_device(p, "train.device")
+    cliargs.add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_train_config(args.config, args.overrides)
+    sets = list(args.overrides) + cliargs.overrides(args, {"device": ("train.device",), "progress": ("train.progress",)})
+    if args.data_root:
+        sets.append(f"data.root={args.data_root}")
+    cfg = load_train_config(args.config, sets)
     res = train(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite))
     if not dist_util.is_main():                     # torchrun: rank 0 reports
         return 0

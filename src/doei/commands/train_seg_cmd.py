@@ -16,6 +16,7 @@ import argparse
 from doei.engine import distributed as dist_util
 from doei.engine.train_seg import train_segmentation
 from doei.pipeline_config import load_pipeline_config
+from doei.utils import cliargs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,10 +27,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue bit-for-bit from <seg.train.out_dir>/checkpoint.pt (the settings must match)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh even if <seg.train.out_dir> holds a run (it is replaced); without it that is refused")
+    cliargs.add_data_root(p, help="dataset folder (sets data.root)")
+    cliargs.add_device(p, "seg.train.device")
+    cliargs.add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_pipeline_config(args.config, args.overrides)
+    sets = list(args.overrides) + cliargs.overrides(args, {"device": ("seg.train.device",),
+                                                          "progress": ("seg.train.progress",)})
+    if args.data_root:
+        sets.append(f"data.root={args.data_root}")
+    cfg = load_pipeline_config(args.config, sets)
     res = train_segmentation(cfg, resume=bool(args.resume), overwrite=bool(args.overwrite))
     if dist_util.is_main():
         print(f"done: {res.checkpoint} ({res.epochs_run} epochs run) in {res.seconds:.0f} s")

@@ -111,6 +111,23 @@ class DoeiPlug:
             self._handles.append(blk.attn.attn_drop.register_forward_pre_hook(functools.partial(self._capture, i)))
             self._handles.append(blk.register_forward_hook(functools.partial(self._after_block, i)))
 
+    def __repr__(self) -> str:
+        c = self.cfg
+        if c.enabled:
+            parts = "+".join(n for n, on in (("PPDO", c.ppdo), ("CPDO", c.cpdo and self.num_cls > 1), ("HFA", c.hfa))
+                             if on) or "nothing"
+            blocks = sorted(self._doei_blocks())
+            where = f"blocks {blocks[0]}..{blocks[-1]}" if blocks == list(range(blocks[0], blocks[-1] + 1)) \
+                else f"blocks {blocks}"
+            doei = f"DOEI on ({parts} after {where}; st_p2c={c.st_p2c}, af_p2c={c.af_p2c}, alpha={c.alpha})"
+        else:
+            doei = "DOEI off (the model's own output)"
+        regs = self.num_prefix - self.num_cls
+        tokens = f"{self.num_cls} class token{'s' if self.num_cls != 1 else ''}" + (f" + {regs} passed through"
+                                                                                 if regs else "")
+        return (f"DoeiPlug({type(self.model).__name__}, {self.depth} blocks, patch {self.patch_size}, {tokens}, "
+                f"{doei})")
+
     # -- per-pass state --------------------------------------------------------------------------
     def _reset(self) -> None:
         self._image: Tensor | None = None

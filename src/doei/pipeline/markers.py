@@ -35,7 +35,7 @@ def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
         "train-cls": {"classifier": d["classifier"], "data": d["data"], "cls_checkpoint": d["run"]["cls_checkpoint"],
                       "seed": d["run"]["seed"]},
         "cam": {"cam": d["cam"], "data": d["data"]},
-        "refine": {"refine": d["refine"]},
+        "refine": {"refine": _without_false(d["refine"], "infer", "overlays")},
         "train-seg": {"seg_train": d["seg"]["train"]},
         "infer-seg": {"seg_infer": d["seg"]["infer"]},
         "eval": {"eval": {k: v for k, v in d["eval"].items() if not (k == "train_split" and v is None)}},
@@ -43,6 +43,14 @@ def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
     if d["run"].get("smoke") is not None:   # a smoke stage is never taken for a real one (and vice versa)
         parts = {**parts, "smoke": {"smoke": d["run"]["smoke"], "smoke_batch": d["run"].get("smoke_batch")}}
     return _strip_runtime(parts)
+
+
+def _without_false(section: dict, sub: str, key: str) -> dict:
+    """``section`` without ``section[sub][key]`` when it is False: a key added later with an off default keeps
+    the markers written before it valid."""
+    if section.get(sub, {}).get(key) is False:
+        section = {**section, sub: {k: v for k, v in section[sub].items() if k != key}}
+    return section
 
 
 def fingerprint(settings: dict) -> str:

@@ -2,7 +2,8 @@
 
 :func:`infer_pseudo_masks` writes ``refine.infer.out_dir/<id>.png`` (class-index PNGs, VOC palette)
 atomically and skips images whose PNG exists, so an interrupted run resumes; its log is
-``refine_infer_log.jsonl`` in the output folder. Under ``torchrun`` the images are sharded over the
+``refine_infer_log.jsonl`` in the output folder. With ``refine.infer.overlays`` it also writes
+``overlay/<id>.png`` (image | pseudo mask over it, with a legend of the classes). Under ``torchrun`` the images are sharded over the
 ranks (byte-identical files; docs/distributed.md). ``doei refine infer`` is the command.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from doei.cam.io import load_cam
-from doei.cam.visualize import save_label_png
+from doei.cam.visualize import label_figure, save_label_png
 from doei.data.build import dataset_from_config
 from doei.engine.per_image import PerImageJob, first_n
 from doei.engine.train_aff import build_affinity_model, normalize, require_id_files
@@ -24,6 +25,7 @@ from doei.errors import DoeiError
 from doei.models.weights import load_model_weights
 from doei.refine.random_walk import random_walk_refine
 from doei.utils.device import resolve_device
+from doei.utils.io import atomic_save_png
 
 LOG_FILE = "refine_infer_log.jsonl"
 
@@ -77,7 +79,8 @@ class RandomWalkJob(PerImageJob):
                          "refine.infer.out_dir")
 
     def outputs(self, i: int) -> list[Path]:
-        return [self.out / f"{self.records[i].id}.png"]
+        rid = self.records[i].id
+        return [self.out / f"{rid}.png"] + ([self.out / "overlay" / f"{rid}.png"] if self.ri.overlays else [])
 
     def start_fields(self, todo: list[int]) -> dict:
         ri = self.ri
@@ -101,5 +104,9 @@ class RandomWalkJob(PerImageJob):
         pred = random_walk_refine(cams, classes, feats, bg_mode=ri.bg_mode, bg_threshold=ri.bg_threshold,
                                   alpha=ri.alpha, beta=ri.beta, logt=ri.logt, num_classes=self.cfg.data.num_classes + 1,
                                   radius=self.model.radius)
-        save_label_png(self.out / f"{rid}.png", np.ascontiguousarray(pred, dtype=np.uint8))
+        pred = np.ascontiguousarray(pred, dtype=np.uint8)
+        if ri.overlays:
+            atomic_save_png(self.out / "overlay" / f"{rid}.png",
+                            label_figure(image, pred, self.base.class_names, title=rid, what="pseudo mask (random walk)"))
+        save_label_png(self.out / f"{rid}.png", pred)
         return {"id": rid, "seconds": round(time.time() - t, 4)}

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from doei.cam.visualize import save_label_png, voc_palette
+from doei.cam.visualize import label_figure, save_label_png
 from doei.data.build import dataset_from_config
 from doei.engine.per_image import PerImageJob, first_n
 from doei.engine.train_seg import build_seg_model
@@ -31,12 +31,11 @@ from doei.utils.io import atomic_save_png
 LOG_FILE = "infer_seg_log.jsonl"
 
 
-def overlay_panel(image: np.ndarray, label: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """``[H, 2W, 3]`` uint8: the image, then the image blended with the VOC colours of ``label`` (ignore = none)."""
-    colours = voc_palette(256)[label].astype(np.float32)
-    a = np.where(label[..., None] == 255, 0.0, alpha).astype(np.float32)
-    blend = image.astype(np.float32) * (1 - a) + colours * a
-    return np.concatenate([image, np.clip(np.rint(blend), 0, 255).astype(np.uint8)], axis=1)
+def overlay_panel(image: np.ndarray, label: np.ndarray, class_names=None, title: str = "",
+                  what: str = "segmentation") -> np.ndarray:
+    """uint8 figure: the image | the VOC colours of ``label`` over it, with a legend of the classes present
+    (:func:`doei.cam.visualize.label_figure`)."""
+    return label_figure(image, label, class_names, title=title, what=what)
 
 
 def _outputs(out: Path, image_id: str, crf: bool, overlays: bool) -> list[Path]:
@@ -50,12 +49,13 @@ def _outputs(out: Path, image_id: str, crf: bool, overlays: bool) -> list[Path]:
 
 def _crf_job(job: tuple) -> tuple[str, float]:
     """Worker: DenseCRF of float16 probabilities → ``pred_crf`` PNG (+ overlay). Returns (id, seconds)."""
-    image_id, image, probs16, params, out, overlays = job
+    image_id, image, probs16, params, out, overlays, names = job
     t = time.time()
     refined = crf_refine(image, probs16.astype(np.float32), CRFParams(**params))
     label = refined.argmax(axis=0).astype(np.uint8)
     if overlays:
-        atomic_save_png(Path(out) / "overlay" / f"{image_id}.png", overlay_panel(image, label))
+        atomic_save_png(Path(out) / "overlay" / f"{image_id}.png",
+                        overlay_panel(image, label, names, image_id, "segmentation (CRF)"))
     save_label_png(Path(out) / "pred_crf" / f"{image_id}.png", label)
     return image_id, time.time() - t
 
@@ -123,13 +123,15 @@ class SegmentationJob(PerImageJob):
             save_label_png(self.out / "pred" / f"{rid}.png", probs.argmax(dim=0).numpy().astype(np.uint8))
             yield {"id": rid, "seconds": round(time.time() - t, 4)}
             if si.crf:
-                job = (rid, image, probs.numpy().astype(np.float16), self.params, str(self.out), si.overlays)
+                job = (rid, image, probs.numpy().astype(np.float16), self.params, str(self.out), si.overlays,
+                       list(self.base.class_names))
                 del probs
                 self.pending.append(_Done(_crf_job(job)) if self.pool is None else self.pool.apply_async(_crf_job, (job,)))
                 self._drain(2 * max(1, workers))
             elif si.overlays:
                 label = probs.argmax(dim=0).numpy().astype(np.uint8)
-                atomic_save_png(self.out / "overlay" / f"{rid}.png", overlay_panel(image, label))
+                atomic_save_png(self.out / "overlay" / f"{rid}.png",
+                                overlay_panel(image, label, self.base.class_names, rid))
 
     def _drain(self, keep: int) -> None:
         while len(self.pending) > keep:
