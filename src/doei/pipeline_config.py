@@ -82,6 +82,9 @@ class LoopSettings:
     # the official recipes use SGD (from ImageNet weights); AdamW (momentum ignored, decoupled weight decay)
     # is what trains these ResNet38 nets from scratch on the synthetic benchmark (docs/pipeline.md)
     optimizer: Literal["sgd", "adamw"] = "sgd"
+    # under DDP, BatchNorm layers in training mode normalise over the global batch, as one process does (and as
+    # TransCAM's one-GPU DeepLab, deeplab/config.py GPUS 1); no effect with one process or frozen BatchNorm
+    sync_bn: bool = True
 
 
 @dataclass

@@ -8,7 +8,7 @@ A YAML file has up to five sections, every key optional (defaults below), unknow
     optim: {lr, lr_batch_base, weight_decay, betas, eps, warmup_epochs, warmup_lr, min_lr, clip_grad}
     doei:  a DOEIConfig mapping (enabled, ppdo, cpdo, hfa, layers, st_*, af_*, sf_*, alpha, suppress)
     train: {epochs, batch_size, seed, device, amp, out_dir, num_workers, log_every, eval_every,
-            deterministic, progress}
+            deterministic, progress, sync_bn}
 
 Overrides: ``--set optim.lr=1e-3 --set doei.enabled=true``. The defaults are MCTformer-V2's VOC recipe
 (docs/training.md) except where a field says otherwise.
@@ -99,6 +99,9 @@ class TrainSection:
     eval_every: int = 1
     deterministic: bool = True
     progress: bool = True
+    # under DDP, BatchNorm layers (the Conformer's CNN branch, conv stems) normalise over the global batch as one
+    # process does (TransCAM's train_TransCAM.py trains one model on the whole batch); no effect with one process
+    sync_bn: bool = True
 
 
 @dataclass

@@ -8,6 +8,11 @@ semantics the rest of the package relies on (docs/distributed.md):
 * :func:`global_batch_indices` — each rank's sample indices of an epoch such that the union of the
   ranks' step-``i`` batches is exactly the single-process step-``i`` batch (``batch_size`` is the
   GLOBAL batch; each rank gets ``batch_size // world``);
+* :func:`active_world` / :func:`training_ranks` — the world-size rule: a global batch ``B`` that the
+  ``W`` processes cannot split evenly trains on the largest ``W' <= W`` dividing ``B`` (ranks
+  ``0..W'-1``) while the other ranks follow step by step without computing;
+* :func:`global_ratio` — a ratio loss (sum over the batch / a count over the batch) normalised by the
+  count of the GLOBAL batch, so its DDP gradient is the single-process one;
 * :func:`shard` — a deterministic split of a work list (CAM ids, images to segment) across ranks;
 * :func:`all_reduce_mean` / :func:`all_reduce_sum` — metrics averaged/summed over ranks;
 * :func:`is_main` / :func:`main_only` — only rank 0 writes checkpoints, logs and summaries.
@@ -18,10 +23,11 @@ initialised, so single-process results are bit-for-bit what they were before.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import math
 import os
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -146,7 +152,8 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _reduce(values: Sequence[float] | torch.Tensor, average: bool, device: torch.device | None) -> torch.Tensor:
+def _reduce(values: Sequence[float] | torch.Tensor, average: bool, device: torch.device | None,
+            group: Any = None) -> torch.Tensor:
     t = torch.as_tensor(values, dtype=torch.float64).clone()
     if world_size() == 1:
         return t
@@ -154,14 +161,15 @@ def _reduce(values: Sequence[float] | torch.Tensor, average: bool, device: torch
     if dist.get_backend() == "nccl" and dev.type != "cuda":
         dev = torch.device("cuda", torch.cuda.current_device())
     buf = t.to(dev)
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
     out = buf.cpu()
     return out / world_size() if average else out
 
 
-def all_reduce_sum(values: Sequence[float] | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-    """Element-wise sum over ranks of a float64 vector ``[N]`` (a copy with one process)."""
-    return _reduce(values, False, device)
+def all_reduce_sum(values: Sequence[float] | torch.Tensor, device: torch.device | None = None,
+                   group: Any = None) -> torch.Tensor:
+    """Element-wise sum over ranks (of ``group``; default all) of a float64 vector ``[N]`` (a copy with one process)."""
+    return _reduce(values, False, device, group)
 
 
 def all_reduce_mean(values: Sequence[float] | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
@@ -213,6 +221,88 @@ def global_batch_indices(order: Sequence[int], batch_size: int, rank: int, world
     return t[:, rank].reshape(-1).tolist()
 
 
+# ------------------------------------------------------------------------------------ the world-size rule
+def active_world(batch_size: int, world: int) -> int:
+    """How many processes train a global batch of ``batch_size``: the largest ``W' <= world`` dividing it.
+
+    Every rank ``r < W'`` takes ``batch_size / W'`` images of every single-process batch, which keeps the
+    step the single-process step; ranks ``W'..world-1`` wait (docs/distributed.md, "Effective batch").
+    """
+    for name, v in (("batch_size", batch_size), ("world", world)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"active_world: {name} must be an int, got {type(v).__name__}")
+        if v < 1:
+            raise ValueError(f"active_world: {name} = {v}, expected >= 1")
+    return max(d for d in range(1, min(batch_size, world) + 1) if batch_size % d == 0)
+
+
+class TrainingRanks:
+    """The ranks ``0..size-1`` that train (the rest of the world waits): ``group`` is their process group
+    (``None`` = the default group, when they are the whole world; unused when ``size == 1``)."""
+
+    def __init__(self, size: int, group: Any = None) -> None:
+        self.size, self.group = size, group
+
+    def active(self, r: int | None = None) -> bool:
+        return (rank() if r is None else r) < self.size
+
+
+_CURRENT: list[TrainingRanks] = []
+
+
+def current_training_ranks() -> TrainingRanks:
+    """The training ranks of the innermost :func:`training_ranks` block (all of a one-process world outside)."""
+    return _CURRENT[-1] if _CURRENT else TrainingRanks(world_size())
+
+
+@contextlib.contextmanager
+def training_ranks(size: int) -> Iterator[TrainingRanks]:
+    """Collective (every rank enters): ranks ``0..size-1`` train inside the block. With ``size`` below
+    the world a process group of those ranks is created (every rank must call ``new_group``) and used by
+    DDP, :func:`global_ratio` and the synchronised BatchNorm (:mod:`doei.engine.sync_bn`)."""
+    w = world_size()
+    if not 1 <= size <= w:
+        raise ValueError(f"training_ranks: size = {size}, expected 1..{w}")
+    group = None
+    if 1 < size < w:
+        group = dist.new_group(ranks=list(range(size)), timeout=process_group_timeout())
+    _CURRENT.append(TrainingRanks(size, group))
+    try:
+        yield _CURRENT[-1]
+    finally:
+        _CURRENT.pop()
+        if group is not None and rank() < size:
+            dist.destroy_process_group(group)
+
+
+def global_ratio(num: torch.Tensor, count: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """``num / (count + eps)`` over the GLOBAL batch, for a loss that is a sum over the batch divided by a
+    count over the batch (pixels not ignored, affinity pairs): this rank's ``num`` over the count summed
+    over the training ranks, times their number. DDP averages gradients over the ranks, so the step is
+    ``sum_r d num_r / (sum_r count_r + eps)`` — the single-process gradient. The value on one rank is its
+    share; the mean over ranks (what the loop logs) is the global value. With one training rank it is
+    exactly ``num / (count + eps)``. ``count`` is not differentiated.
+    """
+    if not isinstance(num, torch.Tensor) or not isinstance(count, torch.Tensor):
+        raise TypeError("global_ratio: num and count must be tensors")
+    tr = current_training_ranks()
+    if tr.size == 1:
+        return num / (count + eps)
+    return num * tr.size / (global_sum(count).to(num.dtype) + eps)
+
+
+def global_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (detached) summed over the training ranks (:func:`training_ranks`); ``t`` itself with one."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"global_sum: expected a tensor, got {type(t).__name__}")
+    tr = current_training_ranks()
+    if tr.size == 1:
+        return t.detach()
+    total = t.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=tr.group)
+    return total
+
+
 def main_only(fn: Callable[..., T]) -> Callable[..., T | None]:
     """Wrap ``fn`` so that it runs on rank 0 only (returns None elsewhere): loggers, writers."""
 
@@ -224,5 +314,5 @@ def main_only(fn: Callable[..., T]) -> Callable[..., T | None]:
     return wrapped
 
 
-__all__ = ["env_world", "process_group_timeout", "init_from_env", "destroy", "is_initialized", "rank", "world_size", "local_rank", "is_main",
+__all__ = ["active_world", "TrainingRanks", "training_ranks", "current_training_ranks", "global_ratio", "global_sum", "env_world", "process_group_timeout", "init_from_env", "destroy", "is_initialized", "rank", "world_size", "local_rank", "is_main",
            "device_for", "barrier", "all_reduce_sum", "all_reduce_mean", "shard", "global_batch_indices", "main_only"]

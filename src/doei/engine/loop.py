@@ -12,7 +12,10 @@ It owns everything else, identically for the three: the one-writer folder lock a
 finished run (``overwrite``); per-epoch reseeding of every RNG and of the sample order from ``(seed,
 epoch)`` (:mod:`doei.engine.seed`), so a run resumed after an epoch continues bit for bit on CPU;
 ``torchrun`` DDP with ``batch_size`` as the GLOBAL batch (each rank takes its share of every
-single-process batch; logged losses are means over ranks); the optional GradScaler (AMP) and gradient
+single-process batch; logged losses are means over ranks; a batch the W processes cannot split evenly
+trains on the largest W' <= W dividing it while the other ranks follow each step idle — the world-size
+rule of docs/distributed.md — and BatchNorm layers optionally normalise over the global batch,
+``sync_bn``); the optional GradScaler (AMP) and gradient
 clipping; a non-finite loss stopping the run with one line; optional validation; the end-of-epoch
 checkpoint (model, optimiser, scaler, step, RNG, config) written atomically by rank 0, ``config.yaml`` and
 ``metrics.jsonl`` (``{"kind": "step"|"epoch", ...}``).
@@ -32,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from doei.engine import distributed as dist_util
+from doei.engine.sync_bn import synchronized_batchnorm
 from doei.engine.checkpoint import (CHECKPOINT_NAME, METRICS_NAME, load_checkpoint, refuse_to_replace,
                                    save_checkpoint, set_rng_state)
 from doei.engine.seed import epoch_seed, loader_generator, seed_everything, set_deterministic
@@ -60,7 +64,7 @@ def run_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset:
                  check_resume: Callable[[dict, Path], None], resume: bool | str = "auto", overwrite: bool = False,
                  num_workers: int = 0, log_every: int = 10, progress: bool = True, deterministic: bool = True,
                  stop_after: int | None = None, scaler: Any = None, clip_grad: float | None = None,
-                 find_unused_parameters: bool = False, max_steps: int | None = None,
+                 find_unused_parameters: bool = False, max_steps: int | None = None, sync_bn: bool = True,
                  validate: Callable[[int, nn.Module], dict] | None = None,
                  bar_desc: str = "", describe: Callable[[dict], str] | None = None,
                  intro: Callable[[int, int, int, int], str] | None = None, what: str = "out_dir",
@@ -73,7 +77,9 @@ def run_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset:
     fields (rank 0); ``describe(record)`` / ``intro(n_params, n_images, steps_per_epoch, world)`` make the
     printed lines; ``what`` names the folder's option in messages. ``max_steps`` (smoke runs): exactly that
     many optimiser steps of ``batch_size`` in one epoch, the dataset's samples repeated in order as often as
-    needed (:class:`RepeatedDataset`); the run then counts as complete (``set_lr`` still sees the step)."""
+    needed (:class:`RepeatedDataset`); the run then counts as complete (``set_lr`` still sees the step).
+    ``sync_bn``: under DDP, BatchNorm layers in training mode normalise over the global batch
+    (:mod:`doei.engine.sync_bn`) as one process does; no effect with one process."""
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
         raise ValueError(f"max_steps = {max_steps!r}: expected an int >= 1 or None")
     out_dir = Path(out_dir)
@@ -85,7 +91,8 @@ def run_training(*, model: nn.Module, optimizer: torch.optim.Optimizer, dataset:
 
 def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, seed, device, out_dir, config,
           check_resume, resume, num_workers, log_every, progress, deterministic, stop_after, scaler, clip_grad,
-          find_unused_parameters, max_steps, validate, bar_desc, describe, intro, nonfinite_hint, log) -> TrainResult:
+          find_unused_parameters, max_steps, sync_bn, validate, bar_desc, describe, intro, nonfinite_hint,
+          log) -> TrainResult:
     t_start = time.time()
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
     set_deterministic(deterministic)
@@ -99,7 +106,9 @@ def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, see
         dataset, epochs = RepeatedDataset(dataset, max_steps * batch_size), 1
     n = len(dataset)
     drop_last = n > batch_size
-    dist_util.global_batch_indices(range(n), batch_size, rank, world, drop_last)  # checks the split
+    # the world-size rule: ranks 0..active-1 split every global batch evenly, the others wait
+    active = dist_util.active_world(batch_size if drop_last else max(n, 1), world)
+    dist_util.global_batch_indices(range(n), batch_size, min(rank, active - 1), active, drop_last)  # checks the split
     steps_per_epoch = n // batch_size if drop_last else 1
 
     start_epoch, step, last = 0, 0, {}
@@ -126,16 +135,43 @@ def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, see
         atomic_write_text(log_path, "")
     if is_main:
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    net = model
-    if world > 1:  # gradients averaged over ranks; parameters broadcast from rank 0 (equal anyway: same seed)
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=find_unused_parameters)
     if start_epoch < epochs and intro is not None:
-        log(intro(sum(p.numel() for p in model.parameters()), n, steps_per_epoch, world))
-
+        log(intro(sum(p.numel() for p in model.parameters()), n, steps_per_epoch, active))
+        if active < world:
+            log(f"global batch {batch_size if drop_last else n} does not split evenly over {world} processes: "
+                f"{active} train ({(batch_size if drop_last else n) // active} images each), {world - active} wait "
+                "(docs/distributed.md)")
     end_epoch = epochs if stop_after is None else min(epochs, start_epoch + max(0, stop_after))
+    with dist_util.training_ranks(active) as ranks, synchronized_batchnorm(model, sync_bn and rank < active):
+        net = model
+        if active > 1 and rank < active:  # gradients averaged over the training ranks (parameters equal: same seed)
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=find_unused_parameters, process_group=ranks.group)
+        last = _epochs(**{k: v for k, v in locals().items() if k in _EPOCH_ARGS}) or last
+        if active < world and end_epoch > start_epoch:   # the waiting ranks take the trained weights
+            for t in [*model.parameters(), *model.buffers()]:
+                torch.distributed.broadcast(t.data, src=0)
+    return TrainResult(out_dir, ckpt_path, max(0, end_epoch - start_epoch), last, time.time() - t_start)
+
+
+_EPOCH_ARGS = ("model", "net", "optimizer", "dataset", "loss_fn", "set_lr", "epochs", "batch_size", "seed", "device",
+               "config", "ckpt_path", "log_path", "num_workers", "log_every", "progress", "scaler", "clip_grad",
+               "validate", "bar_desc", "describe", "nonfinite_hint", "log", "rank", "world", "active", "drop_last",
+               "steps_per_epoch", "start_epoch", "end_epoch", "step")
+
+
+def _epochs(*, model, net, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, seed, device, config, ckpt_path,
+            log_path, num_workers, log_every, progress, scaler, clip_grad, validate, bar_desc, describe,
+            nonfinite_hint, log, rank, world, active, drop_last, steps_per_epoch, start_epoch, end_epoch,
+            step) -> dict:
+    """Epochs ``start_epoch..end_epoch-1``; returns the last epoch record ({} when none ran). Ranks
+    ``>= active`` load nothing and compute nothing: they follow each step in the loss all-reduce."""
+    is_main = rank == 0
+    training = rank < active
+    group = dist_util.current_training_ranks().group
+    last: dict = {}
     for epoch in range(start_epoch, end_epoch):
         suffix = "" if rank == 0 else f"/rank{rank}"            # rank 0 draws what a single process draws
         seed_everything(epoch_seed(seed, epoch, "global" + suffix))
@@ -143,10 +179,13 @@ def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, see
             dataset.set_epoch(epoch)
         # the single-process order; this rank's share of every global batch (all of it with one process)
         order = list(RandomSampler(dataset, generator=loader_generator(seed, epoch)))
-        mine = dist_util.global_batch_indices(order, batch_size, rank, world, drop_last)
-        loader = DataLoader(dataset, batch_size=batch_size // world if drop_last else len(mine), sampler=mine,
-                            num_workers=num_workers, generator=loader_generator(seed, epoch, "workers" + suffix),
-                            pin_memory=device.type == "cuda")
+        if training:
+            mine = dist_util.global_batch_indices(order, batch_size, rank, active, drop_last)
+            loader = DataLoader(dataset, batch_size=batch_size // active if drop_last else len(mine), sampler=mine,
+                                num_workers=num_workers, generator=loader_generator(seed, epoch, "workers" + suffix),
+                                pin_memory=device.type == "cuda")
+        else:                                     # a waiting rank: one empty step per training step
+            loader = [None] * steps_per_epoch
         model.train()
         t0 = time.time()
         sums: dict[str, float] = {}
@@ -156,9 +195,20 @@ def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, see
                    dynamic_ncols=True, leave=False)
         for batch in bar:
             lr = set_lr(optimizer, step)
+            if not training:                      # the loss of rank 0 (the only non-zero term), for the check below
+                red = dist_util.all_reduce_sum([0.0], device).tolist()
+                if not math.isfinite(red[0]):
+                    raise DoeiError(f"{bar_desc}loss is {red[0]} at epoch {epoch + 1}, step {step + 1} "
+                                    f"(lr {lr:.3g}): {nonfinite_hint}")
+                step += 1
+                continue
             loss, parts = loss_fn(net, batch, device)
             keys = sorted(parts)                                  # rank-averaged (= global-batch) loss and parts
-            red = dist_util.all_reduce_mean([loss.item(), *(float(parts[q]) for q in keys)]).tolist()
+            red = [loss.item(), *(float(parts[q]) for q in keys)]
+            if active > 1:
+                red = (dist_util.all_reduce_sum(red, device, group=group) / active).tolist()
+            if active < world:                    # the waiting ranks learn the loss (and stop with us if not finite)
+                dist_util.all_reduce_sum([red[0] if is_main else 0.0], device)
             if not math.isfinite(red[0]):
                 raise DoeiError(f"{bar_desc}loss is {red[0]} at epoch {epoch + 1}, step {step + 1} "
                                 f"(lr {lr:.3g}): {nonfinite_hint}")
@@ -194,10 +244,11 @@ def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, see
             append_jsonl(log_path, record)
         dist_util.barrier()  # nobody runs ahead of (or reads) a checkpoint rank 0 has not written yet
         last = record
-        log(describe(record) if describe is not None else
-            f"{bar_desc}epoch {epoch + 1}/{epochs}: loss {record.get('loss', float('nan')):.4f}, lr {lr:.2e} "
-            f"[{record['train_seconds']:.0f} s]")
-    return TrainResult(out_dir, ckpt_path, max(0, end_epoch - start_epoch), last, time.time() - t_start)
+        if is_main:
+            log(describe(record) if describe is not None else
+                f"{bar_desc}epoch {epoch + 1}/{epochs}: loss {record.get('loss', float('nan')):.4f}, lr {lr:.2e} "
+                f"[{record['train_seconds']:.0f} s]")
+    return last
 
 
 class RepeatedDataset(Dataset):

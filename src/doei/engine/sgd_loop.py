@@ -72,7 +72,7 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
         resume_fixed: Sequence[str], resume: bool | str = "auto", num_workers: int = 0, log_every: int = 10,
         progress: bool = True, deterministic: bool = True, stop_after: int | None = None, desc: str = "train",
         log: Callable[[str], None] = print, optimizer: str = "sgd", overwrite: bool = False,
-        max_steps: int | None = None) -> TrainResult:
+        max_steps: int | None = None, sync_bn: bool = True) -> TrainResult:
     """Train ``model`` with SGD (or AdamW) + poly lr through the one loop (:func:`doei.engine.loop.run_training`).
 
     ``loss_fn(model, batch, device) -> (loss, parts)``; ``dataset`` may define ``set_epoch(epoch)``
@@ -82,7 +82,8 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
     ``stop_after``: return after at most that many epochs in this call (as an interrupted run).
     ``overwrite``: a fresh start (``resume=False``) may replace a run in ``out_dir`` (else refused). The
     folder is locked for the call (one writer). ``max_steps``: a capped (smoke) run, see
-    :func:`doei.engine.loop.run_training`.
+    :func:`doei.engine.loop.run_training`. ``sync_bn``: under DDP, BatchNorm layers in training mode
+    normalise over the global batch (:mod:`doei.engine.sync_bn`).
     """
     opt = build_sgd(groups, base_lr, momentum, optimizer)
     n = len(dataset)
@@ -99,7 +100,8 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
         batch_size=batch_size, seed=seed, device=device, out_dir=out_dir, config=config,
         check_resume=lambda saved, path: _check_resume(saved, config, resume_fixed, path), resume=resume,
         overwrite=overwrite, num_workers=num_workers, log_every=log_every, progress=progress,
-        deterministic=deterministic, stop_after=stop_after, max_steps=max_steps, bar_desc=f"{desc} ", intro=intro,
+        deterministic=deterministic, stop_after=stop_after, max_steps=max_steps, sync_bn=sync_bn, bar_desc=f"{desc} ",
+        intro=intro,
         what=f"{desc} out_dir", nonfinite_hint="lower the learning rate or check the labels", log=log)
 
 

@@ -298,7 +298,8 @@ def _train_affinity(cfg: PipelineConfig, resume: bool | str, stop_after: int | N
                device=torch.device(resolve_device(sec.device)), out_dir=out_dir, config=config,
                resume_fixed=_fixed_keys(), resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,
                progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="affinity",
-               log=log, overwrite=overwrite, max_steps=max_steps)
+               log=log, overwrite=overwrite, max_steps=max_steps,
+               sync_bn=sec.sync_bn)
     res.phases.update(phases)
     return res
 

@@ -180,7 +180,8 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
         overwrite=overwrite, num_workers=tc.num_workers, log_every=tc.log_every, progress=tc.progress,
         deterministic=tc.deterministic, stop_after=stop_after, scaler=scaler, clip_grad=cfg.optim.clip_grad,
         # some families leave parameters out of the training loss (e.g. MCTformer's unused tokens/heads)
-        find_unused_parameters=True, max_steps=max_steps, validate=validate, describe=describe, intro=intro, what="train.out_dir",
+        find_unused_parameters=True, max_steps=max_steps, sync_bn=tc.sync_bn,
+        validate=validate, describe=describe, intro=intro, what="train.out_dir",
         nonfinite_hint="lower optim.lr or check the data", log=log)
 
 

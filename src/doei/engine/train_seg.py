@@ -132,7 +132,10 @@ def seg_loss_fn(model: nn.Module, batch: tuple, device: torch.device) -> tuple[t
     y = y.to(device)
     logits = model(x.to(device))
     logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
-    loss = F.cross_entropy(logits, y, ignore_index=255)
+    if dist_util.current_training_ranks().size == 1:
+        loss = F.cross_entropy(logits, y, ignore_index=255)
+    else:   # the mean over the valid pixels of the GLOBAL batch (DDP: the single-process gradient)
+        loss = dist_util.global_ratio(F.cross_entropy(logits, y, ignore_index=255, reduction="sum"), (y != 255).sum())
     return loss, {"valid_frac": float((y != 255).float().mean())}
 
 
@@ -199,7 +202,7 @@ def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_af
                device=torch.device(resolve_device(sec.device)), out_dir=sec.out_dir, config=config,
                resume_fixed=fixed, resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,
                progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="seg", log=log,
-               overwrite=overwrite, max_steps=max_steps)
+               overwrite=overwrite, max_steps=max_steps, sync_bn=sec.sync_bn)
 
 
 __all__ = ["SegDataset", "train_segmentation", "build_seg_model", "check_not_ground_truth", "seg_param_groups",

@@ -20,9 +20,14 @@ _RUNTIME_KEYS = {"progress", "device", "num_workers", "crf_workers", "log_every"
 RUN_LOG = "run_log.jsonl"
 
 
+# keys added later that count only when not at their default (markers written before them stay valid)
+_COUNT_UNLESS = {"sync_bn": True}
+
+
 def _strip_runtime(obj):
     if isinstance(obj, dict):
-        return {k: _strip_runtime(v) for k, v in obj.items() if k not in _RUNTIME_KEYS}
+        return {k: _strip_runtime(v) for k, v in obj.items()
+                if k not in _RUNTIME_KEYS and not (k in _COUNT_UNLESS and v is _COUNT_UNLESS[k])}
     if isinstance(obj, list):
         return [_strip_runtime(v) for v in obj]
     return obj
