@@ -15,7 +15,10 @@ from typing import Callable
 import torch
 
 # log/marker fields that legitimately differ between two runs (wall times, which rank did an image)
-VOLATILE = {"time", "seconds", "write_s", "crf_seconds", "finished", "rank", "processes", "train_seconds"}
+VOLATILE = {"time", "seconds", "write_s", "crf_seconds", "finished", "rank", "processes", "train_seconds",
+            # stage markers: the start time, and the input-file digests (path + size + mtime of folders of
+            # per-image files, so two runs of the same files differ in them) with the fingerprint over them
+            "started", "files", "fingerprint"}
 
 
 def free_port() -> int:

@@ -98,7 +98,7 @@ def test_run_cam_and_eval_two_ranks_byte_identical(data, tmp_path, capfd):
                        cam__save_seeds=True, cam__crf_alphas=[1.0])
     argv = ["run", "--config", str(cfg)]
     one, two = _one_then_two(out, argv, argv)
-    files = assert_same_outputs(one, two, timed_names=("stage_done.json",))
+    files = assert_same_outputs(one, two, timed_names=("stage_done.json", "stage_started.json"))
     assert sum(f.suffix == ".npz" for f in files) == N_TRAIN and sum(f.suffix == ".png" for f in files) == 2 * N_TRAIN
     assert sorted(str(f.parent) for f in files if f.name == "stage_done.json") == ["stages/cam", "stages/eval"]
     assert _image_ranks(two / "cam" / "cam_log.jsonl") == [0, 0, 1, 1]

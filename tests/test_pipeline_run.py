@@ -64,7 +64,7 @@ def test_run_resumes_after_a_failing_stage(tmp_path, monkeypatch):
     assert [r["stage"] for r in res2["eval"]["table"]] == ["Seed"]
     assert res2["eval"]["table"][0]["mIoU"] == table[0]["mIoU"]
     # a changed recipe for a finished stage is refused, naming the marker
-    with pytest.raises(DoeiError, match="stage refine was completed with other settings"):
+    with pytest.raises(DoeiError, match=r"stage refine finished with other inputs \(refine.infer.logt was 3, now 4\)"):
         run_cmd.run_pipeline(_cfg(synth, out, refine__infer__logt=4), log=logs.append)
 
 

@@ -1,40 +1,70 @@
-"""Stage markers of ``doei run``: what a finished stage leaves behind, and the settings it was made with.
+"""Stage markers of ``doei run``: what a finished (or started) stage leaves behind, and what it was made from.
 
-After a stage finishes, ``<run.out_dir>/stages/<stage>/stage_done.json`` is written atomically with a
-fingerprint of the settings that determine the stage's outputs (runtime-only keys such as ``device``
-or ``num_workers`` left out); a rerun skips a stage whose marker has the same fingerprint and refuses
-one with another (never silently mixing two settings in one folder).
+After a stage finishes, ``<run.out_dir>/stages/<stage>/stage_done.json`` is written atomically with the
+stage's fingerprint (:mod:`doei.pipeline.fingerprints`: the settings it uses, the files it reads, its
+code version), the settings and file digests themselves (so a refusal can name what changed), and the
+library versions it ran with (recorded, not compared). When a stage starts, ``stage_started.json``
+records the same fingerprint: a rerun of an unfinished stage with other settings knows that the partial
+outputs it finds are not its own (:func:`doei.pipeline.runner.run_pipeline` sets them aside).
+
+Every marker is read back through the one schema check (:func:`doei.config.read_json`): a marker that
+is not JSON, or holds the wrong type under a key, is one line naming the file and the key.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import platform
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
+from doei.config import read_json
+from doei.pipeline.fingerprints import strip_runtime
 from doei.pipeline_config import PipelineConfig
 
 MARKER = "stage_done.json"
-# settings that do not change a stage's outputs (excluded from the stage fingerprint)
-_RUNTIME_KEYS = {"progress", "device", "num_workers", "crf_workers", "log_every", "workers",
-                 "allow_ground_truth"}   # a permission (oracle runs), not a setting of the outputs
+STARTED = "stage_started.json"
 RUN_LOG = "run_log.jsonl"
+FORMAT = "doei-stage-marker-v2"
 
 
-# keys added later that count only when not at their default (markers written before them stay valid)
-_COUNT_UNLESS = {"sync_bn": True}
+@dataclass
+class StageMarker:
+    """The content of ``stage_done.json`` / ``stage_started.json`` (v1 markers: the first five keys)."""
+
+    stage: str
+    fingerprint: str
+    seconds: float = 0.0
+    finished: str = ""
+    summary: dict = field(default_factory=dict)
+    format: str = "doei-stage-marker-v1"
+    settings: Optional[dict] = None
+    files: Optional[dict[str, str]] = None
+    versions: Optional[dict[str, str]] = None
+    started: str = ""
+    resources: Optional[dict] = None      # wall seconds, peak memory (doei.pipeline.smoke.StageMeter)
+    smoke: Optional[dict] = None          # {smoke, smoke_batch} of a smoke run
 
 
-def _strip_runtime(obj):
-    if isinstance(obj, dict):
-        return {k: _strip_runtime(v) for k, v in obj.items()
-                if k not in _RUNTIME_KEYS and not (k in _COUNT_UNLESS and v is _COUNT_UNLESS[k])}
-    if isinstance(obj, list):
-        return [_strip_runtime(v) for v in obj]
-    return obj
+def versions() -> dict[str, str]:
+    """Library versions a stage ran with (recorded in its marker; not part of the fingerprint)."""
+    from importlib import metadata
+
+    import numpy
+    import torch
+
+    try:
+        mine = metadata.version("doei")
+    except metadata.PackageNotFoundError:
+        mine = "?"
+    return {"doei": mine, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
 
 
 def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
-    """The config parts that determine ``stage``'s outputs (runtime-only keys removed)."""
+    """The v1 markers' settings of ``stage`` (config parts, runtime keys removed): still accepted for a
+    marker written before files were fingerprinted (see :func:`doei.pipeline.runner.run_pipeline`)."""
     d = cfg.to_dict()
     parts = {
         "train-cls": {"classifier": d["classifier"], "data": d["data"], "cls_checkpoint": d["run"]["cls_checkpoint"],
@@ -44,10 +74,19 @@ def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
         "train-seg": {"seg_train": d["seg"]["train"]},
         "infer-seg": {"seg_infer": d["seg"]["infer"]},
         "eval": {"eval": {k: v for k, v in d["eval"].items() if not (k == "train_split" and v is None)}},
-    }[stage]          # eval.train_split only counts when set: markers written before the key existed stay valid
+    }[stage]
     if d["run"].get("smoke") is not None:   # a smoke stage is never taken for a real one (and vice versa)
         parts = {**parts, "smoke": {"smoke": d["run"]["smoke"], "smoke_batch": d["run"].get("smoke_batch")}}
-    return _strip_runtime(parts)
+    v1_runtime = {"progress", "device", "num_workers", "crf_workers", "log_every", "workers", "allow_ground_truth"}
+
+    count_unless = {"sync_bn": True}   # keys added later that count only when not at their default
+
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items()
+                    if k not in v1_runtime and not (k in count_unless and v is count_unless[k])}
+        return [strip(v) for v in obj] if isinstance(obj, list) else obj
+    return strip(parts)
 
 
 def _without_false(section: dict, sub: str, key: str) -> dict:
@@ -59,6 +98,7 @@ def _without_false(section: dict, sub: str, key: str) -> dict:
 
 
 def fingerprint(settings: dict) -> str:
+    """The v1 fingerprint (settings only)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -66,12 +106,22 @@ def marker_path(cfg: PipelineConfig, stage: str) -> Path:
     return Path(cfg.run.out_dir) / "stages" / stage / MARKER
 
 
-def read_marker(path: Path) -> dict | None:
-    if not path.is_file():
+def started_path(cfg: PipelineConfig, stage: str) -> Path:
+    return Path(cfg.run.out_dir) / "stages" / stage / STARTED
+
+
+def read_marker(path: Path) -> StageMarker | None:
+    """The marker at ``path``, ``None`` when there is none; a damaged one is a one-line DoeiError (it is
+    written atomically, so damage is never a torn write: someone edited it)."""
+    if not path.exists() and not path.is_symlink():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None  # unreadable marker = stage not done (it is rewritten atomically when the stage finishes)
+    m = read_json(path, StageMarker, what="stage marker")
+    if m.stage != path.parent.name:
+        from doei.errors import DoeiError
+
+        raise DoeiError(f"stage marker {path}: stage: expected {path.parent.name!r}, found {m.stage!r}")
+    return m
 
 
+__all__ = ["MARKER", "STARTED", "RUN_LOG", "FORMAT", "StageMarker", "versions", "stage_settings", "fingerprint",
+           "marker_path", "started_path", "read_marker", "strip_runtime"]

@@ -15,12 +15,15 @@ from typing import Callable
 
 from doei.data.build import dataset_from_config
 from doei.engine import distributed as dist_util
+from doei.config import to_dict
 from doei.errors import DoeiError
 from doei.models.initial_weights import preflight_initial_weights
 from doei.pipeline import smoke
 from doei.pipeline.evaluation import stage_eval
-from doei.pipeline.markers import RUN_LOG, fingerprint, marker_path, read_marker, stage_settings
-from doei.pipeline.stages import (resolve, stage_cam, stage_infer_seg, stage_refine, stage_train_cls,
+from doei.pipeline.fingerprints import describe_change, fingerprint_of, stage_inputs
+from doei.pipeline.markers import (FORMAT, RUN_LOG, StageMarker, fingerprint, marker_path, read_marker, stage_settings,
+                                   started_path, versions)
+from doei.pipeline.stages import (Resolved, resolve, stage_cam, stage_infer_seg, stage_refine, stage_train_cls,
                                   stage_train_seg)
 from doei.pipeline_config import STAGES, PipelineConfig
 from doei.utils.device import resolve_device
@@ -28,20 +31,35 @@ from doei.utils.io import append_jsonl, atomic_write_json
 from doei.utils.outdir import check_out_dir, folder_lock
 
 
-def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]) -> None:
+def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None], r: Resolved | None = None) -> None:
     """Cheap checks of what later ``stages`` will read, before the first (expensive) one starts.
 
+    * every device key names a device this machine has (``cuda`` without one: one line naming the key);
+    * every split the ``stages`` read opens (dataset present, its lists and labels readable);
+    * ``run.cls_checkpoint`` exists when given;
     * ``refine.train.init_weights`` / ``seg.train.init_weights``: the file exists, its shapes fit the
       model and enough of the expected keys are in it (:mod:`doei.models.initial_weights`; the model is
       built on the meta device, so this costs a file read, not a 100M-parameter net);
     * ``eval.train_split``: its ids are part of the split the CAMs and pseudo masks are made for;
     * ``data.num_classes``: the dataset's own class count (else the eval would count absent classes as 0).
     """
+    r = r or resolve(cfg)
+    rt, ri, st, si = cfg.refine.train, cfg.refine.infer, cfg.seg.train, cfg.seg.infer
+    for key, dev in (("run.device", cfg.run.device), ("classifier.train.device", r.classifier.train.device),
+                     ("refine.train.device", rt.device), ("refine.infer.device", ri.device),
+                     ("seg.train.device", st.device), ("seg.infer.device", si.device)):
+        resolve_device(dev, key)
+    if cfg.run.cls_checkpoint and not Path(cfg.run.cls_checkpoint).is_file():
+        raise DoeiError(f"run.cls_checkpoint = {cfg.run.cls_checkpoint}: file not found")
+    uses = {"train-cls": [] if cfg.run.cls_checkpoint else [r.classifier.data.train_split], "cam": [r.cam.split],
+            "refine": [rt.split, ri.split], "train-seg": [st.split], "infer-seg": [si.split],
+            "eval": [cfg.eval.train_split or cfg.data.train_split, si.split]}
+    for split in dict.fromkeys(sp for stage in stages for sp in uses[stage]):
+        dataset_from_config(cfg.data, split)
     found = dataset_from_config(cfg.data, cfg.data.train_split).num_classes
     if found != cfg.data.num_classes:
         raise DoeiError(f"data.num_classes = {cfg.data.num_classes}, but {cfg.data.root} ({cfg.data.kind}) has {found} "
                         "foreground classes; every stage and the eval table count with it")
-    rt, st = cfg.refine.train, cfg.seg.train
     if "refine" in stages and rt.init_weights:
         cov = preflight_initial_weights(rt.model, rt.model_options, rt.init_weights, "refine.train.init_weights")
         log(f"refine.train.init_weights: {cov.summary()}")
@@ -68,6 +86,13 @@ STAGE_FUNCS: dict[str, Callable[..., dict]] = {   # stage(r: Resolved, log) -> s
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print, config_path: str | None = None) -> dict:
     """Run the configured stages in order, skipping completed ones; returns ``{stage: summary}``.
 
+    Before anything is written (the run folder is not even created): the config, every device key, every
+    split the stages read, initial weights, and each finished stage's fingerprint against its marker
+    (:mod:`doei.pipeline.fingerprints`: a finished stage whose settings, input files or code version
+    changed is refused in one line naming what changed, never reused). A stage that did not finish and
+    was started with other settings has its partial outputs set aside (renamed ``<folder>.partial-<fp>``,
+    never deleted), so a corrected rerun works in the same folder.
+
     Under ``torchrun`` every rank runs every stage (training with DDP, per-image stages sharded,
     eval on rank 0 only); all ranks meet at a barrier after each stage, then rank 0 alone writes the
     stage marker and ``run_log.jsonl``, and a second barrier makes the marker and the stage's files
@@ -79,28 +104,92 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print, config
     ``"smoke"`` in the returned dict); ``config_path`` is recorded there.
     """
     if not isinstance(cfg, PipelineConfig):
-        raise TypeError(f"cfg: expected a PipelineConfig, got {type(cfg).__name__}")
-    with folder_lock(check_out_dir(cfg.run.out_dir, "run.out_dir"), "run folder"):
-        return _run_stages(cfg, log, config_path)
+        raise TypeError(f"run_pipeline: cfg must be a doei.pipeline_config.PipelineConfig (load_pipeline_config), "
+                        f"got {type(cfg).__name__}")
+    if not callable(log):
+        raise TypeError(f"run_pipeline: log must be callable (e.g. print), got {type(log).__name__}")
+    cfg.validate("run_pipeline cfg")
+    out = check_out_dir(cfg.run.out_dir, "run.out_dir")
+    smoke.check_folder(cfg)
+    changes: list[str] = []
+    if cfg.run.smoke is not None:
+        cfg, changes = smoke.smoke_config(cfg)
+    resolved = resolve(cfg)      # the classifier and cam sections as typed configs, checked before any stage
+    todo = [st for st in STAGES if st in cfg.run.stages and check_finished(resolved, st, log) is None]
+    preflight(cfg, todo, log, resolved)
+    with folder_lock(out, "run folder"):
+        return _run_stages(resolved, log, changes, config_path)
 
 
-def _run_stages(cfg: PipelineConfig, log: Callable[[str], None], config_path: str | None) -> dict:
-    rank, _ = dist_util.init_from_env(resolve_device(cfg.run.device).split(":")[0])
+def stage_outputs(r: Resolved, stage: str) -> list[Path]:
+    """The folders ``stage`` writes (set aside when a rerun finds partial outputs made with other settings)."""
+    cfg = r.cfg
+    return [Path(p) for p in {
+        "train-cls": [] if cfg.run.cls_checkpoint else [r.classifier.train.out_dir],
+        "cam": [cfg.refine.train.cam_dir], "refine": [cfg.refine.train.out_dir, cfg.refine.infer.out_dir],
+        "train-seg": [cfg.seg.train.out_dir], "infer-seg": [cfg.seg.infer.out_dir], "eval": []}[stage]]
+
+
+def check_finished(r: Resolved, stage: str, log: Callable[[str], None]) -> StageMarker | None:
+    """``stage``'s marker if it finished with today's fingerprint; ``None`` if it did not finish; a one-line
+    DoeiError naming the first changed setting or file if it finished with other inputs."""
+    cfg = r.cfg
+    marker = marker_path(cfg, stage)
+    done = read_marker(marker)
+    if done is None:
+        return None
+    redo = (f"to redo it, delete {marker.parent} and its outputs "
+            f"({', '.join(str(p) for p in stage_outputs(r, stage)) or 'eval.json'}) and those of the stages after it, "
+            "or choose another run.out_dir")
+    if done.format == "doei-stage-marker-v1":                     # written before input files were recorded
+        if done.fingerprint != fingerprint(stage_settings(cfg, stage)):
+            raise DoeiError(f"{marker}: stage {stage} finished with other settings; {redo}")
+        log(f"[{stage}] note: its marker predates input-file fingerprints; its input files are not checked")
+        return done
+    settings, files = stage_inputs(r, stage)
+    old_files = done.files or {}
+    seen = {k: (old_files.get(k, v) if v == "missing" else v) for k, v in files.items()}
+    if fingerprint_of(settings, seen) != done.fingerprint:
+        change = describe_change(done.settings or {}, old_files, settings, seen)
+        raise DoeiError(f"{marker}: stage {stage} finished with other inputs ({change}); its outputs are not "
+                        f"reused; {redo}")
+    return done
+
+
+def _set_aside(r: Resolved, stage: str, started: StageMarker, settings: dict, files: dict, log) -> None:
+    """Rename the partial outputs of an unfinished ``stage`` that was started with other settings."""
+    out = Path(r.cfg.run.out_dir).resolve()
+    change = describe_change(started.settings or {}, started.files or {}, settings, files)
+    for folder in stage_outputs(r, stage):
+        if not folder.exists():
+            continue
+        f = folder.resolve()
+        if out not in f.parents:
+            raise DoeiError(f"{folder}: stage {stage} did not finish and left partial outputs made with other "
+                            f"inputs ({change}); it lies outside run.out_dir, so it is not moved: delete it or "
+                            "choose another folder")
+        n, dest = 0, f.with_name(f"{f.name}.partial-{started.fingerprint[:8]}")
+        while dest.exists():
+            n += 1
+            dest = f.with_name(f"{f.name}.partial-{started.fingerprint[:8]}-{n}")
+        f.rename(dest)
+        log(f"[{stage}] partial outputs of an unfinished start with other inputs ({change}) set aside: {dest}")
+
+
+def _run_stages(r: Resolved, log: Callable[[str], None], changes: list[str], config_path: str | None) -> dict:
+    cfg = r.cfg
+    rank, _ = dist_util.init_from_env(resolve_device(cfg.run.device, "run.device").split(":")[0])
     main = rank == 0
     if not main:
         log = lambda *_: None  # noqa: E731 - rank 0 reports
     out = Path(cfg.run.out_dir)
-    smoke.check_folder(cfg)
     header = None
     if cfg.run.smoke is not None:
-        cfg, changes = smoke.smoke_config(cfg)
         header = smoke.smoke_header(cfg, changes, config_path)
         log(f"SMOKE RUN: every stage capped at {cfg.run.smoke} optimiser steps and {cfg.run.smoke} images per split, "
             f"at the config's sizes; no pretrained file is read (random init); not a result")
         for line in changes:
             log(f"smoke: {line}")
-    resolved = resolve(cfg)      # the classifier and cam sections as typed configs, checked before any stage
-    preflight(cfg, [st for st in STAGES if st in cfg.run.stages and read_marker(marker_path(cfg, st)) is None], log)
     out.mkdir(parents=True, exist_ok=True)
     if main:
         if header is not None:
@@ -111,27 +200,30 @@ def _run_stages(cfg: PipelineConfig, log: Callable[[str], None], config_path: st
     for stage in STAGES:
         if stage not in cfg.run.stages:
             continue
-        marker = marker_path(cfg, stage)
-        settings = stage_settings(cfg, stage)
-        fp = fingerprint(settings)
-        done = read_marker(marker)
+        done = check_finished(r, stage, log)
         if done is not None:
-            if done.get("fingerprint") != fp:
-                raise DoeiError(f"{marker}: stage {stage} was completed with other settings; use another run.out_dir "
-                                f"or delete {marker.parent} (and the stages after it) to redo it")
-            log(f"[{stage}] already done ({done.get('seconds', 0):.0f} s, {done.get('finished', '?')}); skipped")
+            log(f"[{stage}] already done ({done.seconds:.0f} s, {done.finished or '?'}); skipped")
             if main:
                 append_jsonl(out / RUN_LOG, {"event": "skip", "stage": stage, "time": time.time()})
-            results[stage] = done.get("summary", {})
-            markers[stage] = done
+            results[stage] = done.summary
+            markers[stage] = to_dict(done)
             continue
+        settings, files = stage_inputs(r, stage)
+        fp = fingerprint_of(settings, files)
+        started = read_marker(started_path(cfg, stage))
+        if main and started is not None and started.fingerprint != fp:
+            _set_aside(r, stage, started, settings, files, log)
+        dist_util.barrier()          # partial outputs are set aside before any rank writes new ones
         log(f"[{stage}] running")
         t0 = time.time()
+        record = {"stage": stage, "fingerprint": fp, "format": FORMAT, "settings": settings, "files": files,
+                  "versions": versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if main:
+            atomic_write_json(started_path(cfg, stage), record)
             append_jsonl(out / RUN_LOG, {"event": "start", "stage": stage, "time": t0})
         try:
             with smoke.StageMeter() as meter:
-                summary = STAGE_FUNCS[stage](resolved, log)
+                summary = STAGE_FUNCS[stage](r, log)
         except BaseException as e:
             if main:
                 first = str(e).splitlines()[0] if str(e) else ""
@@ -141,15 +233,14 @@ def _run_stages(cfg: PipelineConfig, log: Callable[[str], None], config_path: st
         dist_util.barrier()          # every rank's files of this stage are written before it is marked done
         secs = time.time() - t0
         res = meter.result
-        record = {"stage": stage, "fingerprint": fp, "seconds": round(secs, 3),
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "resources": res,
-                  "summary": json.loads(json.dumps(summary, default=str))}
+        record = {**record, "seconds": round(secs, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "resources": res, "summary": json.loads(json.dumps(summary, default=str))}
         if cfg.run.smoke is not None:
             record["smoke"] = {"smoke": cfg.run.smoke, "smoke_batch": cfg.run.smoke_batch}
         if main:
             append_jsonl(out / RUN_LOG, {"event": "end", "stage": stage, "time": time.time(),
                                          "seconds": round(secs, 3), "resources": res})
-            atomic_write_json(marker, record)
+            atomic_write_json(marker_path(cfg, stage), record)
         dist_util.barrier()          # ... and the marker exists before any rank goes on
         log(f"[{stage}] done in {secs:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB"
             + (f", CUDA peak {res['cuda_peak_mb']:.0f} MB" if res.get("cuda_peak_mb") is not None else ""))
