@@ -18,7 +18,8 @@ import torch
 VOLATILE = {"time", "seconds", "write_s", "crf_seconds", "finished", "rank", "processes", "train_seconds",
             # stage markers: the start time, and the input-file digests (path + size + mtime of folders of
             # per-image files, so two runs of the same files differ in them) with the fingerprint over them
-            "started", "files", "fingerprint"}
+            "started", "files", "fingerprint",
+            "resources"}   # per-stage wall time and peak memory (doei.pipeline.smoke.StageMeter)
 
 
 def free_port() -> int:
