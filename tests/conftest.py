@@ -51,3 +51,15 @@ def reference(shared_dir):
 def _torch_threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """``(work, data, checkpoint)``: a folder dataset of real photos (the VOC sample when ../shared is present,
+    else made-up ones; tests/tiny_run.py) and one tiny classifier trained on it by ``doei train-cls`` with
+    configs/folder_example.yaml shrunk - built once per session for every test that needs a trained model."""
+    import tiny_run as tr
+
+    work = tmp_path_factory.mktemp("tiny_run")
+    data = tr.make_folder_data(work, SHARED)
+    return work, data, tr.train_tiny_classifier(work, data)

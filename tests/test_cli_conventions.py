@@ -57,7 +57,7 @@ def test_every_flag_has_help_and_one_spelling():
                     seen.setdefault(o, set()).add(name)
     for old in ("--root", "--no-progress-bar", "--force", "--gpu", "--data-dir", "--dataset-root"):
         assert old not in seen, f"{old} on {seen.get(old)}: the shared spelling is used everywhere"
-    for verb in ("train-cls", "train-seg", "refine", "infer-seg", "run", "cam"):
+    for verb in ("train-cls", "train-seg", "refine", "infer-seg", "run", "cam", "predict"):
         flags = {o for leaf in cli._leaves(dict(_parsers())[verb]) for a in leaf._actions for o in a.option_strings}
         assert {"--device", "--no-progress", "--data-root"} <= flags, verb
 

@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run_cmd", "the whole pipeline from one config, resumable stage by stage (train-cls ... eval)"),
     "ablate": ("ablate_cmd", "Table-4 DOEI component ablation x seeds: train, CAMs, beta sweep, mean/std table"),
     "sweep": ("sweep_cmd", "one-parameter DOEI sweeps x seeds (st/af/sf, alpha, layers, suppress): JSON + plots"),
+    "predict": ("predict_cmd", "masks, legend overlays (and CAMs) for new images from a trained classifier / DeepLab"),
 }
 
 

@@ -211,6 +211,25 @@ def legend(entries: Sequence[tuple[str, tuple[int, int, int]]], width: int, size
     return np.asarray(img)
 
 
+def text_strip(text: str, width: int, size: int = FONT_PX, colour=GREY) -> np.ndarray:
+    """``text`` wrapped at word boundaries into a white strip ``width`` px wide."""
+    f = font(size)
+    lines, cur = [], ""
+    for word in text.split():
+        trial = f"{cur} {word}".strip()
+        if cur and _text_w(trial, f) > width - 12:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = trial
+    lines.append(cur)
+    img = Image.new("RGB", (width, len(lines) * (size + 4) + 8), WHITE)
+    d = ImageDraw.Draw(img)
+    for n, line in enumerate(lines):
+        d.text((6, 4 + n * (size + 4)), line, fill=colour, font=f)
+    return np.asarray(img)
+
+
 def colorbar(width: int, label: str = "CAM value (each class min-max normalised)", size: int = FONT_PX) -> np.ndarray:
     """A jet colour bar 0 … 1 with ticks and a caption, ``width`` px wide."""
     f = font(size)
@@ -284,7 +303,7 @@ def cam_figure(image, classes: Sequence[int], cams: np.ndarray, class_names: Seq
     if seeds is not None:
         parts.append(label_legend([seeds], class_names, fig.shape[1], title="seeds:"))
     if not len(classes):
-        parts.append(legend([], fig.shape[1], title="no class to show (no label given or predicted)"))
+        parts.append(text_strip("no class to show (no label given or predicted)", fig.shape[1]))
     return stack(parts)
 
 
@@ -305,10 +324,10 @@ def label_figure(image, label: np.ndarray, class_names: Sequence[str] | None = N
     fig = grid(cells, 2)
     parts = [fig, label_legend([label], class_names, fig.shape[1])]
     if note:
-        parts.append(legend([], fig.shape[1], title=note))
+        parts.append(text_strip(note, fig.shape[1]))
     return stack(parts)
 
 
 __all__ = ["voc_palette", "label_to_pil", "save_label_png", "jet", "to_rgb_uint8", "cam_overlay", "label_overlay",
-           "cam_figure", "cam_panel", "label_figure", "legend", "colorbar", "label_legend", "grid", "stack", "titled",
+           "cam_figure", "cam_panel", "label_figure", "legend", "text_strip", "colorbar", "label_legend", "grid", "stack", "titled",
            "fit", "font", "label_names", "IMAGENET"]
