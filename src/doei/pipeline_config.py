@@ -4,7 +4,7 @@ One YAML file serves every stage command (``doei refine train|infer``, ``doei tr
 ``doei infer-seg``) and ``doei run``; each command reads the sections it needs::
 
     run:        {out_dir, stages, cls_checkpoint, device, seed, progress}
-    data:       {kind, root, train_split, val_split, num_classes, labels_file, mask_dir}
+    data:       {kind, root, train_split, val_split, num_classes, labels_file, mask_dir, gt_source}
     classifier: a TrainConfig mapping (doei train-cls; data/out_dir filled in by doei run)
     cam:        a CamConfig mapping (doei cam; model/data/split filled in by doei run)
     refine:     {train: RefineTrainSection, infer: RefineInferSection}
@@ -67,6 +67,10 @@ class PipelineData:
     num_classes: int = 20
     labels_file: Optional[str] = None
     mask_dir: Optional[str] = None
+    # COCO only: the ground truth the eval reads - "stuff" (COCO-Stuff stuffthingmaps, root/SegmentationClassStuff/
+    # <split>, the paper's: doei coco-masks --source stuff) or "instances" (rasterised polygons, root/
+    # SegmentationClass/<split>); unset: SegmentationClass/<split> unchecked, as before the key existed
+    gt_source: Optional[Literal["instances", "stuff"]] = None
 
 
 @dataclass
@@ -226,6 +230,8 @@ class PipelineConfig:
         order = [STAGES.index(s) for s in self.run.stages if s in STAGES]  # must increase: no repeats, no reordering
         checks = [
             (self.data.num_classes >= 1, "data.num_classes", self.data.num_classes, ">= 1"),
+            (self.data.gt_source is None or self.data.kind == "coco", "data.gt_source", self.data.gt_source,
+             "unset unless data.kind is coco (it picks COCO's ground truth)"),
             (all(s in STAGES for s in self.run.stages), "run.stages", self.run.stages, f"names from {list(STAGES)}"),
             (bool(self.run.stages), "run.stages", self.run.stages, f"at least one stage of {list(STAGES)}"),
             (all(a < b for a, b in zip(order, order[1:])), "run.stages", self.run.stages,

@@ -13,7 +13,8 @@ Image ids are the image file stems (``COCO_train2014_000000000009``), as in MCTf
   with an empty label and an all-background mask.
 
 Layout (all overridable): ``root/{train2014,val2014}/`` images, ``root/annotations/instances_<split>.json``,
-``root/SegmentationClass/<split>/<id>.png`` masks written by ``doei coco-masks``, and optionally a
+``root/SegmentationClass/<split>/<id>.png`` masks written by ``doei coco-masks`` (``gt_source="stuff"``:
+``root/SegmentationClassStuff/<split>/``, COCO-Stuff's ground truth, :mod:`doei.data.coco_stuff`), and optionally a
 labels file written by ``doei labels`` (``root/cls_labels_<split>.json``) which avoids parsing the big
 JSON on every start.
 
@@ -291,6 +292,24 @@ def render_mask(api: Any, image_id: int, crowd: str = "ignore") -> np.ndarray:
     return mask
 
 
+def check_mask_source(mask_dir: Path, gt_source: str) -> None:
+    """A ``doei coco-masks`` folder's manifest must name ``gt_source`` (manifests before ``--source``:
+    instances); a folder without a manifest is accepted as it is."""
+    import json
+
+    man = Path(mask_dir) / "manifest.json"
+    if not man.is_file():
+        return
+    try:
+        d = json.loads(man.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DoeiError(f"{man}: unreadable ({type(e).__name__}); expected doei coco-masks' manifest") from None
+    found = (d.get("source") or "instances") if isinstance(d, dict) else None
+    if found != gt_source:
+        raise DoeiError(f"{man}: the masks in {mask_dir} come from source {found!r}, the config asks for "
+                        f"gt_source {gt_source!r} (doei coco-masks --source {gt_source})")
+
+
 def mask_content_hash(image_id: str, mask: np.ndarray) -> bytes:
     """sha256 of ``id``, shape and raw pixels: identical for identical masks whatever the PNG encoder."""
     h = hashlib.sha256()
@@ -356,17 +375,20 @@ def coco_records(image_dir: str | Path, ann_file: str | Path | None = None, *, i
 # loader finds root/cls_labels_<split>.json and root/SegmentationClass/<split>/ itself); kept so by #14's
 # behaviour-preserving refactor. Dropping the argument would make a data section's options reach COCO.
 @register_dataset("coco", options=("ids", "image_dir", "ann_file", "labels_file", "mask_dir", "id_list",
-                                   "trust_pickle", "require_masks"),
-                  config_options=(), default_split="train2014", class_names=COCO_CLASSES)
+                                   "trust_pickle", "require_masks", "gt_source"),
+                  config_options=("gt_source",), default_split="train2014", class_names=COCO_CLASSES)
 def coco_dataset(root: str | Path, split: str = "train2014", *, transform: Transform | None = None,
                  ids: str = "annotated", image_dir: str | Path | None = None, ann_file: str | Path | None = None,
                  labels_file: str | Path | None = None, mask_dir: str | Path | None = None,
                  id_list: Sequence[str] | None = None, trust_pickle: bool = False,
-                 require_masks: bool = False) -> ClassificationDataset:
+                 require_masks: bool = False, gt_source: str | None = None) -> ClassificationDataset:
     """A :class:`ClassificationDataset` over COCO 2014 ``split`` (``train2014``/``val2014``, or ``train``/``val``).
 
     Labels come from ``labels_file`` if given, else ``root/cls_labels_<split>.json`` if it exists,
-    else the instances JSON (parsed with pycocotools, ~20 s for train2014).
+    else the instances JSON (parsed with pycocotools, ~20 s for train2014). Masks: ``mask_dir``, else
+    ``root/SegmentationClass/<split>`` (``gt_source`` unset or ``"instances"``) or
+    ``root/SegmentationClassStuff/<split>`` (``"stuff"``); with ``gt_source`` set, a ``manifest.json`` of
+    ``doei coco-masks`` in the folder must name that source (one line otherwise).
     """
     root = Path(root)
     split = {"train": "train2014", "val": "val2014"}.get(split, split)
@@ -375,8 +397,13 @@ def coco_dataset(root: str | Path, split: str = "train2014", *, transform: Trans
     ann_file = Path(ann_file) if ann_file is not None else root / "annotations" / f"instances_{split}.json"
     if labels_file is None and (root / f"cls_labels_{split}.json").is_file():
         labels_file = root / f"cls_labels_{split}.json"
-    if mask_dir is None and (root / "SegmentationClass" / split).is_dir():
-        mask_dir = root / "SegmentationClass" / split
+    if gt_source not in (None, "instances", "stuff"):
+        raise DoeiError(f"COCO gt_source {gt_source!r}: expected 'instances' or 'stuff'")
+    sub = "SegmentationClassStuff" if gt_source == "stuff" else "SegmentationClass"
+    if mask_dir is None and (root / sub / split).is_dir():
+        mask_dir = root / sub / split
+    if gt_source is not None and mask_dir is not None:
+        check_mask_source(Path(mask_dir), gt_source)
     records, desc = coco_records(image_dir, ann_file if labels_file is None else None, ids=ids,
                                  labels_file=labels_file, id_list=id_list, trust_pickle=trust_pickle,
                                  mask_dir=mask_dir, require_masks=require_masks)

@@ -79,7 +79,7 @@ def stage_settings(cfg: PipelineConfig, stage: str) -> dict:
         parts = {**parts, "smoke": {"smoke": d["run"]["smoke"], "smoke_batch": d["run"].get("smoke_batch")}}
     v1_runtime = {"progress", "device", "num_workers", "crf_workers", "log_every", "workers", "allow_ground_truth"}
 
-    count_unless = {"sync_bn": True}   # keys added later that count only when not at their default
+    count_unless = {"sync_bn": True, "gt_source": None}   # keys added later: count only when not at their default
 
     def strip(obj):
         if isinstance(obj, dict):

@@ -254,4 +254,22 @@ def _run_stages(r: Resolved, log: Callable[[str], None], changes: list[str], con
             path = smoke.write_smoke_table(cfg, header, rows)
             log(f"{smoke.SMOKE_NOTE}\n{smoke.format_smoke_table(rows)}\n(table: {path})")
         results["smoke"] = {**header, "stages": rows}
+    if main and results.get("eval"):
+        _paper_comparison(cfg, results["eval"], log)
     return results
+
+
+def _paper_comparison(cfg: PipelineConfig, eval_out: dict, log: Callable[[str], None]) -> None:
+    """Rank 0: the eval rows beside the DOEI paper's and the published baselines' numbers
+    (:mod:`doei.eval.paper_numbers`), printed and written to ``<out>/paper_comparison.{json,md}``."""
+    from doei.eval.paper_numbers import format_comparison, run_comparison, write_comparison
+
+    got = run_comparison(cfg, eval_out)
+    if got is None:
+        if cfg.data.kind in ("voc", "coco"):
+            log("paper comparison: the run's classifier is not one of the paper's (MCTformer-V2, TS-CAM, "
+                "TransCAM); no table")
+        return
+    rows, header = got
+    path = write_comparison(cfg.run.out_dir, rows, header)
+    log(f"{format_comparison(rows, header['title'])}\n(table: {path})")
