@@ -1,7 +1,9 @@
 """``doei ablate``: the paper's Table 4 component grid (baseline; CPDO; PPDO; CPDO+PPDO; CPDO+HFA;
-PPDO+HFA; CPDO+PPDO+HFA) × seeds on the synthetic benchmark.
+PPDO+HFA; CPDO+PPDO+HFA) × seeds, on the synthetic benchmark or, given a pipeline config (``doei run``'s,
+any dataset), as resumable ``doei run``s of the stages the scored row needs (Table 4: Seed on VOC train;
+:mod:`doei.study.pipeline_study`), also under ``torchrun`` (rank 0 writes).
 
-Each run trains a seeded classifier, writes CAMs of the held-out split and sweeps β; ``OUT/ablation.json``
+On the benchmark each run trains a seeded classifier, writes CAMs of the held-out split and sweeps β; ``OUT/ablation.json``
 and ``OUT/ablation.md`` give per row the seed mean ± std of mIoU, FP, FN (at each run's best β and at one
 fixed β chosen on the baseline), the paired difference to the baseline with the same seed and the wins,
 plus k and ‖Δ‖/‖X‖ per block. Re-running the command skips finished runs (``OUT/runs/<key>/result.json``).
@@ -12,6 +14,8 @@ Examples::
     doei ablate --config configs/ablate.yaml --out /tmp/ablate --seeds 3
     doei ablate --config configs/ablate.yaml --out /tmp/abl_quick --seeds 2 --quick
     doei ablate --config configs/ablate_tscam.yaml --out /tmp/abl_tscam --seeds 3
+    torchrun --nproc_per_node 8 -m doei.cli ablate --config configs/paper/ablate_voc_mctformer_v2.yaml \\
+        --set data.root=/data/VOC2012 --out runs/table4 --seeds 3
 """
 from __future__ import annotations
 
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         if args.rows:
             rows = select_rows([r.strip() for r in args.rows.split(",") if r.strip()], where=f"--rows {args.rows}")
         doc = run_ablation(study, seeds, rows=rows, report_only=args.report_only)
+    if not doc:                                   # another rank under torchrun: rank 0 prints
+        return 0
     print((Path(args.out) / "ablation.md").read_text())
     print(f"ablation finished ({doc['wall_s_this_call']:.0f} s this call): {Path(args.out) / 'ablation.md'}")
     return 0

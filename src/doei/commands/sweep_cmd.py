@@ -1,14 +1,17 @@
-"""``doei sweep``: one-parameter DOEI sweeps on the synthetic benchmark, each value × seeds.
+"""``doei sweep``: one-parameter DOEI sweeps, each value × seeds, on the synthetic benchmark or, given a
+pipeline config (``doei run``'s, any dataset), as ``doei run``s scored on one eval row (Fig. 4 on VOC).
 
 ``--param NAME=V1,V2,...`` (repeatable) with NAME one of st_p2c, af_p2c, sf_p2c, st_c2c, af_c2c, sf_c2c,
 alpha, layers (K = DOEI after the first K blocks) or suppress (rest, bottom); the other knobs stay at the
-config's ``doei`` section. Writes ``OUT/sweep_<NAME>.json`` and ``OUT/sweep_<NAME>.png`` (mIoU, FP, FN
+config's ``doei`` section (a pipeline config: ``classifier.doei``; without ``--param``, its ``study.sweep``). Writes ``OUT/sweep_<NAME>.json`` and ``OUT/sweep_<NAME>.png`` (mIoU, FP, FN
 against the value, the baseline as a band, k and ‖Δ‖/‖X‖ per block beside each point) and ``OUT/sweep.md``.
 Finished runs are skipped (shared with ``doei ablate`` when the same ``--out`` is used).
 
 Example::
 
     doei sweep --config configs/ablate.yaml --param af_p2c=0.1,0.3,1,3,10 --param layers=1,2,4 --out /tmp/sweep
+    torchrun --nproc_per_node 8 -m doei.cli sweep --config configs/paper/sweep_voc_mctformer_v2.yaml \\
+        --set data.root=/data/VOC2012 --out runs/fig4 --seeds 1
 """
 from __future__ import annotations
 
@@ -37,8 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.param:
-        raise DoeiError("--param: give at least one NAME=V1,V2,... (e.g. af_p2c=0.1,0.3,1)")
     if args.seeds < 1:
         raise DoeiError(f"--seeds {args.seeds}: expected at least 1")
     if args.first_seed < 0:
@@ -48,8 +49,13 @@ def run(args: argparse.Namespace) -> int:
 
     study = load_study(find_config(args.config, "ablate.yaml"), check_out_dir(args.out), args.overrides,
                        quick=args.quick)
+    params = params or list(getattr(study, "sweep", ()))
+    if not params:
+        raise DoeiError("--param: give at least one NAME=V1,V2,... (e.g. af_p2c=0.1,0.3,1); a pipeline config "
+                        "may list them in study.sweep")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     with folder_lock(args.out, "study folder"):
-        run_sweep(study, params, seeds)
-    print((Path(args.out) / "sweep.md").read_text())
+        docs = run_sweep(study, params, seeds)
+    if docs:                                      # {} on the other ranks under torchrun: rank 0 prints
+        print((Path(args.out) / "sweep.md").read_text())
     return 0

@@ -96,7 +96,10 @@ def stage_eval(r, log: Callable[[str], None]) -> dict:
         counts = _sharded_counts(pred, gt, ids, c, ptype, cfg.eval.seed_betas if ptype == "cam" else None, workers)
         rep = build_report(counts, mean)
         results[name] = {k: rep[k] for k in ("mIoU", "FP", "FN", "beta", "mean_convention", "num_images")}
-        results[name].update({"split": split, "pred": pred, "means": rep["means"]})
+        results[name].update({"split": split, "pred": pred, "means": rep["means"],
+                              "per_class_IoU": {c["name"]: c["IoU"] for c in rep["per_class"]}})
+        if "sweep" in rep:              # CAM rows: every beta (the study's fixed-beta table reads it)
+            results[name]["sweep"] = rep["sweep"]
         table.append({"stage": name, "split": split, "mIoU": round(rep["mIoU"], 2), "beta": rep["beta"],
                       "mean": mean, "images": rep["num_images"]})
     if not dist_util.is_main():

@@ -7,20 +7,23 @@ from typing import Sequence
 from doei.errors import DoeiError
 from doei.study.grid import Row, row_doei, run_key
 from doei.study.plot import ablation_figure
+from doei.engine.distributed import env_world
 from doei.study.runner import finished_results, prepare, run_all, Study
 from doei.study.table import fixed_beta, fmt_blocks, fmt_diff, fmt_ms, markdown_table, summarize, summarize_cooc
 from doei.utils.io import atomic_write_json, atomic_write_text
 
 
-def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] | None = None,
+def run_ablation(study, seeds: Sequence[int], rows: Sequence[Row] | None = None,
                  report_only: bool = False) -> dict:
     """Train and evaluate every row × seed (finished runs reused), then write the table files.
+    ``study``: a :class:`Study` (synthetic benchmark) or a :class:`doei.study.pipeline_study.PipelineStudy`
+    (each run a ``doei run``; under torchrun rank 0 writes the files and the other ranks return ``{}``).
     ``rows``: default the study config's ``study.rows`` (all of TABLE4 unless it names some).
     ``report_only``: train nothing; tabulate the runs that have finished (a row lists the seeds it has)."""
     rows = tuple(rows or study.rows)
     t0 = time.time()
-    prepare(study)
     plan = [(row, row_doei(row, study.base_doei), s) for row in rows for s in seeds]
+    prepare(study, [(d, s) for _, d, s in plan])
     # baseline and full DOEI (first and last row) seed by seed first, then the other rows seed by seed, so
     # that an early stop leaves complete paired comparisons of the two that matter most
     ends = {rows[0].name, "cpdo_ppdo_hfa" if any(r.name == "cpdo_ppdo_hfa" for r in rows) else rows[-1].name}
@@ -29,21 +32,28 @@ def run_ablation(study: Study, seeds: Sequence[int], rows: Sequence[Row] | None 
         results = finished_results(study, [(d, s) for _, d, s in order])
     else:
         results = run_all(study, [(d, s) for _, d, s in order], desc="ablate")
+    if env_world()[0] != 0:
+        return {}
     per_row = {row.name: {s: results[run_key(d, s)] for r2, d, s in plan
                           if r2.name == row.name and run_key(d, s) in results} for row in rows}
     base = per_row[rows[0].name]
     if not base:
         raise DoeiError(f"{study.out}: no finished baseline run yet; nothing to tabulate")
-    beta_fixed = fixed_beta(list(base.values()))
+    # one fixed β for every row needs a β sweep (CAM rows); pseudo masks and segmentations have no β
+    beta_fixed = fixed_beta(list(base.values())) if all(r.get("sweep") for r in base.values()) else None
     summary = {row.name: {"label": row.label, "doei": row_doei(row, study.base_doei),
                           "run_keys": [run_key(row_doei(row, study.base_doei), s) for s in seeds],
                           **summarize(per_row[row.name], base, beta_fixed),
                           "cooccurrence": summarize_cooc(per_row[row.name], base)} for row in rows}
-    doc = {"config": study.config_path, "quick": study.quick, "seeds": list(seeds), "report_only": report_only, "base_doei": study.base_doei,
-           "benchmark": {"root": str(study.synth_root), "n_train": study.n_train, "n_val": study.n_val,
-                         "synth_seed": study.synth_seed, "bias": study.bias},
-           "cam_layers": study.cam_layers, "betas": study.betas, "fixed_beta": beta_fixed, "rows": summary,
-           "wall_s_this_call": round(time.time() - t0, 1)}
+    doc = {"config": study.config_path, "quick": study.quick, "seeds": list(seeds), "report_only": report_only,
+           "base_doei": study.base_doei}
+    if isinstance(study, Study):
+        doc.update({"benchmark": {"root": str(study.synth_root), "n_train": study.n_train, "n_val": study.n_val,
+                                  "synth_seed": study.synth_seed, "bias": study.bias},
+                    "cam_layers": study.cam_layers, "betas": study.betas})
+    else:
+        doc["pipeline"] = study.describe()
+    doc.update({"fixed_beta": beta_fixed, "rows": summary, "wall_s_this_call": round(time.time() - t0, 1)})
     atomic_write_json(study.out / "ablation.json", doc)
     atomic_write_text(study.out / "ablation.md", render(doc))
 
@@ -59,14 +69,21 @@ def render(doc: dict) -> str:
         return r["label"] + (f" [seeds {r['seeds']}]" if r["seeds"] != doc["seeds"] else "")
 
     rows = [(label(r), r) for r in doc["rows"].values()]
-    b = doc["benchmark"]
+    if "benchmark" in doc:
+        b = doc["benchmark"]
+        where = (f"benchmark {b['n_train']} train / {b['n_val']} held-out synthetic images (seed {b['synth_seed']}); "
+                 f"CAMs of the held-out split (last {doc['cam_layers']} blocks' class attention × conv head), β swept "
+                 f"over {doc['betas']}")
+    else:
+        where = pipeline_description(doc["pipeline"])
     lines = [f"# DOEI component ablation (Table 4 grid), seeds {doc['seeds']}", "",
-             f"Config `{doc['config']}`{' (--quick)' if doc['quick'] else ''}; benchmark {b['n_train']} train / "
-             f"{b['n_val']} held-out synthetic images (seed {b['synth_seed']}); CAMs of the held-out split "
-             f"(last {doc['cam_layers']} blocks' class attention × conv head), β swept over {doc['betas']}. Percent.",
-             "", "## At each run's best β", "", markdown_table(rows, "best_beta", doc["fixed_beta"]), "",
-             "## At one fixed β chosen on the baseline", "", markdown_table(rows, "fixed_beta", doc["fixed_beta"]), "",
-             "## Per row: classifier, best β, DOEI per block, cost", "",
+             f"Config `{doc['config']}`{' (--quick)' if doc['quick'] else ''}; {where}. Percent.", "",
+             "## At each run's best β" if doc["fixed_beta"] is not None else "## Scores", "",
+             markdown_table(rows, "best_beta", doc["fixed_beta"]), ""]
+    if doc["fixed_beta"] is not None:
+        lines += ["## At one fixed β chosen on the baseline", "", markdown_table(rows, "fixed_beta", doc["fixed_beta"]),
+                  ""]
+    lines += ["## Per row: classifier, best β, DOEI per block, cost", "",
              "k p/c = tokens selected as confident per row by PPDO / CPDO; Δ p/c = ‖Δ‖/‖X‖ of patch / class tokens "
              "(val batch, seed mean).", "",
              "| row | classifier mAP | best β | DOEI per block | wall s per run |", "|---|---:|---:|---|---:|"]
@@ -77,6 +94,13 @@ def render(doc: dict) -> str:
               "off, HFA has nothing to act on, so CPDO + HFA is CPDO.", ""]
     lines += render_cooc(rows)
     return "\n".join(lines)
+
+
+def pipeline_description(p: dict) -> str:
+    """One sentence on what a pipeline study scores: the row, its split, the stages each run has."""
+    what = "CAM seeds at the best β of the run's eval.seed_betas" if p["score"] == "Seed" else f"the {p['score']} row"
+    return (f"each run a `doei run` of stages {', '.join(p['stages'])} on {p['kind']} `{p['root']}`; scored: "
+            f"{what}, on split `{p['split']}`")
 
 
 def render_cooc(rows) -> list[str]:

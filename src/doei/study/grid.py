@@ -123,6 +123,19 @@ def effective_doei(d: dict) -> dict:
     return out
 
 
+def canonical_doei(d: dict) -> dict:
+    """One DOEI dict per run key: every field, with the knobs :func:`effective_doei` finds irrelevant set to
+    their defaults (``{"enabled": False}`` when off). Two settings with the same run key compute the same
+    network and get the same canonical dict, so the ``doei run`` a pipeline study makes for a key (its
+    ``classifier.doei``) does not depend on which row or sweep point asked for it first."""
+    eff = effective_doei(d)
+    if eff == {"enabled": False}:
+        return dict(eff)
+    default = DOEIConfig()
+    return {f.name: eff[f.name] if eff.get(f.name) is not None else getattr(default, f.name)
+            for f in fields(DOEIConfig)}
+
+
 def run_key(doei: dict, seed: int) -> str:
     """Stable file-safe id of (effective DOEI setting, seed): ``off-s0`` or ``<12 hex>-s0``."""
     eff = effective_doei(doei)

@@ -54,13 +54,22 @@ def sweep_figure(path: Path, doc: Mapping) -> None:
         else:
             _xscale(ax, name, xs)
         ax.set_xlabel(name + (" (K = first K blocks)" if name == "layers" else ""))
-        ax.set_ylabel(f"{m} (%) at best β")
+        ax.set_ylabel(_ylabel(doc, m))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"sweep of {name}: {len(doc['seeds'])} seed(s); notes: k PPDO/CPDO and ‖Δ‖/‖X‖ of patch tokens "
                  "per block", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _ylabel(doc: Mapping, m: str) -> str:
+    """``mIoU (%) at best β``; a pipeline study names its scored row (``Seed mIoU``), without β for rows
+    that have none (pseudo masks, segmentations)."""
+    p = doc.get("pipeline")
+    if p is None:
+        return f"{m} (%) at best β"
+    return f"{p['score']} {m} (%)" + (" at best β" if doc.get("fixed_beta") is not None else "")
 
 
 def save_figure(fig, path: Path, dpi: int = 100) -> None:
@@ -102,9 +111,10 @@ def ablation_figure(path: Path, doc: Mapping) -> None:
         ax.set_ylim(max(0.0, lo - 0.25 * (hi - lo + 1)), hi + 0.25 * (hi - lo + 1))
         ax.set_xticks(xs, [r["label"].replace(" (DOEI off)", "").replace(" + ", "+") for r in rows],
                       rotation=35, ha="right", fontsize=7)
-        ax.set_ylabel(f"{m} (%) at best β")
+        ax.set_ylabel(_ylabel(doc, m))
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"Table-4 grid on the synthetic benchmark: seed mean (dash) ± std, dots = seeds ({doc['config']})",
-                 fontsize=8)
+    p = doc.get("pipeline")
+    where = "on the synthetic benchmark" if p is None else f"{p['score']} on {p['kind']} `{p['split']}`"
+    fig.suptitle(f"Table-4 grid {where}: seed mean (dash) ± std, dots = seeds ({doc['config']})", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)

@@ -29,7 +29,7 @@ from doei.data.benchmark import ensure_synth
 from doei.data.build import build_dataset
 from doei.data.cooccurrence import variant_params
 from doei.data.synth_context import CONTEXT_DIR, write_context_maps
-from doei.data.transforms import cam_transform
+from doei.data.transforms import cam_transform, eval_transform
 from doei.engine.classifier import load_classifier
 from doei.engine.train_cls import train
 from doei.errors import DoeiError
@@ -82,11 +82,17 @@ class Study:
         return self.out / LOG_NAME
 
 
-def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bool = False) -> Study:
-    """Read a study config (a TrainConfig YAML plus an optional ``study`` section) into a :class:`Study`."""
+def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bool = False):
+    """Read a study config into a :class:`Study`: a TrainConfig YAML plus an optional ``study`` section (the
+    synthetic benchmark). A pipeline config (``doei run``'s, any dataset) gives a
+    :class:`doei.study.pipeline_study.PipelineStudy` instead: each run is a ``doei run``."""
     if not Path(config).is_file():
         raise DoeiError(f"--config {config}: file not found")
     d = load_yaml(config)
+    from doei.study.pipeline_study import is_pipeline_config, load_pipeline_study
+
+    if is_pipeline_config(d):
+        return load_pipeline_study(Path(config), Path(out), d, overrides, quick=quick)
     study = {**STUDY_DEFAULTS, **(d.pop("study", None) or {})}
     unknown = set(study) - set(STUDY_DEFAULTS)
     if unknown:
@@ -126,9 +132,14 @@ def _check_bias(v, config) -> float | None:
     return float(v)
 
 
-def prepare(study: Study) -> None:
+def prepare(study, runs: Sequence[tuple[dict, int]] = ()) -> None:
     """Create the output folder and the benchmark (reused when present with the same parameters), and the
-    held-out split's context maps (doei.data.synth_context) for the co-occurrence metrics."""
+    held-out split's context maps (doei.data.synth_context) for the co-occurrence metrics. A pipeline
+    study checks its planned ``runs`` against the folders already there instead (nothing is created)."""
+    if not isinstance(study, Study):
+        from doei.study.pipeline_study import prepare as prepare_pipeline
+
+        return prepare_pipeline(study, runs)
     study.out.mkdir(parents=True, exist_ok=True)
     extra = None if study.bias is None else variant_params(study.bias)
     study.synth_meta = ensure_synth(study.synth_root, study.n_train, study.n_val, study.synth_seed, extra)
@@ -144,11 +155,15 @@ def run_config(study: Study, doei: dict, seed: int, run_dir: Path):
     return train_config_from_dict(d, where=f"{study.config_path} (run {run_dir.name})")
 
 
-def block_stats(checkpoint: Path, synth_root: Path, n_images: int) -> list[dict]:
-    """Per-block DOEI statistics of a trained model on the first ``n_images`` held-out images (one batch,
-    the CAM transform): ``[{block, k_p2c, k_c2c, delta_ratio_patch, delta_ratio_cls}]``; [] with DOEI off."""
+def block_stats(checkpoint: Path, synth_root: Path, n_images: int, kind: str = "synth", split: str = "val",
+                img_size: int | None = None, **data_options) -> list[dict]:
+    """Per-block DOEI statistics of a trained model on the first ``n_images`` images of ``split`` (one
+    batch): ``[{block, k_p2c, k_c2c, delta_ratio_patch, delta_ratio_cls}]``; [] with DOEI off. The synthetic
+    benchmark's images go in as they are (the CAM transform); with ``img_size`` they get the classifier's
+    validation transform (resize + centre crop to ``img_size``; real images differ in size)."""
     model, _ = load_classifier(checkpoint)
-    ds = build_dataset("synth", synth_root, "val", transform=cam_transform())
+    tf = cam_transform() if img_size is None else eval_transform(img_size)
+    ds = build_dataset(kind, synth_root, split, transform=tf, **data_options)
     x = torch.stack([ds[i][0] for i in range(min(n_images, len(ds)))])
     model.doei_stats = []
     with torch.no_grad():
@@ -191,23 +206,37 @@ def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = la
     return result
 
 
-def run_all(study: Study, runs: Sequence[tuple[dict, int]], desc: str) -> dict[str, dict]:
+def run_all(study, runs: Sequence[tuple[dict, int]], desc: str) -> dict[str, dict]:
     """Run (or reuse) every (DOEI dict, seed) in order, deduplicated by run key; returns key → result.
-    A tqdm bar counts runs; ``study_log.jsonl`` gets ``start``/``skip``/``end`` records with wall times."""
+    A tqdm bar counts runs; ``study_log.jsonl`` gets ``start``/``skip``/``end`` records with wall times.
+    A pipeline study's runs are ``doei run``s (:func:`doei.study.pipeline_study.run_one`); under torchrun
+    every rank runs them and rank 0 alone logs (the other ranks get ``{}`` per run)."""
     from tqdm import tqdm
 
+    from doei.engine.distributed import env_world
 
+    main = env_world()[0] == 0
+    if isinstance(study, Study):
+        one = run_one
+    else:
+        from doei.study.pipeline_study import run_one as one
     todo: dict[str, tuple[dict, int]] = {}
     for doei, seed in runs:
         todo.setdefault(run_key(doei, seed), (doei, seed))
     out: dict[str, dict] = {}
-    with tqdm(total=len(todo), desc=desc, unit="run", dynamic_ncols=True) as bar:
+    with tqdm(total=len(todo), desc=desc, unit="run", dynamic_ncols=True, disable=not main) as bar:
         for key, (doei, seed) in todo.items():
             done = (study.out / "runs" / key / RESULT_NAME).is_file()
-            append_jsonl(study.log_path, {"event": "skip" if done else "start", "key": key, "seed": seed,
-                                          "doei": doei, "time": time.time()})
+            if main:
+                append_jsonl(study.log_path, {"event": "skip" if done else "start", "key": key, "seed": seed,
+                                              "doei": doei, "time": time.time()})
             bar.set_postfix_str(key)
-            res = run_one(study, doei, seed)
+            if isinstance(study, Study):
+                res = one(study, doei, seed)
+            else:   # the pipeline's stage lines, above the bar
+                res = one(study, doei, seed, log=lambda m, k=key: tqdm.write(f"[{k}] {m}"))
+            if not main:
+                continue
             if not done:
                 append_jsonl(study.log_path, {"event": "end", "key": key, "seed": seed, "mIoU": res["mIoU"],
                                               "FP": res["FP"], "FN": res["FN"], "beta": res["beta"],

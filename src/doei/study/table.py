@@ -65,11 +65,13 @@ def block_stats_mean(runs: Sequence[Mapping]) -> list[dict]:
     return out
 
 
-def summarize(runs: Mapping[int, Mapping], base_runs: Mapping[int, Mapping], beta_fixed: float) -> dict:
+def summarize(runs: Mapping[int, Mapping], base_runs: Mapping[int, Mapping], beta_fixed: float | None) -> dict:
     """One row of a table: per metric, at the best β and at ``beta_fixed``, the seed mean ± std and the
-    paired difference to the baseline with the same seed (with wins), plus per-block DOEI statistics."""
-    out: dict = {"seeds": sorted(runs), "best_beta": {}, "fixed_beta": {}}
-    for mode in ("best_beta", "fixed_beta"):
+    paired difference to the baseline with the same seed (with wins), plus per-block DOEI statistics.
+    ``beta_fixed`` None (rows without a β sweep: pseudo masks, segmentations): ``fixed_beta`` is None and
+    ``best_beta`` holds the runs' scores."""
+    out: dict = {"seeds": sorted(runs), "best_beta": {}, "fixed_beta": {} if beta_fixed is not None else None}
+    for mode in ("best_beta", "fixed_beta") if beta_fixed is not None else ("best_beta",):
         def val(r: Mapping, m: str) -> float:
             return r[m] if mode == "best_beta" else at_beta(r, beta_fixed)[m]
 
@@ -78,7 +80,7 @@ def summarize(runs: Mapping[int, Mapping], base_runs: Mapping[int, Mapping], bet
             base = {s: val(r, m) for s, r in base_runs.items()}
             out[mode][m] = {**mean_std(row.values()), "per_seed": row,
                             "vs_baseline": paired(row, base, HIGHER_IS_BETTER[m])}
-    out["best_beta"]["beta"] = mean_std([r["beta"] for r in runs.values()])
+    out["best_beta"]["beta"] = mean_std([r["beta"] for r in runs.values() if r["beta"] is not None])
     out["block_stats"] = block_stats_mean(list(runs.values()))
     out["wall_s"] = mean_std([r.get("timing", {}).get("total_wall_s", math.nan) for r in runs.values()])
     out["classifier_mAP"] = mean_std([r.get("cls_mAP", math.nan) for r in runs.values()])
@@ -146,7 +148,10 @@ def fmt_blocks(stats: Sequence[Mapping]) -> str:
 
 def markdown_table(rows: Sequence[tuple[str, Mapping]], mode: str, beta_fixed: float) -> str:
     """The ablation table (one line per row) for ``mode`` = "best_beta" or "fixed_beta"."""
-    head = ("best β of each run" if mode == "best_beta" else f"fixed β = {beta_fixed:.2f} (the baseline's best)")
+    if beta_fixed is None:
+        head = "each run's score (no β)"
+    else:
+        head = "best β of each run" if mode == "best_beta" else f"fixed β = {beta_fixed:.2f} (the baseline's best)"
     lines = [f"Seed mean ± std, {head}; Δ = paired difference to the baseline with the same seed ± std "
              "(wins/seeds: higher mIoU, lower FP/FN).", "",
              "| row | mIoU | FP | FN | Δ mIoU (wins) | Δ FP (wins) | Δ FN (wins) |",

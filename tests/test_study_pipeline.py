@@ -1,0 +1,193 @@
+"""``doei ablate`` / ``doei sweep`` on a pipeline config (doei.study.pipeline_study): every (row, seed) is a
+resumable ``doei run`` of the stages its scored row needs; resumed without recomputing; changed settings
+refused before anything runs; the same tables and plots as on the benchmark. Plus the Table-4 / Fig. 4
+paper configs load and validate. Tiny: a 4-image synthetic set in VOC layout, a 2-block 48-wide model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from doei.cli import main as cli_main
+from pipeline_common import make_synth
+
+PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
+ROWS = ["baseline", "cpdo", "cpdo_hfa", "cpdo_ppdo_hfa"]
+
+
+def _study_config(tmp: Path, data_root: Path, **study) -> Path:
+    d = {
+        "run": {"device": "cpu", "progress": False},
+        "data": {"kind": "synth", "root": str(data_root), "train_split": "train", "val_split": "val",
+                 "num_classes": 10},
+        "classifier": {"model": {"name": "mctformer_v2_tiny_conv", "img_size": 64, "drop_path_rate": 0.0,
+                                 "options": {"depth": 2, "embed_dim": 48, "num_heads": 2}},
+                       "data": {"transform": "simple", "crop_scale": [0.6, 1.0]},
+                       "optim": {"lr": 1e-3, "lr_batch_base": None, "warmup_epochs": 0.0},
+                       "doei": {"enabled": True, "st_c2c": 0.3},
+                       "train": {"epochs": 1, "batch_size": 4, "amp": False, "progress": False}},
+        "cam": {"scales": [1.0], "flip": False, "cam_dtype": "float32", "n_layers": 2},
+        "eval": {"seed_betas": [0.1, 0.3, 0.5, 0.7], "workers": 1},
+        "study": {"rows": ROWS, "stats_images": 2, "sweep": {"af_p2c": [1, 3]}, **study},
+    }
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pstudy")
+    config = _study_config(tmp, make_synth(tmp))
+    out = tmp / "out"
+    assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
+    return config, out
+
+
+def _stamps(out: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+
+
+def test_rows_run_as_doei_run_stages_and_produce_the_table(study):
+    config, out = study
+    doc = json.loads((out / "ablation.json").read_text())
+    assert list(doc["rows"]) == ROWS and doc["pipeline"]["stages"] == ["train-cls", "cam", "eval"]
+    assert doc["pipeline"]["score"] == "Seed" and doc["pipeline"]["split"] == "train"
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(runs) == 3 and doc["rows"]["cpdo_hfa"]["run_keys"] == doc["rows"]["cpdo"]["run_keys"]
+    for key in runs:
+        run = out / "runs" / key / "run"
+        # a doei run of the needed stages only: markers of train-cls, cam, eval; no refine/seg
+        assert sorted(p.name for p in (run / "stages").iterdir()) == ["cam", "eval", "train-cls"]
+        assert not (run / "refine").exists() and not (run / "seg").exists()
+        cfg = json.loads((run / "pipeline_config.json").read_text())
+        res = json.loads((out / "runs" / key / "result.json").read_text())
+        assert cfg["classifier"]["doei"] == res["doei"] and cfg["run"]["seed"] == 0
+        ev = json.loads((run / "eval.json").read_text())["results"]["Seed"]
+        assert res["mIoU"] == ev["mIoU"] and res["beta"] == ev["beta"] and len(res["sweep"]) == 4
+        assert set(res["timing"]["stage_seconds"]) == {"train-cls", "cam", "eval"}
+    base, full = doc["rows"]["baseline"], doc["rows"]["cpdo_ppdo_hfa"]
+    assert base["block_stats"] == [] and len(full["block_stats"]) == 2
+    assert full["best_beta"]["mIoU"]["vs_baseline"]["n"] == 1 and doc["fixed_beta"] in (0.1, 0.3, 0.5, 0.7)
+    md = (out / "ablation.md").read_text()
+    assert "| CPDO + PPDO + HFA |" in md and "fixed β" in md and "`doei run` of stages train-cls, cam, eval" in md
+    assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    log = [json.loads(x) for x in (out / "study_log.jsonl").read_text().splitlines()]
+    assert sum(r["event"] == "end" for r in log) == 3
+
+
+def test_rerun_resumes_without_recomputing(study, monkeypatch):
+    import doei.pipeline.runner as pr
+
+    config, out = study
+    stamps = _stamps(out)
+
+    def no_stage(*a, **k):
+        raise AssertionError("a finished stage ran again")
+
+    for stage in ("train-cls", "cam"):
+        monkeypatch.setitem(pr.STAGE_FUNCS, stage, no_stage)
+    assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
+    assert _stamps(out) == stamps                                     # finished runs: nothing rewritten
+    # a run stopped after its CAMs (eval marker and result gone): only eval runs, from the stage markers
+    victim = out / "runs" / "off-s0"
+    before = json.loads((victim / "result.json").read_text())
+    (victim / "result.json").unlink()
+    (victim / "run" / "stages" / "eval" / "stage_done.json").unlink()
+    assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
+    after = json.loads((victim / "result.json").read_text())
+    assert after["mIoU"] == before["mIoU"] and after["sweep"] == before["sweep"]
+    events = [json.loads(x) for x in (victim / "run" / "run_log.jsonl").read_text().splitlines()]
+    assert [(e["stage"], e["event"]) for e in events[-4:]] == [("train-cls", "skip"), ("cam", "skip"),
+                                                               ("eval", "start"), ("eval", "end")]
+
+
+def test_changed_settings_are_refused_before_anything_runs(study, capsys):
+    config, out = study
+    stamps = _stamps(out)
+    assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1",
+                     "--set", "classifier.train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "made with other settings (train-cls differ)" in err and err.count("\n") == 1, err
+    assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1",
+                     "--set", "cam.n_layers=1"]) == 2
+    assert "(cam differ)" in capsys.readouterr().err
+    assert _stamps(out) == stamps
+
+
+def test_sweep_from_the_config_reuses_the_ablation_runs(study):
+    config, out = study
+    before = set(p.name for p in (out / "runs").iterdir())
+    assert cli_main(["sweep", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0   # study.sweep
+    doc = json.loads((out / "sweep_af_p2c.json").read_text())
+    abl = json.loads((out / "ablation.json").read_text())
+    p1, p3 = doc["points"]
+    assert p1["run_keys"] == abl["rows"]["cpdo_ppdo_hfa"]["run_keys"]      # af_p2c 1 = the full row's run
+    assert len(set(p.name for p in (out / "runs").iterdir()) - before) == 1
+    assert p3["summary"]["block_stats"][0]["delta_ratio_patch"] > p1["summary"]["block_stats"][0]["delta_ratio_patch"]
+    assert (out / "sweep_af_p2c.png").read_bytes()[:4] == b"\x89PNG" and "Pipeline:" in (out / "sweep.md").read_text()
+
+
+@pytest.mark.parametrize("study_keys, set_, needle", [
+    ({"n_train": 10}, [], "study: unknown key(s) ['n_train'] for a pipeline config"),
+    ({"score": "Pseudo"}, [], "study.score = 'Pseudo', expected one of ['Seed', 'Mask', 'Seg', 'Seg+CRF']"),
+    ({"stats_images": -1}, [], "study.stats_images = -1, expected an integer >= 0"),
+    ({"sweep": {"gamma": [1]}}, [], "unknown parameter 'gamma'"),
+    ({}, ["run.cls_checkpoint=x.pt"], "run.cls_checkpoint is set, but every row trains its own classifier"),
+    ({}, ["refine.train.cam_dir=/tmp/cams"], "refine.train.cam_dir = '/tmp/cams'; the study puts each run's"),
+    ({}, ["classifier.optim.lrr=1"], "classifier.optim: unknown key 'lrr'"),
+])
+def test_bad_study_settings_exit_2_with_one_line(tmp_path, capsys, study_keys, set_, needle):
+    config = _study_config(tmp_path, tmp_path / "nodata", **study_keys)
+    sets = [x for s in set_ for x in ("--set", s)]
+    assert cli_main(["ablate", "--config", str(config), "--out", str(tmp_path / "o"), *sets]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_quick_is_refused_for_a_pipeline_config(tmp_path, capsys):
+    config = _study_config(tmp_path, tmp_path / "nodata")
+    assert cli_main(["sweep", "--config", str(config), "--out", str(tmp_path / "o"), "--quick"]) == 2
+    assert "--quick shrinks the synthetic benchmark only" in capsys.readouterr().err
+
+
+def test_the_runs_of_a_mask_study_have_refine(tmp_path):
+    from doei.study.runner import load_study
+
+    s = load_study(_study_config(tmp_path, tmp_path / "nodata", score="Mask"), tmp_path / "o")
+    assert s.stages == ["train-cls", "cam", "refine", "eval"]
+    cfg = s.run_config({"enabled": False}, 3)
+    assert cfg.run.seed == 3 and cfg.refine.train.seed == 3 and cfg.cam.get("split") is None
+    assert Path(cfg.refine.train.cam_dir) == s.out / "runs" / "off-s3" / "run" / "cam"
+
+
+def test_paper_table4_and_fig4_configs_load_and_follow_the_doei_config(tmp_path):
+    from doei.pipeline import classifier_config
+    from doei.study.grid import SWEEP_PARAMS, canonical_doei, row_doei, run_key
+    from doei.study.runner import load_study
+
+    ab = load_study(PAPER / "ablate_voc_mctformer_v2.yaml", tmp_path / "a")
+    assert [r.name for r in ab.rows] == ["baseline", "cpdo", "ppdo", "cpdo_ppdo", "cpdo_hfa", "ppdo_hfa",
+                                         "cpdo_ppdo_hfa"]
+    assert ab.score == "Seed" and ab.stages == ["train-cls", "cam", "eval"] and ab.scored_split == "train"
+    full = ab.run_config(row_doei(ab.rows[-1], ab.base_doei), 1)
+    tcfg = classifier_config(full)
+    assert tcfg.doei_config().alpha == 0.35 and tcfg.doei_config().cpdo and tcfg.train.seed == 1
+    assert (tcfg.train.batch_size, tcfg.train.epochs, tcfg.model.img_size) == (64, 60, 224)
+    assert full.cam["split"] == "train" and full.run.stages == ["train-cls", "cam", "eval"]
+    sw = load_study(PAPER / "sweep_voc_mctformer_v2.yaml", tmp_path / "s")
+    names = [n for n, _ in sw.sweep]
+    assert set(names) == set(SWEEP_PARAMS) - {"suppress"}       # ST/AF/SF for p2c and c2c, alpha, layers
+    assert dict(sw.sweep)["layers"][-1] == 12 and 0.35 in dict(sw.sweep)["alpha"]
+    for d in (row_doei(r, ab.base_doei) for r in ab.rows):
+        assert run_key(canonical_doei(d), 0) == run_key(d, 0)
+    # the pipeline of both is configs/paper/voc_mctformer_v2_doei.yaml, unchanged
+    ref = yaml.safe_load((PAPER / "voc_mctformer_v2_doei.yaml").read_text())
+    ref["run"].pop("out_dir")
+    for name in ("ablate_voc_mctformer_v2", "sweep_voc_mctformer_v2"):
+        this = yaml.safe_load((PAPER / f"{name}.yaml").read_text())
+        this.pop("study")
+        assert this == ref, name
