@@ -191,3 +191,22 @@ def test_paper_table4_and_fig4_configs_load_and_follow_the_doei_config(tmp_path)
         this = yaml.safe_load((PAPER / f"{name}.yaml").read_text())
         this.pop("study")
         assert this == ref, name
+
+
+def test_smoke_study_marks_every_run_and_the_tables(tmp_path, capsys):
+    config = _study_config(tmp_path, make_synth(tmp_path), rows=["baseline", "ppdo"], stats_images=0)
+    out = tmp_path / "smoke"
+    assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1", "--smoke", "1"]) == 0
+    for key in ("off-s0",):
+        smoke = json.loads((out / "runs" / key / "run" / "smoke.json").read_text())
+        assert smoke["smoke"] == 1 and [r["stage"] for r in smoke["stages"]] == ["train-cls", "cam", "eval"]
+        assert json.loads((out / "runs" / key / "result.json").read_text())["smoke"] == 1
+    md = (out / "ablation.md").read_text()
+    assert "**SMOKE RUN** (`run.smoke: 1`)" in md and "| train-cls | cam | eval |" in md
+    capsys.readouterr()
+    # the same folder as a real (or other-smoke) study: refused before anything runs
+    assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 2
+    assert "run.smoke/smoke_batch, train-cls, cam, eval differ" in capsys.readouterr().err
+    # the synthetic benchmark's study has no smoke mode
+    assert cli_main(["ablate", "--out", str(tmp_path / "o"), "--quick", "--smoke", "1"]) == 2
+    assert "smoke mode is for a pipeline config" in capsys.readouterr().err

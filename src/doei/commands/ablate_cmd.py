@@ -44,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train nothing: tabulate the runs already finished in --out (e.g. while a study runs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value for every run, e.g. --set train.epochs=3 or doei.af_p2c=0.3")
+    p.add_argument("--smoke", type=int, default=None, metavar="N",
+                   help="pipeline config only: every run in smoke mode (doei run --smoke N: real sizes, N steps / "
+                        "N images per stage, random init; timings, not results)")
+    p.add_argument("--smoke-batch", type=int, default=None, metavar="B",
+                   help="with --smoke: batch B for the training stages (= run.smoke_batch)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 
     study = load_study(find_config(args.config, "ablate.yaml"), check_out_dir(args.out), args.overrides,
-                       quick=args.quick)
+                       quick=args.quick, smoke=args.smoke, smoke_batch=args.smoke_batch)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     with folder_lock(args.out, "study folder"):
         rows = None

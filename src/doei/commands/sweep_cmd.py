@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny benchmark and model (seconds per run; tests)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value for every run, e.g. --set doei.suppress=bottom")
+    p.add_argument("--smoke", type=int, default=None, metavar="N",
+                   help="pipeline config only: every run in smoke mode (doei run --smoke N: real sizes, N steps / "
+                        "N images per stage, random init; timings, not results)")
+    p.add_argument("--smoke-batch", type=int, default=None, metavar="B",
+                   help="with --smoke: batch B for the training stages (= run.smoke_batch)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
     study = load_study(find_config(args.config, "ablate.yaml"), check_out_dir(args.out), args.overrides,
-                       quick=args.quick)
+                       quick=args.quick, smoke=args.smoke, smoke_batch=args.smoke_batch)
     params = params or list(getattr(study, "sweep", ()))
     if not params:
         raise DoeiError("--param: give at least one NAME=V1,V2,... (e.g. af_p2c=0.1,0.3,1); a pipeline config "

@@ -9,7 +9,8 @@ from doei.study.grid import Row, row_doei, run_key
 from doei.study.plot import ablation_figure
 from doei.engine.distributed import env_world
 from doei.study.runner import finished_results, prepare, run_all, Study
-from doei.study.table import fixed_beta, fmt_blocks, fmt_diff, fmt_ms, markdown_table, summarize, summarize_cooc
+from doei.study.table import (fixed_beta, fmt_blocks, fmt_diff, fmt_ms, markdown_table, mean_std, summarize,
+                              summarize_cooc)
 from doei.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -53,6 +54,13 @@ def run_ablation(study, seeds: Sequence[int], rows: Sequence[Row] | None = None,
                     "cam_layers": study.cam_layers, "betas": study.betas})
     else:
         doc["pipeline"] = study.describe()
+        for row in rows:          # each stage's wall seconds (its marker), seed mean: what a row costs
+            runs = list(per_row[row.name].values())
+            stages = {st for r in runs for st in (r.get("timing") or {}).get("stage_seconds") or {}}
+            summary[row.name]["stage_seconds"] = {
+                st: mean_std([r["timing"]["stage_seconds"][st] for r in runs
+                              if (r["timing"].get("stage_seconds") or {}).get(st) is not None])
+                for st in study.stages if st in stages}
     doc.update({"fixed_beta": beta_fixed, "rows": summary, "wall_s_this_call": round(time.time() - t0, 1)})
     atomic_write_json(study.out / "ablation.json", doc)
     atomic_write_text(study.out / "ablation.md", render(doc))
@@ -76,7 +84,7 @@ def render(doc: dict) -> str:
                  f"over {doc['betas']}")
     else:
         where = pipeline_description(doc["pipeline"])
-    lines = [f"# DOEI component ablation (Table 4 grid), seeds {doc['seeds']}", "",
+    lines = [f"# DOEI component ablation (Table 4 grid), seeds {doc['seeds']}", "", *smoke_banner(doc),
              f"Config `{doc['config']}`{' (--quick)' if doc['quick'] else ''}; {where}. Percent.", "",
              "## At each run's best β" if doc["fixed_beta"] is not None else "## Scores", "",
              markdown_table(rows, "best_beta", doc["fixed_beta"]), ""]
@@ -92,8 +100,26 @@ def render(doc: dict) -> str:
                      f"{fmt_blocks(r['block_stats'])} | {fmt_ms(r['wall_s'], 0)} |")
     lines += ["", "Rows whose DOEI setting computes the same network share one run (same run keys): with PPDO "
               "off, HFA has nothing to act on, so CPDO + HFA is CPDO.", ""]
+    if "pipeline" in doc:
+        stages = doc["pipeline"]["stages"]
+        lines += ["## Per row: wall seconds of each stage (seed mean; the stage markers)", "",
+                  "| row | " + " | ".join(stages) + " |", "|---|" + "---:|" * len(stages)]
+        for label, r in rows:
+            st = r.get("stage_seconds") or {}
+            lines.append(f"| {label} | " + " | ".join(fmt_ms(st[s], 0) if s in st else "–" for s in stages) + " |")
+        lines.append("")
     lines += render_cooc(rows)
     return "\n".join(lines)
+
+
+def smoke_banner(doc: dict) -> list[str]:
+    """Lines saying that a pipeline study ran in smoke mode (run.smoke): its numbers are no result."""
+    p = doc.get("pipeline") or {}
+    if p.get("smoke") is None:
+        return []
+    batch = f", batch {p['smoke_batch']}" if p.get("smoke_batch") else ""
+    return [f"**SMOKE RUN** (`run.smoke: {p['smoke']}`{batch}): every run capped at {p['smoke']} optimiser steps and "
+            f"{p['smoke']} images per split, random initialisation. Timings only: no number below is a result.", ""]
 
 
 def pipeline_description(p: dict) -> str:

@@ -33,6 +33,7 @@ from doei.config import apply_overrides
 from doei.engine import distributed as dist_util
 from doei.errors import DoeiError
 from doei.pipeline import fingerprint, marker_path, preflight, read_marker, resolve, run_pipeline, stage_settings
+from doei.pipeline.smoke import smoke_config
 from doei.pipeline_config import STAGES, PipelineConfig, pipeline_config_from_dict
 from doei.study.grid import TABLE4, canonical_doei, parse_param, run_key, select_rows, validate_doei
 from doei.utils.io import atomic_write_json
@@ -110,14 +111,15 @@ class PipelineStudy:
         """What the run's outputs depend on: each stage's settings (doei.pipeline.stage_settings), with the
         run's own folder written as ``<run>`` so that the study folder may be moved."""
         settings = {st: stage_settings(cfg, st) for st in cfg.run.stages}
-        smoke = cfg.to_dict()["run"].get("smoke")
+        smoke = {"smoke": cfg.run.smoke, "smoke_batch": cfg.run.smoke_batch}
         text = json.dumps({"stages": settings, "smoke": smoke}, sort_keys=True, default=str)
         return json.loads(text.replace(json.dumps(str(Path(cfg.run.out_dir)))[1:-1], "<run>"))
 
     def describe(self) -> dict:
-        data = self.pipeline.get("data") or {}
+        data, run = self.pipeline.get("data") or {}, self.pipeline.get("run") or {}
         return {"kind": data.get("kind", "voc"), "root": data.get("root"), "score": self.score,
-                "split": self.scored_split, "stages": self.stages, "stats_images": self.stats_images}
+                "split": self.scored_split, "stages": self.stages, "stats_images": self.stats_images,
+                "smoke": run.get("smoke"), "smoke_batch": run.get("smoke_batch")}
 
 
 def load_pipeline_study(config: Path, out: Path, d: dict, overrides: Sequence[str] = (),
@@ -184,9 +186,9 @@ def check_runs(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
         now = study.spec(cfg)
         if old.get("fingerprint") != fingerprint(now):
             before = (old.get("spec") or {}).get("stages") or {}
-            what = [st for st in now["stages"] if before.get(st) != now["stages"][st]]
+            what = [st for st in cfg.run.stages if before.get(st) != now["stages"].get(st)]
             if (old.get("spec") or {}).get("smoke") != now["smoke"]:
-                what.insert(0, "run.smoke")
+                what.insert(0, "run.smoke/smoke_batch")
             raise DoeiError(f"{path.parent}: made with other settings ({', '.join(what) or 'stages'} differ); use "
                             f"another --out or delete {path.parent} to redo it")
 
@@ -197,7 +199,10 @@ def prepare(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
     initial-weights files; :func:`doei.pipeline.preflight`)."""
     check_runs(study, runs)
     if runs:
-        preflight(study.run_config(*runs[0]), study.stages, lambda m: None)
+        cfg = study.run_config(*runs[0])
+        if cfg.run.smoke is not None:               # as the run will be made: no pretrained files read
+            cfg = smoke_config(cfg)[0]
+        preflight(cfg, study.stages, lambda m: None)
     if dist_util.env_world()[0] == 0:
         study.out.mkdir(parents=True, exist_ok=True)
 
@@ -217,7 +222,7 @@ def run_one(study: PipelineStudy, doei: dict, seed: int, log: Callable[[str], No
         atomic_write_json(rdir / RUN_SPEC, {"key": key, "seed": int(seed), "doei": canonical_doei(doei), "spec": spec,
                                             "fingerprint": fingerprint(spec)})
     t0 = time.time()
-    out = run_pipeline(cfg, log=log)
+    out = run_pipeline(cfg, log=log, config_path=study.config_path)
     if not main:
         return {}
     ev = (out.get("eval") or {}).get("results") or {}
@@ -225,7 +230,9 @@ def run_one(study: PipelineStudy, doei: dict, seed: int, log: Callable[[str], No
         raise DoeiError(f"{cfg.run.out_dir}/eval.json: no {study.score} row (split {study.scored_split!r} has no "
                         "ground-truth masks, or its stage did not run); the study scores that row")
     row = ev[study.score]
-    seconds = {st: (read_marker(marker_path(cfg, st)) or {}).get("seconds") for st in cfg.run.stages}
+    markers = {st: read_marker(marker_path(cfg, st)) or {} for st in cfg.run.stages}
+    seconds = {st: m.get("seconds") for st, m in markers.items()}
+    peak = {st: (m.get("resources") or {}).get("peak_rss_mb") for st, m in markers.items()}
     trained = (out.get("train-cls") or {}).get("final") or {}
     stats = []
     if study.stats_images and doei.get("enabled"):
@@ -244,8 +251,9 @@ def run_one(study: PipelineStudy, doei: dict, seed: int, log: Callable[[str], No
         "cls_mAP": trained.get("val_mAP"), "cls_F1": trained.get("val_F1"), "block_stats": stats,
         "run_dir": f"runs/{key}/run",
         # total_wall_s: the stages' own wall seconds (their markers), so a resumed run reports its whole cost
-        "timing": {"total_wall_s": round(sum(done), 1), "stage_seconds": seconds,
+        "timing": {"total_wall_s": round(sum(done), 1), "stage_seconds": seconds, "stage_peak_rss_mb": peak,
                    "wall_s_this_call": round(time.time() - t0, 1)},
+        "smoke": cfg.run.smoke,
     }
     atomic_write_json(res_path, result)
     return result

@@ -82,17 +82,24 @@ class Study:
         return self.out / LOG_NAME
 
 
-def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bool = False):
+def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bool = False,
+               smoke: int | None = None, smoke_batch: int | None = None):
     """Read a study config into a :class:`Study`: a TrainConfig YAML plus an optional ``study`` section (the
     synthetic benchmark). A pipeline config (``doei run``'s, any dataset) gives a
-    :class:`doei.study.pipeline_study.PipelineStudy` instead: each run is a ``doei run``."""
+    :class:`doei.study.pipeline_study.PipelineStudy` instead: each run is a ``doei run`` (``smoke`` /
+    ``smoke_batch``: its ``run.smoke`` / ``run.smoke_batch``, pipeline configs only)."""
     if not Path(config).is_file():
         raise DoeiError(f"--config {config}: file not found")
     d = load_yaml(config)
     from doei.study.pipeline_study import is_pipeline_config, load_pipeline_study
 
     if is_pipeline_config(d):
-        return load_pipeline_study(Path(config), Path(out), d, overrides, quick=quick)
+        extra = [f"run.smoke={smoke}"] if smoke is not None else []
+        extra += [f"run.smoke_batch={smoke_batch}"] if smoke_batch is not None else []
+        return load_pipeline_study(Path(config), Path(out), d, list(overrides) + extra, quick=quick)
+    if smoke is not None or smoke_batch is not None:
+        raise DoeiError(f"--smoke: {config} is a study of the synthetic benchmark; smoke mode is for a pipeline "
+                        "config (doei run's), e.g. configs/paper/ablate_voc_mctformer_v2.yaml")
     study = {**STUDY_DEFAULTS, **(d.pop("study", None) or {})}
     unknown = set(study) - set(STUDY_DEFAULTS)
     if unknown:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from doei.engine.distributed import env_world
 from doei.study.grid import run_key, sweep_doei
-from doei.study.ablation import pipeline_description
+from doei.study.ablation import pipeline_description, smoke_banner
 from doei.study.plot import sweep_figure
 from doei.study.runner import prepare, run_all, Study
 from doei.study.table import fixed_beta, fmt_blocks, fmt_diff, fmt_ms, summarize
@@ -54,6 +54,8 @@ def run_sweep(study, params: Sequence[tuple[str, list]], seeds: Sequence[int]) -
 def render(docs: dict, wall_s: float) -> str:
     """A table per parameter: value | mIoU | FP | FN | Δ mIoU vs baseline (wins) | DOEI per block."""
     lines = ["# DOEI one-parameter sweeps", ""]
+    first = next(iter(docs.values()), {})
+    lines += smoke_banner(first)
     for name, doc in docs.items():
         b = doc["baseline"]["best_beta"]
         lines += [f"## {name}", "",
