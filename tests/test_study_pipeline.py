@@ -110,10 +110,11 @@ def test_changed_settings_are_refused_before_anything_runs(study, capsys):
     assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1",
                      "--set", "classifier.train.epochs=2"]) == 2
     err = capsys.readouterr().err
-    assert "made with other settings (train-cls differ)" in err and err.count("\n") == 1, err
+    assert "made with other settings (train-cls differ; train-cls: classifier.train.epochs was 1, now 2)" in err
+    assert err.count("\n") == 1, err
     assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1",
                      "--set", "cam.n_layers=1"]) == 2
-    assert "(cam differ)" in capsys.readouterr().err
+    assert "(cam differ; cam: cam.n_layers was 2, now 1)" in capsys.readouterr().err
     assert _stamps(out) == stamps
 
 
@@ -206,7 +207,8 @@ def test_smoke_study_marks_every_run_and_the_tables(tmp_path, capsys):
     capsys.readouterr()
     # the same folder as a real (or other-smoke) study: refused before anything runs
     assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 2
-    assert "run.smoke/smoke_batch, train-cls, cam, eval differ" in capsys.readouterr().err
+    assert "(run.smoke/smoke_batch, train-cls, cam, eval differ; train-cls: smoke.smoke was 1, now '<unset>')" in \
+        capsys.readouterr().err
     # the synthetic benchmark's study has no smoke mode
     assert cli_main(["ablate", "--out", str(tmp_path / "o"), "--quick", "--smoke", "1"]) == 2
     assert "smoke mode is for a pipeline config" in capsys.readouterr().err

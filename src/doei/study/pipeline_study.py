@@ -32,7 +32,8 @@ from typing import Callable, Sequence
 from doei.config import apply_overrides
 from doei.engine import distributed as dist_util
 from doei.errors import DoeiError
-from doei.pipeline import fingerprint, marker_path, preflight, read_marker, resolve, run_pipeline, stage_settings
+from doei.pipeline import (describe_change, fingerprint, marker_path, preflight, read_marker, resolve, run_pipeline,
+                           stage_settings)
 from doei.pipeline.smoke import smoke_config
 from doei.pipeline_config import STAGES, PipelineConfig, pipeline_config_from_dict
 from doei.study.grid import TABLE4, canonical_doei, parse_param, run_key, select_rows, validate_doei
@@ -187,10 +188,12 @@ def check_runs(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
         if old.get("fingerprint") != fingerprint(now):
             before = (old.get("spec") or {}).get("stages") or {}
             what = [st for st in cfg.run.stages if before.get(st) != now["stages"].get(st)]
+            first = (f"{what[0]}: " + describe_change(before.get(what[0]) or {}, {}, now["stages"][what[0]], {})
+                     if what else "")
             if (old.get("spec") or {}).get("smoke") != now["smoke"]:
                 what.insert(0, "run.smoke/smoke_batch")
-            raise DoeiError(f"{path.parent}: made with other settings ({', '.join(what) or 'stages'} differ); use "
-                            f"another --out or delete {path.parent} to redo it")
+            raise DoeiError(f"{path.parent}: made with other settings ({', '.join(what) or 'stages'} differ"
+                            f"{'; ' + first if first else ''}); use another --out or delete {path.parent} to redo it")
 
 
 def prepare(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
@@ -230,9 +233,9 @@ def run_one(study: PipelineStudy, doei: dict, seed: int, log: Callable[[str], No
         raise DoeiError(f"{cfg.run.out_dir}/eval.json: no {study.score} row (split {study.scored_split!r} has no "
                         "ground-truth masks, or its stage did not run); the study scores that row")
     row = ev[study.score]
-    markers = {st: read_marker(marker_path(cfg, st)) or {} for st in cfg.run.stages}
-    seconds = {st: m.get("seconds") for st, m in markers.items()}
-    peak = {st: (m.get("resources") or {}).get("peak_rss_mb") for st, m in markers.items()}
+    markers = {st: read_marker(marker_path(cfg, st)) for st in cfg.run.stages}
+    seconds = {st: None if m is None else m.seconds for st, m in markers.items()}
+    peak = {st: None if m is None else (m.resources or {}).get("peak_rss_mb") for st, m in markers.items()}
     trained = (out.get("train-cls") or {}).get("final") or {}
     stats = []
     if study.stats_images and doei.get("enabled"):
