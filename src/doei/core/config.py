@@ -7,11 +7,19 @@ from typing import Literal, Optional
 
 # The reading fields and their allowed values, today's reading (the default) first.
 READINGS: dict[str, tuple[str, ...]] = {
-    "hfa_target": ("scores", "attention"),
+    "hfa_target": ("scores", "attention", "additive"),
     "score_source": ("softmax", "logits"),
     "heads": ("mean", "each"),
     "suppress_target": ("class", "patch"),
     "rgb": ("normalised", "raw"),
+}
+
+# Controls (issue #24): DOEI with one ingredient replaced by a non-attention one, to tell "DOEI's selection
+# helps" from "any shrinkage helps". Today's DOEI first. ``last_block`` (bool) and ``control_seed`` (int)
+# complete them.
+CONTROLS: dict[str, tuple[str, ...]] = {
+    "select": ("attention", "random"),
+    "weights": ("scores", "uniform"),
 }
 
 
@@ -42,16 +50,21 @@ class DOEIConfig:
     alpha: float = 0.35
     suppress: Literal["rest", "bottom"] = "rest"
     # Readings of the paper's text (docs/doei-method.md, "Named variants"); the first value is today's.
-    hfa_target: Literal["scores", "attention"] = "scores"    # Eq. 17 on DOEI's patch scores / the block's attention
+    hfa_target: Literal["scores", "attention", "additive"] = "scores"  # Eq. 17 on DOEI's scores / spread / as written
     score_source: Literal["softmax", "logits"] = "softmax"   # A_i after softmax / Eq. 1's QKᵀ/√d_k
     heads: Literal["mean", "each"] = "mean"                  # select on the head mean / in each head
     suppress_target: Literal["class", "patch"] = "class"     # Eq. 11's SF term multiplies X_c / the patch token
     rgb: Literal["normalised", "raw"] = "normalised"         # d_rgb from the network input / raw 0-255 RGB
+    # Controls (issue #24, docs/doei-method.md "Controls"); the defaults are DOEI itself.
+    select: Literal["attention", "random"] = "attention"     # top-k by the scores / k_i drawn at random per image
+    weights: Literal["scores", "uniform"] = "scores"         # update weighted by each score / by the row's mean score
+    last_block: bool = True                                  # act after block L too / only on blocks 1..L-1
+    control_seed: int = 0                                    # seed of select="random"
 
     def __post_init__(self) -> None:
         if self.suppress not in ("rest", "bottom"):
             raise ValueError(f"suppress must be 'rest' or 'bottom', got {self.suppress!r}")
-        for name, allowed in READINGS.items():
+        for name, allowed in {**READINGS, **CONTROLS}.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -59,6 +72,10 @@ class DOEIConfig:
         for name in ("st_p2c", "st_c2c"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not isinstance(self.last_block, bool):
+            raise ValueError(f"last_block must be true or false, got {self.last_block!r}")
+        if isinstance(self.control_seed, bool) or not isinstance(self.control_seed, int) or self.control_seed < 0:
+            raise ValueError(f"control_seed must be an integer >= 0, got {self.control_seed!r}")
         if self.layers is not None:
             if any((not isinstance(i, int)) or i < 1 for i in self.layers):
                 raise ValueError(f"layers must be 1-based block indices, got {self.layers}")
@@ -72,6 +89,8 @@ class DOEIConfig:
     def applies_to(self, block: int, depth: int) -> bool:
         """Whether DOEI acts after 1-based ``block`` of a ``depth``-block network."""
         if not self.enabled or not (self.ppdo or self.cpdo):
+            return False
+        if not self.last_block and block == depth:
             return False
         return block in self.layers if self.layers is not None else 1 <= block <= depth
 
@@ -103,6 +122,8 @@ class DOEIConfig:
         """Raise if ``layers`` names a block the network does not have."""
         if self.layers is not None and any(i > depth for i in self.layers):
             raise ValueError(f"layers {self.layers} name blocks beyond the network's depth {depth}")
+        if self.enabled and not self.last_block and (depth == 1 or self.layers == [depth]):
+            raise ValueError(f"last_block false leaves DOEI no block to act on (layers {self.layers}, depth {depth})")
 
     @property
     def uses_hfa(self) -> bool:
@@ -110,20 +131,33 @@ class DOEIConfig:
         the DOEI blocks, which also acts with CPDO alone."""
         if not (self.enabled and self.hfa and self.alpha > 0):
             return False
-        return self.ppdo or (self.hfa_target == "attention" and self.cpdo)
+        return self.ppdo or (self.hfa_target != "scores" and self.cpdo)
 
     @property
     def hfa_on_attention(self) -> bool:
-        """HFA re-weights the attention the DOEI blocks use (Eq. 17 on W_attn) instead of DOEI's scores."""
-        return self.uses_hfa and self.hfa_target == "attention"
+        """HFA changes the attention the DOEI blocks use (Eq. 17 on W_attn: ``hfa_target`` "attention" or
+        "additive") instead of DOEI's scores."""
+        return self.uses_hfa and self.hfa_target != "scores"
 
-    def refuse_readings(self, who: str, supported: tuple[str, ...] = ("suppress_target",)) -> None:
+    @property
+    def needs_full_attention(self) -> bool:
+        """Whether a DOEI block needs its own eager T×T attention (per head or logits) rather than the class
+        rows/columns of the head-mean probabilities: HFA on the attention (both readings change the matrix the
+        block multiplies with V), pre-softmax scores, per-head selection. The controls (``select``,
+        ``weights``, ``last_block``) read what today's DOEI reads."""
+        return self.enabled and (self.hfa_on_attention or self.score_source != "softmax" or self.heads != "mean")
+
+    def refuse_readings(self, who: str, supported: tuple[str, ...] = ("suppress_target", "weights", "last_block")) -> None:
         """Raise a one-line ValueError if a reading ``who`` does not implement is set away from its default."""
         bad = {k: v for k, v in self.nondefault_readings().items() if k not in supported}
         if self.enabled and bad:
             raise ValueError(f"{who} does not implement the DOEI reading(s) {bad} (only doei.models.vit does); "
                              f"leave {', '.join(bad)} at the default")
 
-    def nondefault_readings(self) -> dict[str, str]:
-        """The reading fields set away from today's reading (empty for the default)."""
-        return {k: getattr(self, k) for k, v in READINGS.items() if getattr(self, k) != v[0]}
+    def nondefault_readings(self) -> dict[str, object]:
+        """The reading and control fields set away from today's DOEI (empty for the default)."""
+        out: dict[str, object] = {k: getattr(self, k) for k, v in {**READINGS, **CONTROLS}.items()
+                                  if getattr(self, k) != v[0]}
+        if not self.last_block:
+            out["last_block"] = False
+        return out

@@ -20,16 +20,26 @@ def class_scores(attn: Tensor, num_cls: int) -> Tensor:
 
 
 def cpdo_delta(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, step: float, amplify: float,
-               suppress: float, mode: str, x_cls: Tensor | None = None) -> tuple[Tensor, int]:
+               suppress: float, mode: str, x_cls: Tensor | None = None, ranks: Tensor | None = None,
+               uniform: bool = False) -> tuple[Tensor, int]:
     """Update of the class tokens, [B, C, D] float32, and k_i. x [B, T, D], attn [B, T, T] (or per head
     [B, H, T, T]: selection in each head, the weighted scores averaged over heads);
-    ``x_cls``: :func:`doei.core.ppdo.class_tokens_f32` of x if the caller has it already."""
+    ``x_cls``: :func:`doei.core.ppdo.class_tokens_f32` of x if the caller has it already. Controls (issue
+    #24): ``ranks`` [B, C, C] (diagonal ranked last) replaces the ranking by the scores; ``uniform`` weights
+    every candidate by its row's mean off-diagonal score."""
     n = num_cls - 1
     k = num_selected(block, depth, step, n)
     scores = class_scores(attn, num_cls)
+    eye = torch.eye(num_cls, dtype=torch.bool, device=scores.device)
     with torch.no_grad():
-        eye = torch.eye(num_cls, dtype=torch.bool, device=scores.device)
-        ranks = rank_desc(scores.masked_fill(eye, float("-inf")))  # the diagonal ranks last (= n)
+        if ranks is None:
+            ranks = rank_desc(scores.masked_fill(eye, float("-inf")))  # the diagonal ranks last (= n)
+        elif scores.dim() == 4:
+            ranks = ranks.unsqueeze(1)
+    if uniform:
+        mean = scores.masked_fill(eye, 0.0).sum(dim=-1, keepdim=True) / n
+        scores = mean.expand_as(scores)
+    with torch.no_grad():
         factor = selection_weights(ranks, n, k, amplify, suppress, mode)
     if x_cls is None:
         x_cls = class_tokens_f32(x, num_cls)   # not a view of x: see class_tokens_f32

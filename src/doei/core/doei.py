@@ -12,16 +12,18 @@ from torch import Tensor
 from doei.core.config import DOEIConfig
 from doei.core.cpdo import cpdo_delta
 from doei.core.ppdo import class_tokens_f32, ppdo_delta
+from doei.core.selection import random_ranks
 
 
 def doei_update(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, cfg: DOEIConfig,
-                g_hat: Tensor | None = None, stats: dict | None = None) -> Tensor:
+                g_hat: Tensor | None = None, stats: dict | None = None, keys: Tensor | None = None) -> Tensor:
     """Apply DOEI after 1-based ``block`` of ``depth``.
 
     x [B, T, D] tokens (C class tokens first), attn [B, T, T] head-mean softmax attention of the
     block (other readings: its logits, or per head [B, H, T, T]: what the block hands over), g_hat [B, P, P] HFA affinity or None. If ``stats`` is a dict, it receives ``k_p2c``,
     ``k_c2c`` and the ratios ``delta_ratio_patch`` / ``delta_ratio_cls`` = ‖Δ‖/‖X‖ (batch means).
-    Returns x itself (the same object) when DOEI does not act here.
+    Returns x itself (the same object) when DOEI does not act here. ``keys`` [B] int64: the images' keys
+    (:func:`doei.core.selection.image_keys`), needed by the control ``select="random"`` only.
     """
     if not cfg.applies_to(block, depth):
         return x
@@ -29,19 +31,28 @@ def doei_update(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, c
     do_c = cfg.cpdo and num_cls > 1 and (cfg.af_c2c != 0 or cfg.sf_c2c != 0)
     if not (do_p or do_c):
         return x
+    rand = cfg.select == "random"
+    if rand and (keys is None or keys.shape != (x.shape[0],)):
+        raise ValueError(f"select='random' needs keys [B] = [{x.shape[0]}] (doei.core.selection.image_keys), "
+                         f"got {None if keys is None else tuple(keys.shape)}")
+    uniform = cfg.weights == "uniform"
     with torch.autocast(device_type=x.device.type, enabled=False):
         x_cls, x_patch = x[:, :num_cls], x[:, num_cls:]
         x_cls32 = class_tokens_f32(x, num_cls)   # saved for backward: a copy, never a view of x [B, T, D]
         if do_p:
             alpha = cfg.alpha if cfg.hfa and cfg.hfa_target == "scores" else 0.0
             d_p, k_p = ppdo_delta(x, attn, num_cls, block, depth, cfg.st_p2c, cfg.af_p2c, cfg.sf_p2c,
-                                  cfg.suppress, g_hat, alpha, x_cls=x_cls32, suppress_target=cfg.suppress_target)
+                                  cfg.suppress, g_hat, alpha, x_cls=x_cls32, suppress_target=cfg.suppress_target,
+                                  ranks=random_ranks(keys, cfg.control_seed, block, num_cls, x.shape[1] - num_cls)
+                                  if rand else None, uniform=uniform)
             new_patch = (x_patch.float() + d_p).to(x.dtype)
         else:
             new_patch, d_p, k_p = x_patch, None, None
         if do_c:
             d_c, k_c = cpdo_delta(x, attn, num_cls, block, depth, cfg.st_c2c, cfg.af_c2c, cfg.sf_c2c,
-                                  cfg.suppress, x_cls=x_cls32)
+                                  cfg.suppress, x_cls=x_cls32, uniform=uniform,
+                                  ranks=random_ranks(keys, cfg.control_seed, -block, num_cls, num_cls, True)
+                                  if rand else None)
             new_cls = (x_cls.float() + d_c).to(x.dtype)
         else:
             new_cls, d_c, k_c = x_cls, None, None

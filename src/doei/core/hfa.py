@@ -60,6 +60,31 @@ def attention_hfa(attn: Tensor, g_hat: Tensor, alpha: float, num_cls: int) -> Te
     return torch.cat([attn[..., :num_cls], mixed], dim=-1)
 
 
+def attention_additive(attn: Tensor, g_hat: Tensor, alpha: float, num_cls: int) -> Tensor:
+    """Reading ``hfa_target="additive"``: Eq. 17 as written, ``A = (1 - α)·W_attn + α·d_rgb·d_emb``, on the
+    attention the block uses. attn [B, H, T, T] probabilities, g_hat [B, P, P] = Ĝ (the row-normalised
+    ``d_rgb ⊙ d_emb`` of :func:`hfa_affinity`). Every PATCH query row becomes ``(1 - α)·A[p, :]`` plus
+    ``α·Ĝ[p, :]`` on its patch-key columns (so it stays a distribution: (1 - α) + α); the class query rows
+    are unchanged (d_rgb is defined between patches only). Unlike :func:`attention_hfa`, the blend adds the
+    appearance affinity itself instead of spreading the attention over similar patches."""
+    if alpha == 0:
+        return attn
+    rows = attn[..., num_cls:, :]
+    mixed = (1.0 - alpha) * rows
+    mixed = torch.cat([mixed[..., :num_cls], mixed[..., num_cls:] + alpha * g_hat.unsqueeze(1).to(attn.dtype)], dim=-1)
+    return torch.cat([attn[..., :num_cls, :], mixed], dim=-2)
+
+
+def block_attention_hfa(attn: Tensor, g_hat: Tensor, alpha: float, num_cls: int, target: str) -> Tensor:
+    """The attention a DOEI block uses under ``hfa_target`` "attention" (:func:`attention_hfa`) or
+    "additive" (:func:`attention_additive`)."""
+    if target == "attention":
+        return attention_hfa(attn, g_hat, alpha, num_cls)
+    if target == "additive":
+        return attention_additive(attn, g_hat, alpha, num_cls)
+    raise ValueError(f"hfa target must be 'attention' or 'additive' on the attention, got {target!r}")
+
+
 # ImageNet mean/std of the input normalisation (doei.data.transforms; core does not import data).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -37,26 +37,35 @@ def class_tokens_f32(x: Tensor, num_cls: int) -> Tensor:
 
 def ppdo_delta(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, step: float, amplify: float,
                suppress: float, mode: str, g_hat: Tensor | None, alpha: float,
-               x_cls: Tensor | None = None, suppress_target: str = "class") -> tuple[Tensor, int]:
+               x_cls: Tensor | None = None, suppress_target: str = "class", ranks: Tensor | None = None,
+               uniform: bool = False) -> tuple[Tensor, int]:
     """Update of the patch tokens, [B, P, D] float32, and k_i. x [B, T, D], attn [B, T, T] (or per head
     [B, H, T, T]: selection in each head, the weighted scores then averaged over heads);
     ``x_cls``: :func:`class_tokens_f32` of x if the caller has it already (shared with CPDO).
     ``suppress_target="patch"``: the SF term multiplies each patch token by its summed non-confident
-    scores (``SF · Σ_c W_ns[c, j] · X_p[j]``) instead of pushing it along the class tokens."""
+    scores (``SF · Σ_c W_ns[c, j] · X_p[j]``) instead of pushing it along the class tokens.
+    Controls (issue #24): ``ranks`` [B, C, P] replaces the ranking by the scores (``select="random"``);
+    ``uniform`` weights every candidate by its row's mean score instead of its own (``weights="uniform"``)."""
     num_patches = x.shape[1] - num_cls
     k = num_selected(block, depth, step, num_patches)
     scores = hybrid_scores(patch_scores(attn, num_cls), g_hat, alpha)
     if x_cls is None:
         x_cls = class_tokens_f32(x, num_cls)
+    if ranks is None:
+        with torch.no_grad():
+            ranks = rank_desc(scores)
+    elif scores.dim() == 4:
+        ranks = ranks.unsqueeze(1)      # one draw for every head
+    if uniform:
+        scores = scores.mean(dim=-1, keepdim=True).expand_as(scores)
     if suppress_target == "class":
         with torch.no_grad():
-            factor = selection_weights(rank_desc(scores), num_patches, k, amplify, suppress, mode)
+            factor = selection_weights(ranks, num_patches, k, amplify, suppress, mode)
         weights = head_mean(scores * factor)                     # [B, C, P]
         return weights.transpose(1, 2) @ x_cls, k               # [B, P, D]
     if suppress_target != "patch":
         raise ValueError(f"unknown suppress_target {suppress_target!r}")
     with torch.no_grad():
-        ranks = rank_desc(scores)
         f_amp = selection_weights(ranks, num_patches, k, amplify, 0.0, mode)
         f_sup = selection_weights(ranks, num_patches, k, 0.0, suppress, mode)
     w_amp = head_mean(scores * f_amp)                            # [B, C, P]

@@ -44,3 +44,41 @@ def selection_weights(ranks: Tensor, n: int, k: int, amplify: float, suppress: f
         raise ValueError(f"unknown suppress mode {mode!r}")
     non_confident = (ranks >= low) & (ranks < n)
     return confident.float() * amplify + non_confident.float() * suppress
+
+
+# Control ``select="random"`` (issue #24): the same k_i, candidates ranked by a pseudo-random number that
+# depends only on (seed, image, block, row, candidate), computed in exact int64 arithmetic on any device, so
+# an image's draw does not depend on the batch or the hardware (a torch.Generator would tie it to batch order).
+_M = 2147483647   # 2^31 - 1: every product below stays under 2^62
+
+
+def _mix(x: Tensor) -> Tensor:
+    """A hash of int64 values in [0, 2^31 - 1) to the same range (Park-Miller steps with xor-shifts)."""
+    for mult in (48271, 69621, 16807):
+        x = (x % _M) * mult % _M
+        x = x ^ (x >> 13)
+    return x % _M
+
+
+def image_keys(image: Tensor) -> Tensor:
+    """One int64 key per image of ``image`` [B, ...]: a hash of its values quantised to 1/256, so the same
+    image gives the same key in any batch, on any device. Returns [B] int64 in [0, 2^31 - 1)."""
+    if not isinstance(image, Tensor) or image.dim() < 2:
+        raise TypeError(f"image must be a tensor [B, ...], got {type(image).__name__}")
+    q = torch.round(image.detach().float().flatten(1) * 256).to(torch.int64).clamp(-(2 ** 11), 2 ** 11) + 2 ** 11
+    n = q.shape[1]
+    w = _mix(torch.arange(1, n + 1, dtype=torch.int64, device=image.device)) % (2 ** 20) + 1   # < 2^21
+    # q·w < 2^33, a sum over up to 2^30 values < 2^63: exact, whatever the summation order
+    return _mix(((q * w).sum(dim=1) % _M) + n)
+
+
+def random_ranks(keys: Tensor, seed: int, block: int, rows: int, n: int, exclude_diagonal: bool = False) -> Tensor:
+    """Ranks [B, rows, n] (0 = "most confident") of a per-image random order of the n candidates of each row,
+    for block ``block`` under ``seed``. ``exclude_diagonal`` (CPDO, n = rows): entry (c, c) ranks last."""
+    salt = _mix(torch.tensor((seed * 1000003 + block * 7919) % _M, dtype=torch.int64, device=keys.device))
+    base = _mix(keys.to(torch.int64) % _M + salt)                                    # [B]
+    idx = torch.arange(rows * n, dtype=torch.int64, device=keys.device).view(rows, n)
+    u = _mix((base.view(-1, 1, 1) + idx * 2654435 + 1) % _M).to(torch.float64)      # [B, rows, n]
+    if exclude_diagonal:
+        u = u.masked_fill(torch.eye(rows, n, dtype=torch.bool, device=keys.device), float("-inf"))
+    return rank_desc(u)

@@ -28,12 +28,15 @@ import torch
 import torch.nn as nn
 
 from doei.core import DOEIConfig
+from doei.core.config import CONTROLS, READINGS
 from doei.engine.checkpoint import FORMAT, check_checkpoint
 from doei.errors import DoeiError, DoeiWarning
 from doei.models.weights import load_model_weights, load_weights_only
 from doei.train_config import TrainConfig, train_config_from_dict
 
 DOEI_FIELDS = tuple(f.name for f in dataclasses.fields(DOEIConfig))
+# fields added after complete records began whose defaults are the behaviour before them (readings, controls)
+NEUTRAL_FIELDS = {*READINGS, *CONTROLS, "last_block", "control_seed"}
 DEFAULT_MODEL = "mctformer_v2_deit_small"
 
 
@@ -128,7 +131,7 @@ def load_classifier(path: str | Path, *, name: str | None = None, num_classes: i
 def _from_training_checkpoint(path: Path, ckpt: dict, name, num_classes, img_size, options, doei, override_doei,
                               where: str) -> tuple[nn.Module, ClassifierSpec]:
     stored_doei = ckpt["config"].get("doei") or {}
-    if stored_doei.get("enabled") and set(stored_doei) != set(DOEI_FIELDS):
+    if stored_doei.get("enabled") and set(DOEI_FIELDS) - set(stored_doei) - NEUTRAL_FIELDS:
         warnings.warn(f"{path}: the stored DOEI settings {sorted(stored_doei)} predate complete records; the unset "
                       "knobs take today's DOEIConfig defaults (sf_c2c was -0.5 before it became 0)", DoeiWarning,
                       stacklevel=3)

@@ -18,7 +18,8 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor
 
 from doei.core import DOEIConfig, doei_update, hfa_affinity
-from doei.core.hfa import attention_hfa, raw_rgb
+from doei.core.hfa import block_attention_hfa, raw_rgb
+from doei.core.selection import image_keys
 
 
 class Attention(nn.Module):
@@ -38,8 +39,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, doei_view: tuple | None = None) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """``doei_view`` (a DOEI block under a non-default reading): ``(g_hat, alpha, num_cls, source,
-        heads)``; with ``g_hat`` set the probabilities the block uses are re-weighted by HFA
-        (:func:`doei.core.hfa.attention_hfa`), and a third output is what DOEI scores: the softmax
+        heads[, target])``; with ``g_hat`` set the probabilities the block uses are changed by HFA
+        (:func:`doei.core.hfa.block_attention_hfa`, ``target`` "attention" (default) or "additive"), and a third output is what DOEI scores: the softmax
         probabilities or (``source="logits"``) QKᵀ/√d_k, head-mean [B, T, T] or (``heads="each"``)
         per head [B, H, T, T]."""
         b, t, d = x.shape
@@ -49,11 +50,11 @@ class Attention(nn.Module):
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
             out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, t, d)
             return self.proj_drop(self.proj(out)), attn.mean(dim=1)
-        g_hat, alpha, num_cls, source, heads = doei_view
+        g_hat, alpha, num_cls, source, heads, *target = doei_view
         logits = (q @ k.transpose(-2, -1)) * self.scale
         attn = logits.softmax(dim=-1)
         if g_hat is not None:
-            attn = attention_hfa(attn, g_hat, alpha, num_cls)
+            attn = block_attention_hfa(attn, g_hat, alpha, num_cls, target[0] if target else "attention")
         out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, t, d)
         mean = attn.mean(dim=1)
         src = logits if source == "logits" else attn
@@ -208,12 +209,13 @@ class VisionTransformer(nn.Module):
         if cfg.uses_hfa:
             g_hat = hfa_affinity(raw_rgb(x) if cfg.rgb == "raw" else x, embed, grid, self.patch_embed.patch_size)
         # readings other than today's need the block's own attention tensors (docs/doei-method.md, variants)
-        special = cfg.enabled and (cfg.hfa_on_attention or cfg.score_source != "softmax" or cfg.heads != "mean")
+        special = cfg.needs_full_attention
+        keys = image_keys(x) if cfg.enabled and cfg.select == "random" else None   # control: random selection
         attns: list[Tensor] = []
         for i, blk in enumerate(self.blocks, start=1):
             if special and cfg.applies_to(i, self.depth):
                 view = (g_hat if cfg.hfa_on_attention else None, cfg.alpha, self.num_cls_tokens,
-                        cfg.score_source, cfg.heads)
+                        cfg.score_source, cfg.heads, cfg.hfa_target)
                 tokens, attn, scores = blk(tokens, view)
             else:
                 tokens, attn = blk(tokens)
@@ -221,7 +223,7 @@ class VisionTransformer(nn.Module):
             if keep_attn:
                 attns.append(attn)
             stats = {} if self.doei_stats is not None else None
-            tokens = doei_update(tokens, scores, self.num_cls_tokens, i, self.depth, cfg, g_hat, stats)
+            tokens = doei_update(tokens, scores, self.num_cls_tokens, i, self.depth, cfg, g_hat, stats, keys=keys)
             if stats:
                 self.doei_stats.append({"block": i, **stats})
         return Features(tokens, attns, grid)

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Sequence
 
-from doei.core.config import READINGS, DOEIConfig
+from doei.core.config import CONTROLS, READINGS, DOEIConfig
 from doei.errors import DoeiError
 
 
@@ -108,7 +108,7 @@ def effective_doei(d: dict) -> dict:
     out = {f.name: getattr(cfg, f.name) for f in fields(DOEIConfig)}
     if not cfg.ppdo:
         out.update(st_p2c=None, af_p2c=None, sf_p2c=None, suppress_target=None)
-        if cfg.hfa_target != "attention":
+        if cfg.hfa_target == "scores":
             out.update(hfa=False)
     if not cfg.cpdo:
         out.update(st_c2c=None, af_c2c=None, sf_c2c=None)
@@ -117,9 +117,13 @@ def effective_doei(d: dict) -> dict:
     if cfg.sf_p2c == 0:
         out.update(suppress_target=None)
     # a reading at today's value (or irrelevant) is left out, so run keys from before the readings stay valid
-    for name, allowed in READINGS.items():
+    for name, allowed in {**READINGS, **CONTROLS}.items():
         if out[name] is None or out[name] == allowed[0]:
             del out[name]
+    if out["last_block"]:
+        del out["last_block"]
+    if cfg.select != "random":
+        del out["control_seed"]
     return out
 
 
