@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import typing
@@ -147,6 +148,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _bad(where, "a number", value)
+        if not math.isfinite(value):
+            raise _bad(where, "a finite number", value)
         return float(value)
     if tp is str:
         if not isinstance(value, str):

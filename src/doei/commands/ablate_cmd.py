@@ -61,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(find_config(args.config, "ablate.yaml"), check_out_dir(args.out), args.overrides,
                        quick=args.quick, smoke=args.smoke, smoke_batch=args.smoke_batch)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    rows = None
+    if args.rows:
+        rows = select_rows([r.strip() for r in args.rows.split(",") if r.strip()], where=f"--rows {args.rows}")
     with folder_lock(args.out, "study folder"):
-        rows = None
-        if args.rows:
-            rows = select_rows([r.strip() for r in args.rows.split(",") if r.strip()], where=f"--rows {args.rows}")
         doc = run_ablation(study, seeds, rows=rows, report_only=args.report_only)
     if not doc:                                   # another rank under torchrun: rank 0 prints
         return 0

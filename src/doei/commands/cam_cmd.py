@@ -21,6 +21,7 @@ run continues where it stopped; a rerun with different pipeline settings into th
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ def _floats(spec: str, flag: str) -> list[float]:
         raise DoeiError(f"{flag} {spec!r}: expected comma-separated numbers, e.g. 1.0,0.5,1.5") from None
     if not vals:
         raise DoeiError(f"{flag} {spec!r}: expected at least one number")
+    bad = next((v for v in vals if not math.isfinite(v)), None)
+    if bad is not None:
+        raise DoeiError(f"{flag} {spec!r}: {bad} is not a finite number")
     return vals
 
 

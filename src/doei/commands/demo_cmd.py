@@ -97,6 +97,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     mode = MODES["quick" if args.quick else "default"]
     n_train, n_val, pipeline_train = _sizes(args, mode)
+    if not args.pipeline and (args.pipeline_px is not None or args.pipeline_train is not None):
+        flag = "--pipeline-px" if args.pipeline_px is not None else "--pipeline-train"
+        raise DoeiError(f"{flag} acts on the pipeline, which --no-pipeline skips; drop one of them")
     pipeline_px = default_pipeline_px(args.quick) if args.pipeline_px is None else args.pipeline_px
     if not 32 <= pipeline_px <= 512:
         raise DoeiError(f"--pipeline-px {pipeline_px}: expected 32..512")

@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from doei.errors import DoeiError
-from doei.study.grid import parse_param
+from doei.study.grid import parse_param, sweep_doei
 from doei.study.runner import load_study
 from doei.study.sweep import run_sweep
 from doei.utils.outdir import check_out_dir, folder_lock
@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if not params:
         raise DoeiError("--param: give at least one NAME=V1,V2,... (e.g. af_p2c=0.1,0.3,1); a pipeline config "
                         "may list them in study.sweep")
+    for name, values in params:           # every sweep point's DOEI settings, before anything is written
+        for v in values:
+            sweep_doei(study.base_doei, name, v)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     with folder_lock(args.out, "study folder"):
         docs = run_sweep(study, params, seeds)

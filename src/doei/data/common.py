@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from doei.errors import DoeiError
-from doei.utils.io import atomic_write_json
+from doei.utils.io import atomic_write_json, read_text
 
 IGNORE_INDEX = 255
 # Extensions looked for, in this order, when an id names an image without an extension.
@@ -70,10 +71,7 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DoeiError(f"{path}: id list not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DoeiError(f"{path}: cannot read id list ({e.__class__.__name__}: {e})") from None
+    text = read_text(path, what="id list")
     ids: list[str] = []
     for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -100,16 +98,38 @@ def find_image_file(folder: Path, image_id: str, extensions: Sequence[str] = IMA
 
 
 # -------------------------------------------------------------------------------------- images
+# the largest image any reader decodes: Pillow's decompression-bomb guard (89.5 megapixels), or the
+# environment's DOEI_MAX_IMAGE_PIXELS; a larger one is one line naming it (Pillow's warning silenced into it)
+MAX_IMAGE_PIXELS = int(os.environ.get("DOEI_MAX_IMAGE_PIXELS", "0") or 0) or 89_478_485
+
+
+def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
+    """``Image.open`` (header only) with the size limit: an image that declares more than
+    :data:`MAX_IMAGE_PIXELS` is a one-line DoeiError (no Pillow warning on stderr); the caller decodes."""
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None    # our limit, checked below
+        try:
+            img = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        img.close()
+        raise DoeiError(f"{path}: {what} declares {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of "
+                        f"{MAX_IMAGE_PIXELS / 1e6:.1f} (set DOEI_MAX_IMAGE_PIXELS to allow larger images)")
+    return img
+
+
 def _open(path: Path, what: str) -> Image.Image:
     if not path.is_file():
         raise DoeiError(f"{path}: {what} file not found")
     try:
-        img = Image.open(path)
+        img = open_image(path, what)
         img.load()  # decode now: truncated/corrupt files fail here, not later in a worker
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DoeiError(f"{path}: unreadable {what} ({e.__class__.__name__}: {e})") from None
-    except Image.DecompressionBombError as e:
-        raise DoeiError(f"{path}: {what} is too large ({e})") from None
     return img
 
 
@@ -163,7 +183,7 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     if not path.is_file():
         raise DoeiError(f"{path}: image file not found")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             w, h = img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DoeiError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from None
@@ -270,9 +290,10 @@ def read_labels_json(path: str | os.PathLike, num_classes: int,
     path = Path(path)
     if not path.is_file():
         raise DoeiError(f"{path}: labels file not found")
+    text = read_text(path, what="labels file")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
         raise DoeiError(f"{path}: not a readable JSON file ({e.__class__.__name__}: {e})") from None
     if isinstance(obj, dict) and "labels" in obj and isinstance(obj.get("labels"), dict):
         names = obj.get("classes")
@@ -343,7 +364,7 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DoeiError(f"{path}: class names file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, what="class names file")
     if path.suffix.lower() == ".json":
         try:
             names = json.loads(text)

@@ -21,6 +21,7 @@ extension is dropped) and a ``labels`` column holding class names or 0-based ind
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +30,7 @@ from doei.data.common import (check_id, check_label, check_unique, find_image_fi
 from doei.data.build import register_dataset
 from doei.data.dataset import ClassificationDataset, ImageRecord, Transform
 from doei.errors import DoeiError
+from doei.utils.io import read_text
 
 _ID_COLUMNS = ("id", "image", "filename", "file_name", "image_id")
 
@@ -56,8 +58,7 @@ def read_labels_csv(path: str | Path, class_names: Sequence[str]) -> dict[str, t
     if not path.is_file():
         raise DoeiError(f"{path}: labels file not found")
     index = {n: i for i, n in enumerate(class_names)}
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(io.StringIO(read_text(path, what="labels CSV"))))   # BOM, CRLF, not UTF-8: one rule
     if not rows:
         raise DoeiError(f"{path}: empty labels CSV (expected a header 'id,labels')")
     header = [h.strip().lower() for h in rows[0]]

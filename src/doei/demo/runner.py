@@ -29,6 +29,7 @@ from doei.engine.train_cls import train
 from doei.errors import DoeiError
 from doei.pipeline_config import STAGES, pipeline_config_from_dict
 from doei.train_config import train_config_from_dict
+from doei.utils.device import resolve_device
 from doei.utils.io import atomic_write_json, atomic_write_text
 from doei.utils.jobs import job_threads, run_jobs
 
@@ -179,15 +180,48 @@ def pipeline_yaml(o: DemoOptions) -> Path:
     return o.config.parent / f"demo_pipeline{'_quick' if o.quick else ''}{px}.yaml"
 
 
+# keys the demo sets itself: a --set / --pipeline-set of one would be silently replaced, so it is refused
+DEMO_SETS = ("data.kind", "data.root", "train.out_dir", "train.seed", "doei.enabled")
+DEMO_PIPELINE_SETS = ("run.out_dir", "run.cls_checkpoint", "run.stages", "data.kind", "data.root", "data.train_split",
+                      "data.val_split", "cam.n_layers", "cam.patch_refine")
+
+
+def _refuse_overridden(overrides: list[str], owned: tuple[str, ...], flag: str, instead: str) -> None:
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        hit = next((k for k in owned if key == k or k.startswith(key + ".")), None)
+        if hit is not None:
+            raise DoeiError(f"{flag} {item}: the demo sets {hit} itself, so this value would be replaced "
+                            f"({instead})")
+
+
 def check_pipeline_config(o: DemoOptions) -> None:
-    """Parse the pipeline config and ``--pipeline-set`` before any work (a missing file, a bad key or value is
-    one line naming it, and nothing is written)."""
+    """Parse the training and pipeline configs and their overrides before any work (a missing file, a bad key
+    or value, a key the demo sets itself is one line naming it, and nothing is written); flags of the
+    pipeline given with ``--no-pipeline`` are refused."""
+    _refuse_overridden(list(o.overrides), DEMO_SETS, "--set", "use --out, --seed/--train-seed")
+    _refuse_overridden(list(o.pipeline_overrides), DEMO_PIPELINE_SETS, "--pipeline-set",
+                       "use --out, --pipeline-train, --cam-layers, --patch-refine")
+    if not Path(o.config).is_file():
+        raise DoeiError(f"--config {o.config}: file not found")
+    d = apply_overrides(load_yaml(o.config), list(o.overrides))
+    d.setdefault("data", {}).update({"kind": "synth", "root": str(Path(o.out) / "synth")})
+    d.setdefault("train", {})["out_dir"] = str(Path(o.out) / "runs" / "baseline")
+    resolve_device(train_config_from_dict(d, where=str(o.config)).train.device, "train.device")
     if not o.pipeline:
+        given = [f for f, v in (("--ceilings", o.ceilings), ("--pipeline-config", o.pipeline_config),
+                                ("--pipeline-set", o.pipeline_overrides)) if v]
+        if given:
+            raise DoeiError(f"{given[0]} acts on the pipeline, which --no-pipeline skips; drop one of them")
         return
     path = pipeline_yaml(o)
     if not path.is_file():
         raise DoeiError(f"{path}: pipeline config not found (pass --pipeline-config FILE or --no-pipeline)")
-    pipeline_config_from_dict(apply_overrides(load_yaml(path), list(o.pipeline_overrides)), where=str(path))
+    cfg = pipeline_config_from_dict(apply_overrides(load_yaml(path), list(o.pipeline_overrides)), where=str(path))
+    for key, dev in (("run.device", cfg.run.device), ("refine.train.device", cfg.refine.train.device),
+                     ("refine.infer.device", cfg.refine.infer.device), ("seg.train.device", cfg.seg.train.device),
+                     ("seg.infer.device", cfg.seg.infer.device)):
+        resolve_device(dev, f"{path}: {key}")
 
 
 def default_pipeline_px(quick: bool) -> int:

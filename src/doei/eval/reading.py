@@ -63,11 +63,11 @@ def read_label_png(path: str | os.PathLike, num_classes: int, what: str = "groun
     Unreadable/truncated files, non-PNG content, multi-channel images and labels outside
     0..num_classes-1 (other than 255) raise DoeiError naming the file.
     """
-    from PIL import Image
+    from doei.data.common import open_image
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with open_image(path, what) as im:
             fmt, mode = im.format, im.mode
             if fmt != "PNG":
                 raise DoeiError(f"{path}: {what} is not a PNG (found {fmt or 'unknown format'})")

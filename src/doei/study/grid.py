@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Sequence
 
@@ -164,6 +165,8 @@ def parse_param(spec: str) -> tuple[str, list]:
     try:
         if name in FLOAT_PARAMS:
             values: list = [float(v) for v in items]
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError
         elif name == "layers":
             values = [int(v) for v in items]
             if any(v < 1 for v in values):
@@ -173,7 +176,7 @@ def parse_param(spec: str) -> tuple[str, list]:
             if any(v not in ("rest", "bottom") for v in values):
                 raise ValueError
     except ValueError:
-        kind = {"layers": "integers K >= 1", "suppress": "'rest' or 'bottom'"}.get(name, "numbers")
+        kind = {"layers": "integers K >= 1", "suppress": "'rest' or 'bottom'"}.get(name, "finite numbers")
         raise DoeiError(f"--param {spec!r}: values must be {kind}") from None
     return name, values
 

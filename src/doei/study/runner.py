@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from doei.cam.heldout import evaluate_cams, write_cams
-from doei.config import apply_overrides, load_yaml
+from doei.config import apply_overrides, load_yaml, section
 from doei.data.benchmark import ensure_synth
 from doei.data.build import build_dataset
 from doei.data.cooccurrence import variant_params
@@ -35,7 +35,9 @@ from doei.engine.train_cls import train
 from doei.errors import DoeiError
 from doei.eval.cooccurrence import evaluate_cooccurrence
 from doei.study.grid import run_key, select_rows, TABLE4, validate_doei
+from doei.eval.betas import parse_betas
 from doei.train_config import train_config_from_dict
+from doei.utils.device import resolve_device
 from doei.utils.io import append_jsonl, atomic_write_json
 
 RESULT_NAME = "result.json"
@@ -100,7 +102,8 @@ def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bo
     if smoke is not None or smoke_batch is not None:
         raise DoeiError(f"--smoke: {config} is a study of the synthetic benchmark; smoke mode is for a pipeline "
                         "config (doei run's), e.g. configs/paper/ablate_voc_mctformer_v2.yaml")
-    study = {**STUDY_DEFAULTS, **(d.pop("study", None) or {})}
+    study = {**STUDY_DEFAULTS, **section(d, "study", str(config))}
+    d.pop("study", None)
     unknown = set(study) - set(STUDY_DEFAULTS)
     if unknown:
         raise DoeiError(f"{config}: study: unknown key(s) {sorted(unknown)}; expected some of {sorted(STUDY_DEFAULTS)}")
@@ -115,7 +118,13 @@ def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bo
     # validate the training part once, with placeholders for the per-run fields
     probe = copy.deepcopy(d)
     probe["data"]["root"], probe["train"]["out_dir"] = "unset", "unset"
-    train_config_from_dict(probe, where=str(config))
+    resolve_device(train_config_from_dict(probe, where=str(config)).train.device, f"{config}: train.device")
+    if not isinstance(study["betas"], str):
+        raise DoeiError(f"{config}: study.betas = {study['betas']!r}, expected a START:END:STEP or comma list string")
+    try:
+        parse_betas(study["betas"])
+    except DoeiError as e:
+        raise DoeiError(f"{config}: study.betas: {str(e).split(': ', 1)[-1]}") from None
     for key, low in (("n_train", 1), ("n_val", 1), ("synth_seed", 0), ("cam_layers", 1), ("stats_images", 1)):
         v = study[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < low:

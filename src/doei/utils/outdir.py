@@ -35,9 +35,59 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def check_out_dir(path: str | os.PathLike, what: str = "--out") -> Path:
-    """``path`` as a Path if it is (or can be created as) a writable folder; else a one-line DoeiError."""
+def check_path(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Refuse, in one line naming ``path``, what the OS would refuse later: a name longer than the file
+    system allows, a dangling symbolic link, a symbolic link loop, an unreadable parent (permission)."""
+    from doei.utils.io import os_error_line
+
     p = Path(path)
+    if str(path) == "":
+        raise DoeiError(f"{what}: empty path")
+    base = _nearest_existing_quiet(p)
+    try:
+        name_max = os.pathconf(base if base.is_dir() else base.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    long = next((part for part in p.parts if len(os.fsencode(part)) > name_max), None)
+    if long is not None:
+        raise DoeiError(f"{what} {p}: the name {long[:24]}... is {len(os.fsencode(long))} bytes, longer than the "
+                        f"{name_max} the file system allows")
+    for q in [p, *p.parents]:
+        if q.is_symlink():
+            try:
+                q.stat()
+            except OSError as e:
+                import errno
+
+                if e.errno == errno.ENOENT:
+                    raise DoeiError(f"{what} {p}: {q} is a symbolic link to {os.readlink(q)}, which does not exist "
+                                    "(a dangling link)") from None
+                raise DoeiError(os_error_line(p, e, what)) from None
+    try:
+        os.stat(p)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise DoeiError(os_error_line(p, e, what)) from None
+    return p
+
+
+def _nearest_existing_quiet(path: Path) -> Path:
+    p = path
+    while True:
+        try:
+            os.lstat(p)
+            return p
+        except OSError:
+            if p.parent == p:
+                return p
+            p = p.parent
+
+
+def check_out_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a Path if it is (or can be created as) a writable folder; else a one-line DoeiError
+    (:func:`check_path` first: names too long, dangling or looping links)."""
+    p = check_path(path, what)
     if p.exists() and not p.is_dir():
         raise DoeiError(f"{what} {p}: exists and is a file, expected a folder")
     base = _nearest_existing(p)
@@ -50,7 +100,7 @@ def check_out_dir(path: str | os.PathLike, what: str = "--out") -> Path:
 
 def check_out_file(path: str | os.PathLike, what: str = "--out") -> Path:
     """``path`` as a Path if a file can be written there (atomically: its folder must be writable)."""
-    p = Path(path)
+    p = check_path(path, what)
     if p.is_dir():
         raise DoeiError(f"{what} {p}: is a folder, expected a file path")
     check_out_dir(p.parent, what=f"{what} {p}: folder")
@@ -126,4 +176,4 @@ def _read_holder(lock: Path) -> str:
         return ""
 
 
-__all__ = ["check_out_dir", "check_out_file", "folder_lock", "LOCK_NAME"]
+__all__ = ["check_path", "check_out_dir", "check_out_file", "folder_lock", "LOCK_NAME"]
