@@ -25,6 +25,16 @@ ATOL = 2e-6
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def one_thread():
+    """The single-process reference on one thread, as each forked rank runs (tests/dist_common.py): on a
+    loaded 2-core machine two intra-op threads made the tiny Conformer's 4 steps take 30 s instead of 1 s."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ------------------------------------------------------------------------------------ the rule
 def test_active_world_is_the_largest_divisor_not_above_w():
     # the paper configs' global batches (DeepLab 4 / 10, AffinityNet 8, classifier 8 / 64) at 1..8 processes
@@ -130,7 +140,12 @@ def _max_diff(a: dict, b: dict) -> float:
 @pytest.fixture(scope="module")
 def single_fits(tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
-    _fits(str(out), False)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _fits(str(out), False)
+    finally:
+        torch.set_num_threads(n)
     return out
 
 
@@ -197,7 +212,7 @@ def _cls_rank(cfg: dict) -> None:
     train(train_config_from_dict(cfg), resume=True, log=quiet)
 
 
-def test_conformer_classifier_three_processes_equal_one(tmp_path):
+def test_conformer_classifier_three_processes_equal_one(tmp_path, one_thread):
     """TransCAM's Conformer (BatchNorm trained) with batch 4 on W = 3: 2 ranks train with synchronised
     BatchNorm, 1 waits; the weights after 2 epochs (killed after 1, resumed) are the single-process ones."""
     from doei.data.synth import SynthParams, write_synth
