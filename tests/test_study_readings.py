@@ -40,6 +40,8 @@ def test_ablate_quick_reports_cooccurrence_for_a_bias_variant(tmp_path):
     assert "object_FN" in row["cooccurrence"]["group:rest"]
     md = (out / "ablation.md").read_text()
     assert "Co-occurrence and under-activation" in md and "selection per head" in md
+    assert set(row["localisation"]["group:context"]) >= {"object", "context", "far", "auc_context"}   # issue #24
+    assert "Threshold-free localisation" in md
     # the leak-against-bias summary reads the study folder
     from doei.study.bias_curve import main as curve_main
 

@@ -61,7 +61,8 @@ def evaluate_cams(pred_dir: Path, synth_root: Path, ids: list[str], class_names:
                   context: bool = True) -> dict:
     """``doei eval``'s numbers for one CAM folder: best-β mIoU/FP/FN (percent), β, and the sweep; with
     ``context``, also ``cooccurrence`` (:mod:`doei.eval.cooccurrence`: context leak, object FN per class
-    and class group at the best β)."""
+    and class group at the best β) and ``localisation`` (:mod:`doei.eval.localisation`: the threshold-free
+    mean CAM on object / context / far background and the object-vs-context AUC, per class and group)."""
     counts = evaluate_dirs(pred_dir, synth_root / "SegmentationClass", ids, num_classes=len(class_names) + 1,
                            pred_type="cam", betas=parse_betas(betas), progress=True)
     rep = build_report(counts)
@@ -76,4 +77,9 @@ def evaluate_cams(pred_dir: Path, synth_root: Path, ids: list[str], class_names:
         write_context_maps(synth_root, ("val",))
         out["cooccurrence"] = evaluate_cooccurrence(pred_dir, synth_root / "SegmentationClass", synth_root / CONTEXT_DIR,
                                                     ids, rep["beta"], class_names)
+        from doei.eval.localisation import evaluate_localisation
+
+        ctx_names = [n for n, r in out["cooccurrence"]["per_class"].items() if r["has_context"]]
+        out["localisation"] = evaluate_localisation(pred_dir, synth_root / "SegmentationClass", synth_root / CONTEXT_DIR,
+                                                    ids, class_names, context_classes=ctx_names)
     return out

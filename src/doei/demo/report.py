@@ -87,7 +87,19 @@ def _cooccurrence_section(metrics: dict) -> list[str]:
         c, rest = r["groups"]["context"], r["groups"]["rest"]
         lines.append(f"| {name} | {f(c['leak'])} | {f(c['context_hit'])} | {f(c['object_FN'])} | {f(c['IoU'])} | "
                      f"{f(rest['object_FN'])} |")
-    return lines + [""]
+    lines.append("")
+    bl, dl = metrics["baseline"].get("localisation"), metrics["doei"].get("localisation")
+    if bl and dl:
+        lines += ["Threshold-free (no β; doei.eval.localisation): mean normalised CAM on the object, its context "
+                  "and far background, and AUC = P(CAM on an object pixel > on a context / far pixel), context "
+                  "classes:", "", "| CAMs from | object | context | far | AUC obj-ctx | AUC obj-far |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, r in (("baseline", bl), ("DOEI", dl)):
+            c = r["groups"]["context"]
+            lines.append(f"| {name} | {f(c['object'])} | {f(c['context'])} | {f(c['far'])} | {f(c['auc_context'])} | "
+                         f"{f(c['auc_far'])} |")
+        lines.append("")
+    return lines
 
 
 PIPELINE_ROWS = ("Seed", "Mask", "Seg", "Seg+CRF")

@@ -10,7 +10,7 @@ from doei.study.plot import ablation_figure
 from doei.engine.distributed import env_world
 from doei.study.runner import finished_results, prepare, run_all, Study
 from doei.study.table import (fixed_beta, fmt_blocks, fmt_diff, fmt_ms, markdown_table, mean_std, summarize,
-                              summarize_cooc)
+                              summarize_cooc, summarize_loc)
 from doei.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -45,7 +45,8 @@ def run_ablation(study, seeds: Sequence[int], rows: Sequence[Row] | None = None,
     summary = {row.name: {"label": row.label, "doei": row_doei(row, study.base_doei),
                           "run_keys": [run_key(row_doei(row, study.base_doei), s) for s in seeds],
                           **summarize(per_row[row.name], base, beta_fixed),
-                          "cooccurrence": summarize_cooc(per_row[row.name], base)} for row in rows}
+                          "cooccurrence": summarize_cooc(per_row[row.name], base),
+                          "localisation": summarize_loc(per_row[row.name], base)} for row in rows}
     doc = {"config": study.config_path, "quick": study.quick, "seeds": list(seeds), "report_only": report_only,
            "base_doei": study.base_doei}
     if isinstance(study, Study):
@@ -109,6 +110,7 @@ def render(doc: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(fmt_ms(st[s], 0) if s in st else "–" for s in stages) + " |")
         lines.append("")
     lines += render_cooc(rows)
+    lines += render_loc(rows)
     return "\n".join(lines)
 
 
@@ -127,6 +129,32 @@ def pipeline_description(p: dict) -> str:
     what = "CAM seeds at the best β of the run's eval.seed_betas" if p["score"] == "Seed" else f"the {p['score']} row"
     return (f"each run a `doei run` of stages {', '.join(p['stages'])} on {p['kind']} `{p['root']}`; scored: "
             f"{what}, on split `{p['split']}`")
+
+
+def render_loc(rows) -> list[str]:
+    """Threshold-free localisation tables (doei.eval.localisation) per class group: seed mean ± std and
+    paired Δ to the baseline (wins)."""
+    if not any(r.get("localisation") for _, r in rows):
+        return []
+    lines = ["## Threshold-free localisation (no β)", "",
+             "Mean normalised CAM (percent of each class map's range) on the object, on its declared context off "
+             "the object, and on far background; AUC = P(CAM at an object pixel > CAM at a context / far pixel). "
+             "A uniform shrink lowers the context and far means alike and leaves the AUCs; decoupling raises "
+             "AUC obj-ctx. Δ = paired difference to the baseline ± std (wins).", ""]
+    names = {"object": "object", "context": "context", "far": "far", "auc_context": "AUC obj-ctx",
+             "auc_far": "AUC obj-far"}
+    for group in ("context", "rest"):
+        lines += [f"### class group '{group}'", "",
+                  "| row | " + " | ".join(f"{n} | Δ {n}" for n in names.values()) + " |",
+                  "|---|" + "---:|" * (2 * len(names))]
+        for label, r in rows:
+            rec = (r.get("localisation") or {}).get(f"group:{group}", {})
+            cells = []
+            for m in names:
+                cells += [fmt_ms(rec[m]), fmt_diff(rec[m]["vs_baseline"])] if m in rec else ["–", "–"]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def render_cooc(rows) -> list[str]:

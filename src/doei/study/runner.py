@@ -212,7 +212,7 @@ def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = la
     result = {
         "key": key, "seed": int(seed), "doei": dict(doei), **{k: ev[k] for k in ("mIoU", "FP", "FN", "beta")},
         "sweep": ev["sweep"], "per_class_IoU": ev["per_class_IoU"], "cooccurrence": cooc,
-        "cls_mAP": tr.final.get("val_mAP"), "cls_F1": tr.final.get("val_F1"), "block_stats": stats,
+        "localisation": ev.get("localisation"), "cls_mAP": tr.final.get("val_mAP"), "cls_F1": tr.final.get("val_F1"), "block_stats": stats,
         "timing": {"train_wall_s": round(t1 - t0, 1), "train_cpu_s": round(c1 - c0, 1),
                    "cam_eval_wall_s": round(t2 - t1, 1), "total_wall_s": round(t2 - t0, 1),
                    "total_cpu_s": round(c2 - c0, 1), "epochs_trained_now": tr.epochs_run,

@@ -120,6 +120,33 @@ def summarize_cooc(runs: Mapping[int, Mapping], base_runs: Mapping[int, Mapping]
     return out
 
 
+LOC_METRICS = ("object", "context", "far", "auc_context", "auc_far")
+LOC_HIGHER_IS_BETTER = {"object": True, "context": False, "far": False, "auc_context": True, "auc_far": True}
+
+
+def summarize_loc(runs: Mapping[int, Mapping], base_runs: Mapping[int, Mapping]) -> dict:
+    """The threshold-free localisation (doei.eval.localisation) of one row per class group: seed mean ± std and
+    the paired difference to the baseline (wins: higher object mean and AUCs, lower context / far means). {}
+    when no run has it."""
+    def value(r: Mapping, group: str, m: str):
+        v = ((r.get("localisation") or {}).get("groups") or {}).get(group, {}).get(m)
+        return None if v is None else float(v)
+
+    if not any(r.get("localisation") for r in runs.values()):
+        return {}
+    out: dict = {}
+    for group in ("context", "rest"):
+        rec = {}
+        for m in LOC_METRICS:
+            row = {s: v for s, r in runs.items() if (v := value(r, group, m)) is not None}
+            base = {s: v for s, r in base_runs.items() if (v := value(r, group, m)) is not None}
+            if row:
+                rec[m] = {**mean_std(row.values()), "per_seed": row,
+                          "vs_baseline": paired(row, base, LOC_HIGHER_IS_BETTER[m])}
+        out[f"group:{group}"] = rec
+    return out
+
+
 def fmt_ms(d: Mapping, digits: int = 1) -> str:
     """``12.3 ± 0.4`` (or ``12.3`` for one seed)."""
     if d["n"] == 0:
