@@ -98,6 +98,11 @@ def test_run_comparison_of_a_finished_run(tmp_path):
     assert "| Mask | train | 70.0 | 69.1 | 72.2 | – | +0.9 | – |" in md.read_text()
     js = json.loads((tmp_path / "run" / "paper_comparison.json").read_text())
     assert js["rows"] == rows and "mctformer" in js["sources"]
+    # an ablation row's run (CPDO only) is compared with its own Table 4 number
+    cfg.classifier["doei"] = {"enabled": True, "ppdo": False, "hfa": False}
+    rows, header = run_comparison(cfg, eval_out)
+    assert header["variant"] == "cpdo" and rows[0]["paper_this"] == 63.3 and rows[0]["diff_paper"] == -3.05
+    assert rows[2]["paper_this"] is None                     # Table 4 has Seed numbers only
     cfg.classifier["model"]["name"] = "my_net"
     assert run_comparison(cfg, eval_out) is None
 

@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo_cmd", "DOEI end to end on the synthetic benchmark: train twice, CAMs, beta sweep, report"),
     "synth": ("synth_cmd", "generate the synthetic WSSS benchmark (VOC layout, deterministic from --seed)"),
     "labels": ("labels_cmd", "write a dataset's image-level labels file once (VOC XML/masks/npy, COCO JSON)"),
-    "coco-masks": ("coco_masks_cmd", "rasterise COCO instances JSON into ground-truth PNGs (+ checksum)"),
+    "coco-masks": ("coco_masks_cmd", "COCO ground-truth PNGs from the instances JSON or COCO-Stuff maps (+ checksum)"),
     "refine": ("refine_cmd", "AffinityNet: train on CAM-seed affinities, or random-walk CAMs into pseudo masks"),
     "train-seg": ("train_seg_cmd", "train DeepLab-v1 ResNet38 on pseudo masks (SGD poly, resumable)"),
     "infer-seg": ("infer_seg_cmd", "multi-scale + flip segmentation, DenseCRF in parallel, PNGs + overlays"),

@@ -112,6 +112,16 @@ def method_for_model(name: str | None) -> str | None:
     return None
 
 
+def doei_variant(doei: dict | None) -> str | None:
+    """The Table 4 row name of a config's ``doei`` section (``cpdo``, ``ppdo_hfa``, ...; ``None`` for DOEI off
+    and for the full setting, whose numbers are the +DOEI rows); parts default on as in DOEIConfig."""
+    d = doei or {}
+    if not d.get("enabled", False):
+        return None
+    on = [k for k in ("cpdo", "ppdo", "hfa") if d.get(k, True)]
+    return None if len(on) == 3 else "_".join(on) or "none"
+
+
 def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 2)
 
@@ -197,14 +207,15 @@ def run_comparison(cfg: Any, eval_out: dict) -> tuple[list[dict], dict] | None:
     if dataset not in ("voc", "coco") or method is None or not isinstance(eval_out, dict):
         return None
     doei = bool((cfg.classifier.get("doei") or {}).get("enabled", False))
+    variant = doei_variant(cfg.classifier.get("doei"))        # a Table 4 row (ablation runs): its own number
     smoke = getattr(cfg.run, "smoke", None)
     measured = [{"row": r["stage"], "metric": RUN_ROW_METRIC.get(r["stage"]), "value": r.get("mIoU"),
                  "split": r.get("split"), "note": "smoke run: not a result" if smoke is not None else ""}
                 for r in eval_out.get("table", [])]
-    rows = comparison_rows(measured, dataset=dataset, method=method, doei=doei)
-    header = {"title": f"{cfg.run.out_dir}: {dataset.upper()} {method} {'+ DOEI' if doei else '(baseline)'} "
-                       "beside the papers (mIoU %)", "dataset": dataset, "method": method, "doei": doei,
-              "smoke": smoke}
+    rows = comparison_rows(measured, dataset=dataset, method=method, doei=doei, variant=variant)
+    what = f"+ DOEI ({variant})" if variant else ("+ DOEI" if doei else "(baseline)")
+    header = {"title": f"{cfg.run.out_dir}: {dataset.upper()} {method} {what} beside the papers (mIoU %)",
+              "dataset": dataset, "method": method, "doei": doei, "variant": variant, "smoke": smoke}
     return rows, header
 
 
@@ -242,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["PaperNumber", "load_paper_numbers", "lookup", "method_for_model", "comparison_rows", "format_comparison",
+__all__ = ["PaperNumber", "load_paper_numbers", "lookup", "method_for_model", "doei_variant", "comparison_rows", "format_comparison",
            "write_comparison", "run_comparison", "reference_markdown", "DATA"]
 
 if __name__ == "__main__":
