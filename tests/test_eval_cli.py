@@ -281,7 +281,7 @@ def test_bad_options(capsys, bad_setup):
     _expect_error(capsys, bad_setup, "--betas", extra=["--betas", "0.5,abc"])
     _expect_error(capsys, bad_setup, "--betas", extra=["--betas", "0.9:0.1:0.1"])
     _expect_error(capsys, bad_setup, "--betas applies to CAM predictions only", pred="png", extra=["--betas", "0.3"])
-    _expect_error(capsys, bad_setup, "num_classes 300", extra=["--num-classes", "300"])
+    _expect_error(capsys, bad_setup, "--num-classes 300: expected 1..254", extra=["--num-classes", "300"])
     _expect_error(capsys, bad_setup, "prediction directory not found", pred="nodir")
 
 
@@ -344,18 +344,23 @@ def test_class_count_comes_from_the_data_not_voc(synth_small, tmp_path, capsys):
     # from the benchmark itself (--dataset synth, or its meta.json / labels file as --classes): 11 classes, names
     for extra, src in ((["--dataset", "synth", "--data-root", root], "--dataset synth"),
                        (["--classes", root / "meta.json"], "--classes"), (["--classes", root / "cls_labels.json"], "--classes"),
-                       (["--num-classes", "11", "--dataset", "synth", "--data-root", root], "--dataset synth")):
+                       (["--num-classes", "10", "--dataset", "synth", "--data-root", root], "--dataset synth")):
         rc, text, err = _run(capsys, *_synth_argv(root, *extra, out=out))
         assert rc == 0 and err == "", err
         rep = json.loads(out.read_text())
         assert rep["num_classes"] == 11 and [r["name"] for r in rep["per_class"]] == ["background"] + names
         assert rep["means"]["present"]["mIoU"] == pytest.approx(100, abs=1e-6)
         assert rep["num_classes_from"].startswith(src) and names[-1] in text
-    # an explicit --num-classes 21 is honoured, with a loud warning
-    rc, _, err = _run(capsys, *_synth_argv(root, "--num-classes", "21", out=out))
+    # an explicit --num-classes 20 (VOC's foreground classes) is honoured, with a loud warning
+    rc, _, err = _run(capsys, *_synth_argv(root, "--num-classes", "20", out=out))
     assert rc == 0 and json.loads(out.read_text())["num_classes"] == 21
     assert err.startswith("doei eval: warning: labels in the ground truth and predictions go up to ") and \
-        "21 classes are scored (--num-classes 21)" in err, err
+        "21 classes are scored (--num-classes 20)" in err, err
+    # --num-classes counts foreground classes in every verb: the old background-inclusive 11 is refused
+    out.unlink(missing_ok=True)
+    rc, _, err = _run(capsys, *_synth_argv(root, "--num-classes", "11", out=out))
+    assert rc == 2 and not out.exists() and len(err.strip().splitlines()) == 1, err
+    assert "--num-classes 11 counts FOREGROUND classes" in err and "give --num-classes 10" in err, err
     # sources that disagree, or an incomplete one, are refused before anything is read
     for extra, needle in ((["--num-classes", "21", "--classes", root / "meta.json"],
                            "--num-classes 21 but --classes"),

@@ -100,7 +100,7 @@ def test_doei_eval_context_option(tmp_path, capsys):
     save_cam(tmp_path / "cams" / "a.npz", np.array([0]), np.array([[[0.9, 0.2, 0.6, 0.3]]], np.float32))
     (tmp_path / "list.txt").write_text("a\n")
     assert cli_main(["eval", "--pred", str(tmp_path / "cams"), "--gt", str(tmp_path / "gt"), "--list",
-                     str(tmp_path / "list.txt"), "--num-classes", "3", "--betas", "0.5", "--workers", "1",
+                     str(tmp_path / "list.txt"), "--num-classes", "2", "--betas", "0.5", "--workers", "1",
                      "--no-progress", "--context", str(tmp_path / "ctx"), "--out", str(tmp_path / "m.json")]) == 0
     rep = json.loads((tmp_path / "m.json").read_text())["cooccurrence"]
     assert rep["per_class"]["1"]["leak"] == 50.0 and rep["per_class"]["1"]["object_FN"] == 50.0

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("ablate_cmd", "Table-4 DOEI component ablation x seeds: train, CAMs, beta sweep, mean/std table"),
     "sweep": ("sweep_cmd", "one-parameter DOEI sweeps x seeds (st/af/sf, alpha, layers, suppress): JSON + plots"),
     "predict": ("predict_cmd", "masks, legend overlays (and CAMs) for new images from a trained classifier / DeepLab"),
+    "compare": ("compare_cmd", "two CAM or mask folders side by side: metrics, per-class differences, gallery, HTML"),
 }
 
 

@@ -12,9 +12,10 @@ Prints a per-class table at the best β and the sweep, and writes the report JSO
 (only after every file was read without error; ``--out`` is checked to be writable before anything
 is read).
 
-Which classes are scored (C, background included, and their names): ``--num-classes``, ``--classes``
-(a names file) or ``--dataset`` (voc 21, coco 81, synth/folder from ``--data-root``); several given
-must agree. With none, C = 21 (VOC) and the evaluation is refused when the largest label seen in the
+Which classes are scored (C labels, background included, and their names): ``--num-classes N`` (N
+FOREGROUND classes, as every verb counts them: C = N + 1), ``--classes`` (a names file) or ``--dataset`` (voc
+20 + background, coco 80 + background, synth/folder from ``--data-root``); several given must agree. An N
+whose labels stop exactly at N - 1 is refused: that is the old meaning of the flag (background counted). With none, C = 21 (VOC) and the evaluation is refused when the largest label seen in the
 ground truth and predictions is at most (C - 1) / 2 = 10: such data is not VOC (the synthetic
 benchmark uses 0..10), and its absent classes would count as 0 IoU and halve the mIoU. When C comes
 from an option and that rule holds, a warning is printed instead.
@@ -45,9 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--betas", default=None,
                    help=f"background thresholds for CAMs: START:END:STEP, X or X,Y,... (default {DEFAULT_BETAS})")
     p.add_argument("--num-classes", type=int, default=None,
-                   help="classes including background (21 VOC, 81 COCO, 11 the synthetic benchmark). Default: "
-                        "from --classes or --dataset, else 21 (VOC) - refused when the largest label seen in "
-                        "GT and predictions is <= (C-1)/2, i.e. the data is not VOC")
+                   help="FOREGROUND classes, as in every verb (20 VOC, 80 COCO, 10 the synthetic benchmark); the "
+                        "background is added (N + 1 labels scored). Default: from --classes or --dataset, else VOC's "
+                        "20 - refused when the largest label seen in GT and predictions is <= N/2, i.e. the data is "
+                        "not VOC")
     p.add_argument("--classes", default=None,
                    help="foreground class names (one per line, a JSON list, or a JSON with a 'classes' list: a "
                         "synthetic benchmark's meta.json, a `doei labels` file); C = names + 1")
@@ -77,6 +79,9 @@ def resolve_classes(num_classes: int | None, classes: str | None = None, dataset
                     data_root: str | None = None) -> tuple[int, list[str], str | None]:
     """``(C, names of the C classes with 'background' first, where C came from)``; ``None`` as the
     source means nothing was given and VOC's 21 is assumed (see :func:`check_class_count`)."""
+    if num_classes is not None and not 1 <= num_classes <= 254:
+        raise DoeiError(f"--num-classes {num_classes}: expected 1..254 foreground classes (the background is added; "
+                        "255 is the ignore label)")
     found: list[tuple[list[str], str]] = []
     if classes is not None:
         found.append((read_class_names(classes), f"--classes {classes}"))
@@ -92,12 +97,12 @@ def resolve_classes(num_classes: int | None, classes: str | None = None, dataset
     if found:
         names, src = found[0]
         c = len(names) + 1
-        if num_classes is not None and num_classes != c:
+        if num_classes is not None and num_classes + 1 != c:
             raise DoeiError(f"--num-classes {num_classes} but {src} names {len(names)} foreground classes "
-                            f"(+ background = {c})")
+                            "(--num-classes counts foreground classes)")
         return c, ["background"] + list(names), src
-    if num_classes is not None:  # its range is checked by evaluate_dirs, before any file is read
-        return num_classes, class_names(num_classes), f"--num-classes {num_classes}"
+    if num_classes is not None:
+        return num_classes + 1, class_names(num_classes + 1), f"--num-classes {num_classes}"
     return 21, class_names(21), None
 
 
@@ -114,6 +119,11 @@ def check_class_count(counts, num_classes: int, source: str | None) -> str | Non
     foreground classes never occur and would count as 0 IoU. Refused (DoeiError) when C was assumed
     (``source`` None); returned as a warning line when C was given."""
     m = largest_label_seen(counts)
+    if source is not None and source.startswith("--num-classes") and m >= 2 and m == num_classes - 2:
+        n = num_classes - 1
+        raise DoeiError(f"{source} counts FOREGROUND classes (the background is added: {n + 1} labels scored), but "
+                        f"the labels stop at {m}: the data has {m} foreground classes, so give --num-classes {m} "
+                        "(the flag used to count the background too; or name the classes with --classes FILE)")
     if 2 * m > num_classes - 1:
         return None
     what = (f"labels in the ground truth and predictions go up to {m}, but {num_classes} classes are scored")
