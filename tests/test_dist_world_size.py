@@ -69,6 +69,33 @@ def test_docs_table_of_training_ranks_matches_the_rule():
     assert batches <= {int(b) for b, _ in rows}, f"paper batches {sorted(batches)} not all in the docs table"
 
 
+def test_every_paper_config_splits_on_1_2_4_8_processes():
+    """Each training stage's global batch of every paper config, at W = 1, 2, 4, 8: the training ranks'
+    shares rebuild the single-process batches exactly (a 1,000-image epoch in the single-process order)."""
+    from doei.engine.distributed import global_batch_indices
+    from doei.pipeline_config import load_pipeline_config
+
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    seen = set()
+    for f in sorted((REPO / "configs" / "paper").glob("*.yaml")):
+        if f.name.startswith(("ablate_", "sweep_")):
+            continue
+        cfg = load_pipeline_config(f)
+        for b in (cfg.classifier.get("train", {}).get("batch_size", 64), cfg.refine.train.batch_size,
+                  cfg.seg.train.batch_size):
+            for w in (1, 2, 4, 8):
+                if (b, w) in seen:
+                    continue
+                seen.add((b, w))
+                a = active_world(b, w)
+                parts = [global_batch_indices(order, b, r, a) for r in range(a)]
+                steps = len(order) // b
+                assert all(len(p) == steps * (b // a) for p in parts), (f.name, b, w)
+                for i in range(steps):
+                    assert sum((p[i * (b // a):(i + 1) * (b // a)] for p in parts), []) == order[i * b:(i + 1) * b]
+    assert {b for b, _ in seen} == {4, 8, 10, 64}
+
+
 # ------------------------------------------------------------------------------------ SGD loop: BN + ratio losses
 def _seg_net() -> torch.nn.Module:
     torch.manual_seed(1)
