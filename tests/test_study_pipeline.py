@@ -212,3 +212,20 @@ def test_smoke_study_marks_every_run_and_the_tables(tmp_path, capsys):
     # the synthetic benchmark's study has no smoke mode
     assert cli_main(["ablate", "--out", str(tmp_path / "o"), "--quick", "--smoke", "1"]) == 2
     assert "smoke mode is for a pipeline config" in capsys.readouterr().err
+
+
+def test_a_voc_table4_study_is_set_beside_the_paper(tmp_path):
+    """The ablation's rows against Table 4 (doei.eval.paper_numbers): each row's own paper number."""
+    from doei.study.ablation import paper_comparison
+
+    def row(label, on, v):
+        return {"label": label, "doei": {"enabled": on}, "best_beta": {"mIoU": {"mean": v, "n": 2}}}
+
+    doc = {"pipeline": {"kind": "voc", "model": "mctformer_v2_deit_small", "score": "Seed", "split": "train",
+                        "smoke": None},
+           "rows": {"baseline": row("baseline (DOEI off)", False, 60.0), "cpdo": row("CPDO", True, 64.0),
+                    "cpdo_ppdo_hfa": row("CPDO + PPDO + HFA", True, 65.0)}}
+    rows = paper_comparison(tmp_path, doc)
+    assert [(r["paper_this"], r["diff_paper"]) for r in rows] == [(61.7, -1.7), (63.3, 0.7), (65.5, -0.5)]
+    assert "| CPDO | train | 64.0 |" in (tmp_path / "paper_comparison.md").read_text()
+    assert paper_comparison(tmp_path, {**doc, "pipeline": {**doc["pipeline"], "kind": "synth"}}) is None

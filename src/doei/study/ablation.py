@@ -63,6 +63,8 @@ def run_ablation(study, seeds: Sequence[int], rows: Sequence[Row] | None = None,
                               if (r["timing"].get("stage_seconds") or {}).get(st) is not None])
                 for st in study.stages if st in stages}
     doc.update({"fixed_beta": beta_fixed, "rows": summary, "wall_s_this_call": round(time.time() - t0, 1)})
+    if "pipeline" in doc:
+        doc["paper"] = paper_comparison(study.out, doc)
     atomic_write_json(study.out / "ablation.json", doc)
     atomic_write_text(study.out / "ablation.md", render(doc))
 
@@ -109,9 +111,40 @@ def render(doc: dict) -> str:
             st = r.get("stage_seconds") or {}
             lines.append(f"| {label} | " + " | ".join(fmt_ms(st[s], 0) if s in st else "–" for s in stages) + " |")
         lines.append("")
+    if doc.get("paper"):
+        from doei.eval.paper_numbers import format_comparison
+
+        lines += ["## Beside the paper (Table 4) and the published baseline", "",
+                  format_comparison(doc["paper"]), "", "Sources: paper_comparison.json.", ""]
     lines += render_cooc(rows)
     lines += render_loc(rows)
     return "\n".join(lines)
+
+
+def paper_comparison(out, doc: dict) -> list[dict] | None:
+    """A pipeline study's rows (seed means) beside the paper's Table 4 and the published baseline
+    (:mod:`doei.eval.paper_numbers`), written to ``out/paper_comparison.{json,md}``; None when the dataset,
+    the classifier or the scored row is not one the papers report."""
+    from doei.eval.paper_numbers import RUN_ROW_METRIC, comparison_rows, method_for_model, write_comparison
+
+    p = doc["pipeline"]
+    method, metric = method_for_model(p.get("model")), RUN_ROW_METRIC.get(p["score"])
+    if p["kind"] not in ("voc", "coco") or method is None or metric is None:
+        return None
+    note = "smoke run: not a result" if p.get("smoke") is not None else ""
+    rows = []
+    for name, r in doc["rows"].items():
+        m = r["best_beta"]["mIoU"]
+        if not m["n"]:
+            continue
+        seeds = f"mean of {m['n']} seed(s)"
+        rows += comparison_rows([{"row": r["label"], "metric": metric, "value": round(m["mean"], 2), "split": p["split"],
+                                  "note": "; ".join(x for x in (seeds, note) if x)}],
+                                dataset=p["kind"], method=method, doei=bool(r["doei"].get("enabled")), variant=name)
+    write_comparison(out, rows, {"title": f"{out}: Table 4 rows ({p['score']}, {p['kind'].upper()} {method}) beside "
+                                          "the papers (mIoU %)", "dataset": p["kind"], "method": method,
+                                 "smoke": p.get("smoke"), "variant": "table4"})
+    return rows
 
 
 def smoke_banner(doc: dict) -> list[str]:

@@ -118,7 +118,8 @@ class PipelineStudy:
 
     def describe(self) -> dict:
         data, run = self.pipeline.get("data") or {}, self.pipeline.get("run") or {}
-        return {"kind": data.get("kind", "voc"), "root": data.get("root"), "score": self.score,
+        model = ((self.pipeline.get("classifier") or {}).get("model") or {}).get("name")
+        return {"kind": data.get("kind", "voc"), "root": data.get("root"), "model": model, "score": self.score,
                 "split": self.scored_split, "stages": self.stages, "stats_images": self.stats_images,
                 "smoke": run.get("smoke"), "smoke_batch": run.get("smoke_batch")}
 
