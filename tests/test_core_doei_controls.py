@@ -175,3 +175,16 @@ def test_controls_gradients_finite_and_plugin_refuses_random():
     with pytest.raises(DoeiError, match="does not implement"):
         plug(t, DOEIConfig(enabled=True, select="random"))
     plug(t, DOEIConfig(enabled=True, weights="uniform"))    # core-only controls are supported
+
+
+def test_control_rows_have_their_own_run_keys_and_todays_are_unchanged():
+    from doei.study.grid import CONTROL_ROWS, row_doei, run_key, select_rows
+
+    assert run_key({"enabled": True}, 0) == "d74054d34f5a-s0"                      # the key before the controls
+    assert run_key({"enabled": True, "select": "attention", "last_block": True, "control_seed": 3}, 0) == \
+        "d74054d34f5a-s0"
+    keys = {run_key(row_doei(r, {}), 0) for r in CONTROL_ROWS}
+    assert len(keys) == len(CONTROL_ROWS) and "d74054d34f5a-s0" not in keys
+    assert run_key({"enabled": True, "select": "random", "control_seed": 1}, 0) != \
+        run_key({"enabled": True, "select": "random"}, 0)
+    assert [r.name for r in select_rows(["random_select", "baseline"], "t")] == ["baseline", "random_select"]

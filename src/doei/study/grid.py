@@ -52,7 +52,20 @@ READING_ROWS: tuple[Row, ...] = (
     Row("cpdo_hfa_attention", "CPDO + HFA (HFA on the attention)", {"cpdo": True, "ppdo": False, "hfa": True,
                                                                    "hfa_target": "attention"}),
 )
-ALL_ROWS: tuple[Row, ...] = TABLE4 + READING_ROWS
+# Issue #24: Eq. 17 as written, and the controls of docs/doei-method.md ("Controls"): full DOEI with one
+# ingredient replaced by a non-attention one (the sharpened baseline is post hoc: doei.study.sharpened).
+_FULL = {"cpdo": True, "ppdo": True, "hfa": True}
+CONTROL_ROWS: tuple[Row, ...] = (
+    Row("read_hfa_additive", "DOEI, Eq. 17 as written (additive)", {**_FULL, "hfa_target": "additive"}),
+    Row("cpdo_hfa_additive", "CPDO + HFA (Eq. 17 as written)", {"cpdo": True, "ppdo": False, "hfa": True,
+                                                               "hfa_target": "additive"}),
+    Row("random_select", "control: random selection (same k_i)", {**_FULL, "select": "random"}),
+    Row("uniform_scores", "control: uniform scores", {**_FULL, "weights": "uniform"}),
+    Row("random_uniform", "control: random selection + uniform scores", {**_FULL, "select": "random",
+                                                                          "weights": "uniform"}),
+    Row("no_last_block", "control: no DOEI after the last block", {**_FULL, "last_block": False}),
+)
+ALL_ROWS: tuple[Row, ...] = TABLE4 + READING_ROWS + CONTROL_ROWS
 
 
 def select_rows(names: Sequence[str] | None, where: str) -> tuple[Row, ...]:
