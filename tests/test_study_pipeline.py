@@ -229,3 +229,30 @@ def test_a_voc_table4_study_is_set_beside_the_paper(tmp_path):
     assert [(r["paper_this"], r["diff_paper"]) for r in rows] == [(61.7, -1.7), (63.3, 0.7), (65.5, -0.5)]
     assert "| CPDO | train | 64.0 |" in (tmp_path / "paper_comparison.md").read_text()
     assert paper_comparison(tmp_path, {**doc, "pipeline": {**doc["pipeline"], "kind": "synth"}}) is None
+
+
+def test_under_torchrun_rank0_writes_and_each_run_is_the_same_doei_run(study, tmp_path):
+    """Two gloo ranks (forked as torchrun starts them): every run is a DDP ``doei run`` of the same config as
+    the single-process study's (DDP vs one process is the pipeline's own contract, tests/test_distributed_*),
+    and rank 0 alone writes the study's files."""
+    from dist_common import launch_cli
+
+    config, single = study
+    out = tmp_path / "ddp"
+    launch_cli(2, ["ablate", "--config", str(config), "--out", str(out), "--seeds", "1",
+                   "--rows", "baseline,cpdo_ppdo_hfa"])
+    doc = json.loads((out / "ablation.json").read_text())
+    assert list(doc["rows"]) == ["baseline", "cpdo_ppdo_hfa"] and (out / "ablation.png").is_file()
+    log = [json.loads(x) for x in (out / "study_log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in log] == ["start", "end", "start", "end"]          # one writer
+    for row in ("baseline", "cpdo_ppdo_hfa"):
+        key = doc["rows"][row]["run_keys"][0]
+        cfg1 = json.loads((single / "runs" / key / "run" / "pipeline_config.json").read_text())
+        cfg2 = json.loads((out / "runs" / key / "run" / "pipeline_config.json").read_text())
+        for c in (cfg1, cfg2):
+            c["run"]["out_dir"] = c["run"]["out_dir"].split("/runs/")[-1]
+            c["refine"] = c["seg"] = None                     # paths under the study folder
+        assert cfg1 == cfg2
+        res = json.loads((out / "runs" / key / "result.json").read_text())
+        ev = json.loads((out / "runs" / key / "run" / "eval.json").read_text())["results"]["Seed"]
+        assert res["mIoU"] == ev["mIoU"] and res["sweep"] == ev["sweep"]
