@@ -40,6 +40,7 @@ from torch import Tensor
 from doei.cam.extractor import CamExtractor, ViewCams, cam_source_for
 from doei.core import DOEIConfig
 from doei.errors import DoeiError
+from doei.utils.checks import expect_int, expect_positive_floats, expect_type
 from doei.models.mctformer import refine_with_patch_affinity
 from doei.models.timm_plugin import DoeiPlug, get_plug, plug, unplug
 
@@ -159,8 +160,16 @@ class AttentionCAM:
     def __init__(self, model: nn.Module, n_layers: int = 3, kind: str | None = None,
                  scales: Sequence[float] = (1.0,), flip: bool = False, patch_refine: bool | None = None,
                  num_classes: int | None = None, class_tokens: str = "class", threshold: float = 0.5) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        f = "AttentionCAM"
+        expect_type(f, "model", model, nn.Module, "a torch.nn.Module",
+                    "build it first, e.g. timm.create_model(name)" if isinstance(model, str) else "")
+        expect_int(f, "n_layers", n_layers, 1)
+        expect_positive_floats(f, "scales", scales)
+        expect_type(f, "flip", flip, bool, "True or False")
+        expect_int(f, "num_classes", num_classes, 1, optional=True)
+        expect_type(f, "kind", kind, (str, type(None)), "a CAM kind name or None")
+        expect_type(f, "class_tokens", class_tokens, str, "a string")
+        expect_type(f, "threshold", threshold, (int, float), "a number in (0, 1)")
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"threshold={threshold}: expected a sigmoid score strictly between 0 and 1")
         self.threshold = float(threshold)

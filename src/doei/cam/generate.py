@@ -33,6 +33,7 @@ from doei.data.build import build_dataset
 from doei.engine.classifier import load_classifier
 from doei.engine.per_image import PerImageJob, first_n
 from doei.errors import DoeiError
+from doei.utils.checks import expect_path, expect_type
 from doei.utils.io import atomic_save_png, atomic_write_json
 
 SETTINGS_FILE = "cam_settings.json"
@@ -160,6 +161,12 @@ def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str 
     Returns ``{"images", "computed", "skipped", "seconds", "out_dir", "processes"}`` on every rank
     (counts summed over ranks).
     """
+    from doei.cam.config import CamConfig
+
+    expect_type("generate_cams", "model", model, torch.nn.Module, "a torch.nn.Module (load_cam_model)")
+    expect_type("generate_cams", "cfg", cfg, CamConfig, "a doei.cam.config.CamConfig")
+    expect_path("generate_cams", "out", out)
+    expect_path("generate_cams", "checkpoint", checkpoint)
     first_n([], limit, "limit")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise DoeiError(f"device {cfg.device}: CUDA is not available on this machine")

@@ -33,6 +33,7 @@ from doei.engine.checkpoint import FORMAT, check_checkpoint
 from doei.errors import DoeiError, DoeiWarning
 from doei.models.weights import load_model_weights, load_weights_only
 from doei.train_config import TrainConfig, train_config_from_dict
+from doei.utils.checks import expect_device, expect_int, expect_path, expect_type
 
 DOEI_FIELDS = tuple(f.name for f in dataclasses.fields(DOEIConfig))
 # fields added after complete records began whose defaults are the behaviour before them (readings, controls)
@@ -115,8 +116,18 @@ def load_classifier(path: str | Path, *, name: str | None = None, num_classes: i
     is applied only with ``override_doei=True``. For an external weights file they build the network
     (``name`` default ``mctformer_v2_deit_small``; ``num_classes`` default ``default_num_classes``, e.g. the
     dataset's; DOEI off unless given).
-    Returns ``(model, spec)``.
+    Returns ``(model, spec)``. Wrong argument types are a TypeError, bad values (``num_classes=-1``,
+    ``device="gpu"``) a ValueError naming the argument, before the file is read.
     """
+    f = "load_classifier"
+    expect_path(f, "path", path)
+    expect_type(f, "name", name, (str, type(None)), "a registered model name or None")
+    expect_int(f, "num_classes", num_classes, 1, optional=True)
+    expect_int(f, "default_num_classes", default_num_classes, 1, optional=True)
+    expect_int(f, "img_size", img_size, 1, optional=True)
+    expect_type(f, "options", options, (dict, type(None)), "a dict of factory arguments or None")
+    expect_type(f, "doei", doei, (DOEIConfig, type(None)), "a doei.core.config.DOEIConfig or None")
+    expect_device(f, "device", device)
     path = Path(path)
     obj = load_weights_only(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:

@@ -46,6 +46,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from doei.errors import DoeiError
+from doei.utils.checks import expect_int, expect_type
 
 if TYPE_CHECKING:  # pragma: no cover
     from doei.core import DOEIConfig
@@ -124,7 +125,11 @@ def _check_classifier_factory(f: Callable[..., nn.Module]) -> None:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered variant; unknown names raise a DoeiError listing the known ones."""
+    """Build a registered variant; unknown names raise a DoeiError listing the known ones; a name that is not
+    a string, or a class count that is not an integer >= 1, a TypeError/ValueError naming the argument."""
+    expect_type("create_model", "name", name, str, "a registered model name (doei.list_models())")
+    if "num_classes" in kwargs:
+        expect_int("create_model", "num_classes", kwargs["num_classes"], 1)
     _import_all()
     if name not in _MODELS:
         raise DoeiError(f"unknown model {name!r} (known: {', '.join(sorted(_MODELS))})")

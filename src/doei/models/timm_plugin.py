@@ -50,6 +50,7 @@ from torch import Tensor
 
 from doei.core import DOEIConfig, doei_update, hfa_affinity
 from doei.errors import DoeiError
+from doei.utils.checks import expect_type
 
 CLASS_TOKEN_MODES = ("class", "prefix")
 
@@ -255,6 +256,11 @@ def plug(model: nn.Module, cfg: DOEIConfig | None = None, class_tokens: str = "c
     module: parameters and ``state_dict`` keys are unchanged). See the module docstring for
     ``class_tokens`` and what is refused.
     """
+    expect_type("plug", "model", model, nn.Module, "a torch.nn.Module (a timm ViT)",
+                "build it first, e.g. timm.create_model(name)" if isinstance(model, str) else "")
+    expect_type("plug", "cfg", cfg, (DOEIConfig, type(None)), "a doei.core.config.DOEIConfig or None",
+                "e.g. DOEIConfig(**settings)" if isinstance(cfg, dict) else "")
+    expect_type("plug", "class_tokens", class_tokens, str, "a string")
     if isinstance(model, torch.jit.ScriptModule):
         raise DoeiError("a torch.jit scripted model cannot take DOEI's forward hooks; plug the eager model")
     if get_plug(model) is not None:
@@ -268,6 +274,7 @@ def plug(model: nn.Module, cfg: DOEIConfig | None = None, class_tokens: str = "c
 
 def unplug(model: nn.Module) -> nn.Module:
     """Remove DOEI from a plugged model (hooks, attention settings, ``model.doei_plug``); returns it."""
+    expect_type("unplug", "model", model, nn.Module, "a torch.nn.Module that plug() was given")
     p = get_plug(model)
     if p is None:
         raise DoeiError(f"{type(model).__name__} has no DOEI plugged")
@@ -278,6 +285,7 @@ def unplug(model: nn.Module) -> nn.Module:
 
 def get_plug(model: nn.Module) -> DoeiPlug | None:
     """The :class:`DoeiPlug` of a plugged model, or None."""
+    expect_type("get_plug", "model", model, nn.Module, "a torch.nn.Module")
     p = model.__dict__.get("doei_plug")
     return p if isinstance(p, DoeiPlug) else None
 
