@@ -26,6 +26,11 @@ PAPER = [f"{ds}_{m}{s}" for ds in ("voc", "coco") for m in ("mctformer_v2", "tsc
 def _validate(path: Path, tmp_path: Path) -> str:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(data, dict), path
+    if "corpus" in data:          # a pretraining config (doei.study.pretrain, issue #24)
+        from doei.study.pretrain import load_pretrain_config
+
+        load_pretrain_config(path)
+        return "pretrain"
     if "study" in data:           # a study: the synthetic benchmark's or a pipeline config's (doei.study)
         from doei.study.runner import load_study
 
@@ -47,7 +52,7 @@ def _validate(path: Path, tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("path", ALL, ids=[str(p.relative_to(CONFIGS)) for p in ALL])
 def test_every_config_validates(path, tmp_path):
-    assert _validate(path, tmp_path) in ("pipeline", "study", "train")
+    assert _validate(path, tmp_path) in ("pipeline", "study", "train", "pretrain")
 
 
 def test_paper_configs_are_complete_and_consistent():

@@ -248,11 +248,17 @@ def design_notes() -> dict:
 
 
 def write_synth(out: str | Path, p: SynthParams, workers: int = 1,
-                progress: Callable[[int], None] | None = None) -> dict:
+                progress: Callable[[int], None] | None = None, *, render: Callable = None,
+                class_names: Sequence[str] = SYNTH_CLASSES, extra_meta: dict | None = None) -> dict:
     """Generate the benchmark into ``out`` (which must not exist) atomically; return its meta dict.
 
-    Files go to a temporary sibling folder that is renamed to ``out`` only when complete.
+    Files go to a temporary sibling folder that is renamed to ``out`` only when complete. Another scene
+    generator in the same layout (the pretraining corpus, :mod:`doei.data.pretrain_corpus`) passes its
+    ``render`` (a picklable ``(params, split, index) -> encoded`` like :func:`render_encoded`), its
+    ``class_names`` and ``extra_meta`` (replaces ``design``, adds its keys).
     """
+    render = render_encoded if render is None else render
+    names = tuple(class_names)
     p.validate()
     out = Path(out)
     if out.exists():
@@ -271,10 +277,10 @@ def write_synth(out: str | Path, p: SynthParams, workers: int = 1,
 
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
             pool = ctx.Pool(workers)
-            results = pool.imap(render_encoded, jobs, chunksize=64)
+            results = pool.imap(render, jobs, chunksize=64)
         else:
             pool = None
-            results = map(render_encoded, jobs)
+            results = map(render, jobs)
         try:
             for (pp, split, i), (img_b, mask_b, classes, band) in zip(jobs, results):
                 iid = image_id(split, i)
@@ -293,19 +299,20 @@ def write_synth(out: str | Path, p: SynthParams, workers: int = 1,
             (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in lst))
         from doei.data.common import write_labels_json
 
-        write_labels_json(tmp / "cls_labels.json", labels, SYNTH_CLASSES, source=f"synth seed {p.seed} (from masks)")
+        write_labels_json(tmp / "cls_labels.json", labels, names, source=f"synth seed {p.seed} (from masks)")
         rels = [str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file()]
-        counts = np.zeros(len(SYNTH_CLASSES), dtype=np.int64)
+        counts = np.zeros(len(names), dtype=np.int64)
         for v in labels.values():
             counts[v] += 1
         meta = {
             "format": FORMAT,
-            "classes": list(SYNTH_CLASSES),
+            "classes": list(names),
             "params": asdict(p),
             "splits": {k: len(v) for k, v in ids.items()},
-            "images_per_class": {c: int(n) for c, n in zip(SYNTH_CLASSES, counts)},
+            "images_per_class": {c: int(n) for c, n in zip(names, counts)},
             "context_bands": bands,
             "design": design_notes(),
+            **(extra_meta or {}),
             "files": "JPEGImages/<id>.png (lossless PNG, RGB), SegmentationClass/<id>.png (VOC palette)",
             "checksum_sha256": tree_checksum(tmp, rels),
         }
