@@ -155,14 +155,34 @@ def test_quick_is_refused_for_a_pipeline_config(tmp_path, capsys):
     assert "--quick shrinks the synthetic benchmark only" in capsys.readouterr().err
 
 
-def test_the_runs_of_a_mask_study_have_refine(tmp_path):
+def test_a_mask_study_runs_refine_and_tabulates_rows_without_beta(tmp_path):
+    """study.score: Mask — each run adds the refine stage (tiny AffinityNet), the pseudo masks are scored
+    (no β: no fixed-β table), the seed reaches every training stage."""
     from doei.study.runner import load_study
 
-    s = load_study(_study_config(tmp_path, tmp_path / "nodata", score="Mask"), tmp_path / "o")
+    config = _study_config(tmp_path, make_synth(tmp_path), score="Mask", rows=["baseline", "ppdo"], stats_images=0)
+    d = yaml.safe_load(config.read_text())
+    d["refine"] = {"train": {"model": "psa_resnet38_aff_small", "model_options": {"width": 0.0625}, "crf": False,
+                             "crop_size": 72, "radius": 4, "batch_size": 2, "epochs": 1, "lr": 0.01,
+                             "progress": False, "device": "cpu"},
+                   "infer": {"logt": 3, "progress": False, "device": "cpu"}}
+    config.write_text(yaml.safe_dump(d))
+    s = load_study(config, tmp_path / "o")
     assert s.stages == ["train-cls", "cam", "refine", "eval"]
     cfg = s.run_config({"enabled": False}, 3)
     assert cfg.run.seed == 3 and cfg.refine.train.seed == 3 and cfg.cam.get("split") is None
-    assert Path(cfg.refine.train.cam_dir) == s.out / "runs" / "off-s3" / "run" / "cam"
+    assert Path(cfg.refine.train.cam_dir) == s.out.resolve() / "runs" / "off-s3" / "run" / "cam"
+    out = tmp_path / "mask"
+    assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
+    doc = json.loads((out / "ablation.json").read_text())
+    assert doc["fixed_beta"] is None and doc["rows"]["ppdo"]["fixed_beta"] is None
+    res = json.loads((out / "runs" / "off-s0" / "result.json").read_text())
+    ev = json.loads((out / "runs" / "off-s0" / "run" / "eval.json").read_text())["results"]["Mask"]
+    assert res["mIoU"] == ev["mIoU"] and res["beta"] is None and res["sweep"] == []
+    assert (out / "runs" / "off-s0" / "run" / "stages" / "refine" / "stage_done.json").is_file()
+    md = (out / "ablation.md").read_text()
+    assert "## Scores" in md and "fixed β" not in md and "each run's score (no β)" in md
+    assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_paper_table4_and_fig4_configs_load_and_follow_the_doei_config(tmp_path):

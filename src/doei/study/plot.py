@@ -57,7 +57,9 @@ def sweep_figure(path: Path, doc: Mapping) -> None:
         ax.set_ylabel(_ylabel(doc, m))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"sweep of {name}: {len(doc['seeds'])} seed(s); notes: k PPDO/CPDO and ‖Δ‖/‖X‖ of patch tokens "
+    p = doc.get("pipeline")
+    where = "" if p is None else f" ({p['score']} on {p['kind']} `{p['split']}`)"
+    fig.suptitle(f"sweep of {name}{where}: {len(doc['seeds'])} seed(s); notes: k PPDO/CPDO and ‖Δ‖/‖X‖ of patch tokens "
                  "per block", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
