@@ -287,7 +287,8 @@ def _saved_bytes(model, x) -> int:
 
 def test_doei_saves_no_copy_of_the_tokens_for_backward():
     """DOEI adds only its own small tensors to what a training forward saves: per DOEI block and image
-    the class tokens (C·D), the PPDO factor and weights (2·C·P) and the CPDO ones (2·C²), plus Ĝ
+    the class tokens (C·D), the PPDO factor and weights (2·C·P) and the CPDO ones (2·C²), the per-head
+    class rows and columns of the attention (H·C·(T + P), doei.core.attention.class_attention), plus Ĝ
     (P² per image) once. It used to save a view of the block's whole output [B, T, D] (a no-op
     ``.float()``), i.e. one more copy of the tokens per block."""
     c, d, depth, b = 3, 64, 3, 2
@@ -301,7 +302,8 @@ def test_doei_saves_no_copy_of_the_tokens_for_backward():
     x = torch.randn(b, 3, 32, 32)
     p, t = 16, c + 16
     extra = _saved_bytes(make(cfg), x) - _saved_bytes(make(None), x)
-    bound = 4 * b * (depth * (c * d + 2 * c * p + 2 * c * c) + p * p)
+    heads = 2
+    bound = 4 * b * (depth * (c * d + 2 * c * p + 2 * c * c + heads * c * (t + p)) + p * p)
     assert 0 < extra <= bound, (extra, bound)
     assert bound < 4 * b * depth * t * d      # the old copy of the tokens alone would not fit
 

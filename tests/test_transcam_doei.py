@@ -59,7 +59,9 @@ def test_outputs_shapes_and_forward_variants(base, images):
     with torch.no_grad():
         lc, lt = base(images)
         c_conv, c_trans, cams = base.cam_forward(images, "transcam")
-    assert torch.equal(lc, out.logits_conv[:, 1:]) and torch.equal(lt, out.logits_trans[:, 1:])
+    # the training forward runs fused attention, forward_all(need_attn) eager: equal to float rounding
+    torch.testing.assert_close(lc, out.logits_conv[:, 1:], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(lt, out.logits_trans[:, 1:], rtol=1e-5, atol=1e-3)
     assert torch.equal(c_conv, out.logits_conv) and torch.equal(cams, transcam_maps(out.x_conv, out.attn_sum))
     # transcam refines each class map with the patch-to-patch attention: hand-check one entry
     a = out.attn_sum[0, 1:, 1:]

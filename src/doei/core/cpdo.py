@@ -9,13 +9,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from doei.core.attention import ClassAttention
 from doei.core.ppdo import class_tokens_f32, head_mean
 from doei.core.selection import num_selected, rank_desc, selection_weights
 
 
-def class_scores(attn: Tensor, num_cls: int) -> Tensor:
-    """S_c [B, C, C] from head-mean attention [B, T, T] (float32); per head [B, H, C, C] from [B, H, T, T]."""
-    a = attn[..., :num_cls, :num_cls].float()
+def class_scores(attn: Tensor | ClassAttention, num_cls: int) -> Tensor:
+    """S_c [B, C, C] from head-mean attention [B, T, T] (float32) or its class rows
+    (:class:`doei.core.attention.ClassAttention`); per head [B, H, C, C] from [B, H, T, T]."""
+    rows = attn.rows if isinstance(attn, ClassAttention) else attn[..., :num_cls, :]
+    a = rows[..., :num_cls].float()
     return a + a.transpose(-1, -2)
 
 

@@ -20,7 +20,9 @@ def doei_update(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, c
     """Apply DOEI after 1-based ``block`` of ``depth``.
 
     x [B, T, D] tokens (C class tokens first), attn [B, T, T] head-mean softmax attention of the
-    block (other readings: its logits, or per head [B, H, T, T]: what the block hands over), g_hat [B, P, P] HFA affinity or None. If ``stats`` is a dict, it receives ``k_p2c``,
+    block or only its class rows/columns (:class:`doei.core.attention.ClassAttention`, same results;
+    other readings: its logits, or per head [B, H, T, T]: what the block hands over), g_hat [B, P, P]
+    HFA affinity or None. If ``stats`` is a dict, it receives ``k_p2c``,
     ``k_c2c`` and the ratios ``delta_ratio_patch`` / ``delta_ratio_cls`` = ‖Δ‖/‖X‖ (batch means).
     Returns x itself (the same object) when DOEI does not act here. ``keys`` [B] int64: the images' keys
     (:func:`doei.core.selection.image_keys`), needed by the control ``select="random"`` only.
@@ -45,21 +47,27 @@ def doei_update(x: Tensor, attn: Tensor, num_cls: int, block: int, depth: int, c
                                   cfg.suppress, g_hat, alpha, x_cls=x_cls32, suppress_target=cfg.suppress_target,
                                   ranks=random_ranks(keys, cfg.control_seed, block, num_cls, x.shape[1] - num_cls)
                                   if rand else None, uniform=uniform)
-            new_patch = (x_patch.float() + d_p).to(x.dtype)
         else:
-            new_patch, d_p, k_p = x_patch, None, None
+            d_p, k_p = None, None
         if do_c:
             d_c, k_c = cpdo_delta(x, attn, num_cls, block, depth, cfg.st_c2c, cfg.af_c2c, cfg.sf_c2c,
                                   cfg.suppress, x_cls=x_cls32, uniform=uniform,
                                   ranks=random_ranks(keys, cfg.control_seed, -block, num_cls, num_cls, True)
                                   if rand else None)
-            new_cls = (x_cls.float() + d_c).to(x.dtype)
         else:
-            new_cls, d_c, k_c = x_cls, None, None
+            d_c, k_c = None, None
+        # x + [Δ_c; Δ_p] (a zero block where a part does not act): the same values as updating the two
+        # slices and concatenating them, but x's gradient passes straight through, without the
+        # zero-filled [B, T, D] buffers that slicing x costs in backward
+        b, _, dim = x.shape
+        zeros = (lambda n: torch.zeros(b, n, dim, dtype=torch.float32, device=x.device))
+        delta = torch.cat([d_c if d_c is not None else zeros(num_cls),
+                           d_p if d_p is not None else zeros(x.shape[1] - num_cls)], dim=1)
+        out = (x.float() + delta).to(x.dtype)
     if stats is not None:
         stats.update(k_p2c=k_p, k_c2c=k_c,
                      delta_ratio_patch=_ratio(d_p, x_patch), delta_ratio_cls=_ratio(d_c, x_cls))
-    return torch.cat([new_cls, new_patch], dim=1)
+    return out
 
 
 def _ratio(delta: Tensor | None, x: Tensor) -> float | None:

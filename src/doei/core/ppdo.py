@@ -9,12 +9,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from doei.core.attention import ClassAttention
 from doei.core.hfa import hybrid_scores
 from doei.core.selection import num_selected, rank_desc, selection_weights
 
 
-def patch_scores(attn: Tensor, num_cls: int) -> Tensor:
-    """S_p [B, C, P] from head-mean attention [B, T, T] (float32); per head [B, H, C, P] from [B, H, T, T]."""
+def patch_scores(attn: Tensor | ClassAttention, num_cls: int) -> Tensor:
+    """S_p [B, C, P] from head-mean attention [B, T, T] (float32) or its class rows/columns
+    (:class:`doei.core.attention.ClassAttention`); per head [B, H, C, P] from [B, H, T, T]."""
+    if isinstance(attn, ClassAttention):
+        return attn.rows[..., num_cls:].float() + attn.cols.float().transpose(-1, -2)
     a = attn.float()
     return a[..., :num_cls, num_cls:] + a[..., num_cls:, :num_cls].transpose(-1, -2)
 

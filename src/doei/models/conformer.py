@@ -12,7 +12,9 @@ Parameter names and shapes equal the official TransCAM / Conformer checkpoints (
 Conformer-S; see ``../shared/reference/keys_transcam_conformer_small.json``), so those weights load
 with :func:`load_transcam_weights`. Numerics follow the official code (LayerNorm eps 1e-6 in
 blocks and FCUDown, 1e-5 in ``trans_norm``; BatchNorm eps 1e-6 in ConvBlocks/FCUUp, 1e-5 in the
-stem; nearest up-sampling in FCUUp; eager attention ``softmax(q kᵀ · scale)``).
+stem; nearest up-sampling in FCUUp; attention ``softmax(q kᵀ · scale)``: eager where the CAM reads it,
+fused elsewhere, float rounding apart; ``doei.models.vit.set_attention_impl(model, "eager")`` pins the
+official eager formula everywhere).
 
 Differences from the official code (documented in docs/models/transcam.md):
 
@@ -28,8 +30,8 @@ Differences from the official code (documented in docs/models/transcam.md):
 * DOEI (``doei``): after each transformer block i (``trans_1``, ``conv_trans_2..L``), before its
   tokens reach the next block and the FCUUp, ``x_t = doei_update(x_t, A_i, 1, i, L, cfg, Ĝ)``; Ĝ
   comes from the normalised image and the transformer branch's patch embedding
-  (``trans_patch_conv``). The CNN branch is not touched. With ``doei=None`` or disabled the
-  forward pass is the official one, bit for bit.
+  (``trans_patch_conv``). The CNN branch is not touched. With ``doei=None`` or disabled and the
+  eager attention pinned the forward pass is the official one, bit for bit.
 """
 from __future__ import annotations
 
@@ -199,13 +201,16 @@ class Conformer(nn.Module):
             if layers is not None:
                 layers.append(a)
 
-        x_t, attn = self.trans_1(x_t)
-        record(attn)
+        keep = need_attn or all_attn      # else: fused attention, DOEI blocks read only the class rows/columns
         hook = hook_for(1)
+        x_t, attn = self.trans_1(x_t, read="full" if keep else "class" if hook is not None else "none", num_cls=1)
+        record(attn)
         if hook is not None:
             x_t = hook(x_t, attn)
         for i in range(2, self.depth + 1):
-            x_cnn, x_t, attn = getattr(self, f"conv_trans_{i}")(x_cnn, x_t, hook_for(i))
+            hook = hook_for(i)
+            read = "full" if keep else "class" if hook is not None else "none"
+            x_cnn, x_t, attn = getattr(self, f"conv_trans_{i}")(x_cnn, x_t, hook, read)
             record(attn)
 
         x_conv = self.conv_cls_head(x_cnn)

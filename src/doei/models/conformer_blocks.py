@@ -93,7 +93,8 @@ class FCUUp(nn.Module):
 
 class ConvTransBlock(nn.Module):
     """One Conformer stage unit: CNN bottleneck -> FCUDown -> transformer block -> (hook) -> FCUUp ->
-    fusion bottleneck. ``forward(x, x_t, hook)`` -> (CNN map, tokens, head-mean attention)."""
+    fusion bottleneck. ``forward(x, x_t, hook, read)`` -> (CNN map, tokens, what was read of the
+    attention: head-mean [B, T, T] for ``read="full"``, see :class:`doei.models.vit.Attention`)."""
 
     def __init__(self, inplanes: int, outplanes: int, res_conv: bool, stride: int, dw_stride: int,
                  embed_dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -110,10 +111,11 @@ class ConvTransBlock(nn.Module):
                                  drop_path_rate)
         self.dw_stride = dw_stride
 
-    def forward(self, x: Tensor, x_t: Tensor, hook: TokenHook | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, x_t: Tensor, hook: TokenHook | None = None,
+                read: str = "full") -> tuple[Tensor, Tensor, Tensor]:
         x, x2 = self.cnn_block(x)
         h, w = x2.shape[-2:]
-        x_t, attn = self.trans_block(self.squeeze_block(x2, x_t) + x_t)
+        x_t, attn = self.trans_block(self.squeeze_block(x2, x_t) + x_t, read=read, num_cls=1)
         if hook is not None:
             x_t = hook(x_t, attn)
         x_up = self.expand_block(x_t, h // self.dw_stride, w // self.dw_stride)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from doei.core import DOEIConfig
+from doei.core.attention import ClassAttention
 from doei.errors import DoeiError
 from doei.models.cam_source import ViewCams
 from doei.models.pretrained import load_deit_weights
@@ -29,7 +30,7 @@ class CamOutput(NamedTuple):
     cls_logits: Tensor    # [B, C]
     patch_logits: Tensor  # [B, C]
     cams: Tensor          # [B, C, h, w] (fused / patchcam / mtatt, before any refinement)
-    patch_attn: Tensor    # [L, B, P, P] head-mean patch→patch attention of every block
+    patch_attn: Tensor | None  # [L, B, P, P] head-mean patch→patch attention of every block (None if not asked)
 
 
 class MCTformerV2(VisionTransformer):
@@ -43,7 +44,7 @@ class MCTformerV2(VisionTransformer):
         self.head = nn.Conv2d(self.embed_dim, num_classes, kernel_size=3, stride=1, padding=1)
         self.head.apply(_init_head)
 
-    def _heads(self, x: Tensor, keep_attn: bool = True):
+    def _heads(self, x: Tensor, keep_attn: bool | list[str] = True):
         feats = self.forward_features(x, keep_attn)
         c = self.num_classes
         b, _, d = feats.tokens.shape
@@ -59,14 +60,25 @@ class MCTformerV2(VisionTransformer):
         _, cls_logits, patch_logits, _ = self._heads(x, keep_attn=False)
         return cls_logits, patch_logits
 
-    def forward_cams(self, x: Tensor, n_layers: int = 3, kind: str = "fused") -> CamOutput:
+    def forward_cams(self, x: Tensor, n_layers: int = 3, kind: str = "fused", patch_attn: bool = True) -> CamOutput:
         """Logits and raw CAMs. ``kind``: 'fused' (attention × ReLU(head)), 'patchcam' (ReLU(head)),
-        'mtatt' (attention only). The attention term sums the last ``n_layers`` blocks."""
-        feats, cls_logits, patch_logits, head_out = self._heads(x)
-        attn = torch.stack(feats.attn)                                # [L, B, T, T]
-        cams = mctformer_cams(attn, head_out, n_layers, kind)
+        'mtatt' (attention only). The attention term sums the last ``n_layers`` blocks.
+
+        ``patch_attn=False`` (no affinity refinement): ``CamOutput.patch_attn`` is None and the blocks
+        keep only what the CAM reads — the class rows of the last ``n_layers`` blocks (fused kernel
+        otherwise); with it every block's full attention is kept (eager)."""
         c = self.num_classes
-        return CamOutput(cls_logits, patch_logits, cams, attn[:, :, c:, c:])
+        if not 1 <= n_layers <= self.depth:
+            raise ValueError(f"n_layers must be in 1..{self.depth}, got {n_layers}")
+        if patch_attn:
+            reads = ["full"] * self.depth
+        else:
+            cam_read = "none" if kind == "patchcam" else "rows"
+            reads = ["none"] * (self.depth - n_layers) + [cam_read] * n_layers
+        feats, cls_logits, patch_logits, head_out = self._heads(x, reads)
+        cams = _cams(class_patch_attention(feats.attn[-n_layers:], c), head_out, kind)
+        pa = torch.stack([a[:, c:, c:] for a in feats.attn]) if patch_attn else None   # [L, B, P, P]
+        return CamOutput(cls_logits, patch_logits, cams, pa)
 
     def cam_source(self, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> "MCTformerCamSource":
         """The family's CAM source for :class:`doei.cam.extractor.CamExtractor` (:class:`MCTformerCamSource`)."""
@@ -95,18 +107,29 @@ class MCTformerV2(VisionTransformer):
         return outputs if isinstance(outputs, Tensor) else outputs[0]
 
 
+def class_patch_attention(attn: list, num_cls: int) -> Tensor | None:
+    """Σ over the given blocks of the class→patch attention [B, C, P], from per-block readings (head-mean
+    [B, T, T] or :class:`doei.core.attention.ClassAttention`); None if every entry is None."""
+    parts = [(a.rows if isinstance(a, ClassAttention) else a[:, :num_cls])[:, :, num_cls:]
+             for a in attn if a is not None]
+    return torch.stack(parts).sum(0) if parts else None
+
+
 def mctformer_cams(attn: Tensor, head_out: Tensor, n_layers: int = 3, kind: str = "fused") -> Tensor:
     """MCTformer-V2 CAMs [B, C, h, w] from stacked head-mean attention [L, B, T, T] and head map [B, C, h, w]."""
+    c = head_out.shape[1]
+    return _cams(attn[-n_layers:].sum(0)[:, :c, c:], head_out, kind)
+
+
+def _cams(cls_patch: Tensor | None, head_out: Tensor, kind: str) -> Tensor:
     b, c, h, w = head_out.shape
     feature_map = F.relu(head_out.detach())
     if kind == "patchcam":
         return feature_map
-    mtatt = attn[-n_layers:].sum(0)[:, :c, c:].reshape(b, c, h, w)
-    if kind == "fused":
-        return mtatt * feature_map
-    if kind == "mtatt":
-        return mtatt
-    raise ValueError(f"unknown CAM kind {kind!r} (fused, patchcam, mtatt)")
+    if kind not in ("fused", "mtatt"):
+        raise ValueError(f"unknown CAM kind {kind!r} (fused, patchcam, mtatt)")
+    mtatt = cls_patch.reshape(b, c, h, w)
+    return mtatt * feature_map if kind == "fused" else mtatt
 
 
 def refine_with_patch_affinity(cams: Tensor, patch_attn: Tensor) -> Tensor:
@@ -166,6 +189,6 @@ class MCTformerCamSource:
         self.patch_refine = patch_refine
 
     def __call__(self, x: Tensor) -> ViewCams:
-        out = self.model.forward_cams(x, n_layers=self.n_layers, kind=self.kind)
+        out = self.model.forward_cams(x, n_layers=self.n_layers, kind=self.kind, patch_attn=self.patch_refine)
         refined = refine_with_patch_affinity(out.cams, out.patch_attn) if self.patch_refine else out.cams
         return ViewCams(out.cls_logits, out.cams, refined)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from doei.core import DOEIConfig
+from doei.core.attention import ClassAttention
 from doei.models.cam_source import ViewCams
 from doei.models.pretrained import load_deit_weights
 from doei.models.registry import register_model
@@ -26,7 +27,7 @@ class TSCAMOutput(NamedTuple):
     logits: Tensor        # [B, K]
     cams: Tensor          # [B, K, h, w] semantic-aware maps
     head_out: Tensor      # [B, K, h, w]
-    patch_attn: Tensor    # [L, B, P, P] head-mean patch→patch attention of every block
+    patch_attn: Tensor | None  # [L, B, P, P] head-mean patch→patch attention of every block (None if not asked)
 
 
 class TSCAM(VisionTransformer):
@@ -41,7 +42,7 @@ class TSCAM(VisionTransformer):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def _heads(self, x: Tensor, keep_attn: bool = True):
+    def _heads(self, x: Tensor, keep_attn: bool | list[str] = True):
         feats = self.forward_features(x, keep_attn)
         tokens = self.norm(feats.tokens)
         b, _, d = tokens.shape
@@ -53,11 +54,17 @@ class TSCAM(VisionTransformer):
         """Training forward: logits [B, K] (no CAM, so no block's attention is kept)."""
         return self._heads(x, keep_attn=False)[1]
 
-    def forward_cams(self, x: Tensor) -> TSCAMOutput:
-        feats, logits, head_out = self._heads(x)
-        attn = torch.stack(feats.attn)                                # [L, B, T, T]
-        cams = tscam_cams(attn, head_out)
-        return TSCAMOutput(logits, cams, head_out, attn[:, :, 1:, 1:])
+    def forward_cams(self, x: Tensor, patch_attn: bool = True) -> TSCAMOutput:
+        """Logits, CAMs, head map and (``patch_attn``) every block's patch→patch attention [L, B, P, P].
+        ``patch_attn=False``: that field is None and the blocks keep only the class-token row the CAM
+        reads (fused kernel + one row: :class:`doei.models.vit.Attention` ``read="rows"``)."""
+        if patch_attn:
+            feats, logits, head_out = self._heads(x)
+            attn = torch.stack(feats.attn)                            # [L, B, T, T]
+            return TSCAMOutput(logits, tscam_cams(attn, head_out), head_out, attn[:, :, 1:, 1:])
+        feats, logits, head_out = self._heads(x, ["rows"] * self.depth)
+        cls_attn = torch.stack([a.rows if isinstance(a, ClassAttention) else a[:, :1] for a in feats.attn])
+        return TSCAMOutput(logits, tscam_cams(cls_attn, head_out), head_out, None)
 
     def cam_source(self, n_layers: int = 12, kind: str = "tscam", patch_refine: bool = False):
         """Adapter for :class:`doei.cam.extractor.CamExtractor`: views [B, 3, h, w] -> ViewCams.
@@ -72,7 +79,7 @@ class TSCAM(VisionTransformer):
             num_classes = self.num_classes
 
             def __call__(self, x: Tensor) -> ViewCams:
-                out = model.forward_cams(x)
+                out = model.forward_cams(x, patch_attn=False)
                 cams = torch.relu(out.cams)
                 return ViewCams(out.logits, cams, cams)
 
@@ -98,7 +105,8 @@ class TSCAM(VisionTransformer):
 
 
 def tscam_cams(attn: Tensor, head_out: Tensor) -> Tensor:
-    """TS-CAM maps [B, K, h, w]: Σ over all blocks of cls→patch attention [L, B, T, T] × head map (no ReLU)."""
+    """TS-CAM maps [B, K, h, w]: Σ over all blocks of cls→patch attention [L, B, T, T] (or the class rows
+    alone, [L, B, 1, T]) × head map (no ReLU)."""
     b, _, h, w = head_out.shape
     cls_attn = attn.sum(0)[:, 0, 1:].reshape(b, 1, h, w)
     return cls_attn * head_out.detach()

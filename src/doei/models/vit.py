@@ -3,13 +3,15 @@
 Parameter names equal timm/DeiT's (``cls_token``, ``pos_embed``, ``patch_embed.proj``,
 ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``), so DeiT and official
 MCTformer/TS-CAM checkpoints load. ``num_cls_tokens`` class tokens come first in the sequence (1 for
-DeiT/TS-CAM, one per class for MCTformer). Attention is computed eagerly (softmax(q kᵀ·scale)) because
-CAMs and DOEI need the probabilities.
+DeiT/TS-CAM, one per class for MCTformer). Each block computes only what is read of its attention
+(:class:`Attention`): the fused kernel where nobody reads it, the class rows/columns without the T×T
+matrix for DOEI (:func:`doei.core.attention.class_attention`), the eager T×T probabilities for CAM
+readers of the whole matrix and for DOEI's non-default readings.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,12 +20,33 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor
 
 from doei.core import DOEIConfig, doei_update, hfa_affinity
+from doei.core.attention import ClassAttention, class_attention, fused_attention
 from doei.core.hfa import block_attention_hfa, raw_rgb
 from doei.core.selection import image_keys
 
 
+READS = ("none", "rows", "class", "full")
+ATTENTION_IMPLS = ("auto", "eager")
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention: [B, T, D] -> (output [B, T, D], head-mean softmax attention [B, T, T])."""
+    """Multi-head self-attention [B, T, D] -> (output [B, T, D], what the caller reads of the attention).
+
+    ``read`` says what of the head-mean softmax attention the caller needs, and so which kernel runs
+    (``impl="auto"``, the default):
+
+    * ``"none"``: nothing -> fused ``F.scaled_dot_product_attention``, returns ``(out, None)``;
+    * ``"rows"``: the class-token rows ``A[:C, :]`` -> fused output + a :class:`ClassAttention` with
+      ``rows`` only (``num_cls`` = C);
+    * ``"class"``: rows and class-key columns ``A[C:, :C]`` (what DOEI reads) -> :func:`class_attention`;
+    * ``"full"``: the head-mean [B, T, T] -> eager ``softmax(q kᵀ·scale)``.
+
+    ``impl="eager"`` pins the official eager formula for every ``read`` (always returning the full
+    head-mean [B, T, T]): bit-for-bit the code before fused attention (parity tests use it; see
+    :func:`set_attention_impl`). Attention dropout in training (``attn_drop.p > 0``) keeps "rows"/"class"
+    eager too (DOEI reads the probabilities before dropout). Fused and eager outputs agree to float
+    rounding (float32: ~1e-6 absolute at unit-scale activations; tests/test_attention_paths.py).
+    """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0,
                  proj_drop: float = 0.0) -> None:
@@ -36,20 +59,32 @@ class Attention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.impl = "auto"
 
-    def forward(self, x: Tensor, doei_view: tuple | None = None) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
-        """``doei_view`` (a DOEI block under a non-default reading): ``(g_hat, alpha, num_cls, source,
-        heads[, target])``; with ``g_hat`` set the probabilities the block uses are changed by HFA
-        (:func:`doei.core.hfa.block_attention_hfa`, ``target`` "attention" (default) or "additive"), and a third output is what DOEI scores: the softmax
+    def forward(self, x: Tensor, doei_view: tuple | None = None, read: str = "full",
+                num_cls: int = 1) -> tuple[Tensor, Tensor | ClassAttention | None] | tuple[Tensor, Tensor, Tensor]:
+        """``doei_view`` (a DOEI block under a non-default reading, always eager): ``(g_hat, alpha,
+        num_cls, source, heads[, target])``; with ``g_hat`` set the probabilities the block uses are
+        changed by HFA (:func:`doei.core.hfa.block_attention_hfa`, ``target`` "attention" (default) or
+        "additive"), and a third output is what DOEI scores: the softmax
         probabilities or (``source="logits"``) QKᵀ/√d_k, head-mean [B, T, T] or (``heads="each"``)
-        per head [B, H, T, T]."""
+        per head [B, H, T, T]. Otherwise ``read`` (see the class docstring) and ``num_cls`` (C)."""
         b, t, d = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         if doei_view is None:
-            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-            out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, t, d)
-            return self.proj_drop(self.proj(out)), attn.mean(dim=1)
+            if read not in READS:
+                raise ValueError(f"read must be one of {list(READS)}, got {read!r}")
+            dropping = self.training and self.attn_drop.p > 0
+            if self.impl == "eager" or read == "full" or (read != "none" and dropping):
+                attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+                out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, t, d)
+                return self.proj_drop(self.proj(out)), attn.mean(dim=1)
+            if read == "none":
+                out = fused_attention(q, k, v, self.scale, self.attn_drop.p if self.training else 0.0)
+                return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, t, d))), None
+            out, part = class_attention(q, k, v, self.scale, num_cls, cols=read == "class")
+            return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, t, d))), part
         g_hat, alpha, num_cls, source, heads, *target = doei_view
         logits = (q @ k.transpose(-2, -1)) * self.scale
         attn = logits.softmax(dim=-1)
@@ -62,8 +97,25 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(out)), mean, scores
 
 
+def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Set every :class:`Attention` of ``model`` to ``impl``: ``"auto"`` (fused kernels where the
+    probabilities are not read, the default) or ``"eager"`` (the official formula everywhere, bit for
+    bit the code before fused attention). Returns ``model``."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"impl must be one of {list(ATTENTION_IMPLS)}, got {impl!r}")
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.impl = impl
+    return model
+
+
+def merge_reads(*reads: str) -> str:
+    """The widest of several ``read`` requests ("none" < "rows" < "class" < "full")."""
+    return max(reads, key=READS.index)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: returns (tokens [B, T, D], head-mean attention [B, T, T])."""
+    """Pre-norm transformer block: returns (tokens [B, T, D], what was read of its attention)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6) -> None:
@@ -74,10 +126,12 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def forward(self, x: Tensor, doei_view: tuple | None = None) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
-        """``doei_view``: see :meth:`Attention.forward`; then a third output, DOEI's scores source."""
+    def forward(self, x: Tensor, doei_view: tuple | None = None, read: str = "full",
+                num_cls: int = 1) -> tuple[Tensor, Tensor | ClassAttention | None] | tuple[Tensor, Tensor, Tensor]:
+        """``doei_view``, ``read``, ``num_cls``: see :meth:`Attention.forward`; with ``doei_view`` a third
+        output, DOEI's scores source. ``read="full"`` (the default) returns the head-mean [B, T, T]."""
         if doei_view is None:
-            out, attn = self.attn(self.norm1(x))
+            out, attn = self.attn(self.norm1(x), read=read, num_cls=num_cls)
         else:
             out, attn, scores = self.attn(self.norm1(x), doei_view)
         x = x + self.drop_path(out)
@@ -128,7 +182,8 @@ class ConvStem(nn.Module):
 
 class Features(NamedTuple):
     tokens: Tensor          # [B, C + P, D] output of the last block (after DOEI, before any final norm)
-    attn: list[Tensor]      # per block [B, T, T] head-mean softmax attention ([] with keep_attn=False)
+    attn: list              # per block what was read: [B, T, T] head-mean ("full"), ClassAttention
+                            # ("rows"), or None ("none"); [] with keep_attn=False
     grid: tuple[int, int]   # (h, w) patch grid
 
 
@@ -194,12 +249,21 @@ class VisionTransformer(nn.Module):
         """Position embedding [1, C + h·w, D] for a patch grid (interpolated as MCTformer does)."""
         return interpolate_pos_embed(self.pos_embed, self.num_cls_tokens, self.base_grid, grid)
 
-    def forward_features(self, x: Tensor, keep_attn: bool = True) -> Features:
-        """Image [B, 3, H, W] -> tokens of the last block, per-block head-mean attention, grid.
+    def forward_features(self, x: Tensor, keep_attn: bool | Sequence[str] = True) -> Features:
+        """Image [B, 3, H, W] -> tokens of the last block, per-block attention readings, grid.
 
-        ``keep_attn=False`` (training forwards, which need no CAM): ``attn`` is an empty list, and
-        each block's head-mean attention [B, T, T] is freed as soon as DOEI has read it instead of
-        being held for all L blocks until the forward returns (autograd does not keep it)."""
+        ``keep_attn``: True keeps every block's head-mean attention [B, T, T] (eager); False (training
+        forwards, which need no CAM) keeps none, so blocks DOEI does not read run the fused kernel and
+        DOEI blocks compute only the class rows/columns it reads; a sequence of one ``read`` per block
+        ("none", "rows", "full"; :class:`Attention`) keeps exactly that (a CAM reading class→patch
+        attention asks "rows"). ``attn`` then holds per block what was kept (None for "none")."""
+        if isinstance(keep_attn, bool):
+            reads = ["full" if keep_attn else "none"] * self.depth
+        else:
+            reads = list(keep_attn)
+            if len(reads) != self.depth or any(r not in READS for r in reads):
+                raise ValueError(f"keep_attn: expected a bool or {self.depth} reads of {list(READS)}, got {reads}")
+        keep = keep_attn is not False
         b = x.shape[0]
         embed, grid = self.patch_embed(x)
         tokens = torch.cat([self.cls_token.expand(b, -1, -1), embed], dim=1)
@@ -211,17 +275,19 @@ class VisionTransformer(nn.Module):
         # readings other than today's need the block's own attention tensors (docs/doei-method.md, variants)
         special = cfg.needs_full_attention
         keys = image_keys(x) if cfg.enabled and cfg.select == "random" else None   # control: random selection
-        attns: list[Tensor] = []
+        attns: list = []
         for i, blk in enumerate(self.blocks, start=1):
-            if special and cfg.applies_to(i, self.depth):
+            doei_here = cfg.applies_to(i, self.depth)
+            if special and doei_here:
                 view = (g_hat if cfg.hfa_on_attention else None, cfg.alpha, self.num_cls_tokens,
                         cfg.score_source, cfg.heads, cfg.hfa_target)
                 tokens, attn, scores = blk(tokens, view)
             else:
-                tokens, attn = blk(tokens)
+                read = merge_reads(reads[i - 1], "class" if doei_here else "none")
+                tokens, attn = blk(tokens, read=read, num_cls=self.num_cls_tokens)
                 scores = attn
-            if keep_attn:
-                attns.append(attn)
+            if keep:
+                attns.append(attn if reads[i - 1] != "none" else None)
             stats = {} if self.doei_stats is not None else None
             tokens = doei_update(tokens, scores, self.num_cls_tokens, i, self.depth, cfg, g_hat, stats, keys=keys)
             if stats:
