@@ -118,7 +118,8 @@ def render(doc: dict) -> str:
     for i, g in enumerate(doc["powers"]):
         cells = []
         for sd in doc["seeds"]:
-            p = doc["per_seed"][sd]["power_sweep"][i]
+            ps = doc["per_seed"]
+            p = (ps[sd] if sd in ps else ps[str(sd)])["power_sweep"][i]       # str keys once read back from JSON
             cells.append(f"{p['best_beta']['mIoU']:.1f} / {p['fixed_beta']['mIoU']:.1f}")
         lines.append(f"| {g:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

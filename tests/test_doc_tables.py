@@ -1,0 +1,73 @@
+"""Issue #24: doc tables generated from committed JSON results (doei.study.doc_tables); the repository's docs
+must agree with their files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from doei.study.doc_tables import default_docs, main, update_doc
+
+
+def _row(label, miou, leak, auc):
+    ps = lambda v: {"per_seed": {"0": v[0], "1": v[1]}}  # noqa: E731
+    return {"label": label, "seeds": [0, 1], "best_beta": {"mIoU": ps(miou), "FP": ps((50.0, 52.0)), "FN": ps((20.0, 20.0))},
+            "cooccurrence": {"group:context": {"leak": ps(leak)}},
+            "localisation": {"group:context": {"auc_context": ps(auc)}}}
+
+
+def _study(tmp_path):
+    doc = {"rows": {"baseline": _row("baseline (DOEI off)", (20.0, 22.0), (10.0, 12.0), (70.0, 70.0)),
+                    "cpdo_ppdo_hfa": _row("CPDO + PPDO + HFA", (24.0, 25.0), (15.0, 15.0), (71.0, 69.0))}}
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "s.json").write_text(json.dumps(doc))
+    md = tmp_path / "docs" / "x.md"
+    md.write_text("text\n<!-- table study docs/results/s.json metrics=mIoU,leak,auc_context -->\nold\n<!-- /table -->\nend\n")
+    return md
+
+
+def test_study_table_hand_computed_and_check(tmp_path):
+    md = _study(tmp_path)
+    assert update_doc(md, tmp_path, check=True) == [f"{md}:2 study docs/results/s.json"]
+    assert "old" in md.read_text()                                       # --check changes nothing
+    assert update_doc(md, tmp_path) and update_doc(md, tmp_path, check=True) == []
+    text = md.read_text()
+    # baseline absolute: mIoU 21.0 ± 1.4, leak 11.0 ± 1.4, AUC 70.0 ± 0.0; DOEI paired: +4, +3 -> +3.5 ± 0.7 (2/2);
+    # leak +5, +3 -> +4.0 ± 1.4 (0/2: lower wins); AUC +1, -1 -> +0.0 ± 1.4 (1/2)
+    assert "| **baseline (DOEI off)** (absolute) | 2 | 21.0 ± 1.4 | 11.0 ± 1.4 | 70.0 ± 0.0 |" in text
+    assert "| CPDO + PPDO + HFA | 2 | +3.5 ± 0.7 (2/2) | +4.0 ± 1.4 (0/2) | +0.0 ± 1.4 (1/2) |" in text
+    assert text.startswith("text\n<!-- table") and text.endswith("<!-- /table -->\nend\n")
+    md.write_text(text.replace("+3.5 ± 0.7", "+3.6 ± 0.7"))                # a hand-edited number fails the check
+    assert update_doc(md, tmp_path, check=True)
+    vs = md.read_text().replace("metrics=mIoU,leak,auc_context", "vs=cpdo_ppdo_hfa metrics=mIoU")
+    md.write_text(vs)
+    update_doc(md, tmp_path)
+    assert "| baseline (DOEI off) | 2 | -3.5 ± 0.7 (0/2) |" in md.read_text()
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    md = _study(tmp_path)
+    md.write_text(md.read_text().replace("s.json", "missing.json"))
+    from doei.errors import DoeiError
+
+    with pytest.raises(DoeiError, match="missing.json: result file not found"):
+        update_doc(md, tmp_path)
+    md.write_text("<!-- table study docs/results/s.json rows=nope -->\n<!-- /table -->\n")
+    with pytest.raises(DoeiError, match="row 'nope' is not in the file"):
+        update_doc(md, tmp_path)
+    assert main([str(md), "--check"]) == 2 and "error:" in capsys.readouterr().out
+
+
+def test_bias_curve_table_renders():
+    from doei.study.doc_tables import render_bias_curve
+
+    d = {"mean": 1.0, "std": 0.5, "n": 2}
+    diff = {"vs_baseline": {"mean": 1.0, "std": 0.5, "n": 2, "wins": 1}}
+    rec = {"bias": 0.5, "seeds": [0, 1], "row": "cpdo_ppdo_hfa", "label": "DOEI", "baseline": {"leak": d},
+           "cpdo_ppdo_hfa": {"leak": {**d, **diff}, "mIoU": diff}}
+    assert render_bias_curve([rec], {}).startswith("| bias |")
+
+
+def test_repository_docs_agree_with_their_result_files():
+    stale = [s for d in default_docs() for s in update_doc(d, check=True)]
+    assert not stale, f"regenerate with python -m doei.study.doc_tables: {stale}"
