@@ -7,7 +7,11 @@ DeiT/MCTformer).
   builds with its ``main.py`` defaults: timm ``create_transform`` with RandomResizedCrop to
   ``input_size`` (scale 0.08..1, ratio 3/4..4/3, bicubic), horizontal flip p=0.5,
   RandAugment ``rand-m9-mstd0.5-inc1`` (which makes timm skip the 0.4 colour jitter), ToTensor,
-  Normalize, RandomErasing p=0.25 'pixel' mode, one box.
+  Normalize, RandomErasing p=0.25 'pixel' mode, one box. Its ``PosterizeIncreasing`` op keeps
+  ``4 - int(level * 0.4)`` bits, 0 when the sampled magnitude reaches its cap 10 (~2 % of draws at
+  m9/mstd0.5); Pillow >= 11 refuses 0 bits (``ValueError: bits must be between or equal to 1 and 8``),
+  which stopped a full-size batch of 64 about once in six steps (issue #21's smoke run). 0 bits gives
+  what the Pillow of the official code gave: an all-zero image (:func:`posterize_any_bits`).
 * :func:`simple_train_transform` - a milder variant for tiny from-scratch models (the synthetic demo):
   RandomResizedCrop with a configurable scale range, horizontal flip, optional colour jitter.
 * :func:`eval_transform` - MCTformer's validation transform for classification mAP: resize the
@@ -55,15 +59,36 @@ def cam_transform() -> Transform:
     return ToNormalizedTensor()
 
 
+def posterize_any_bits(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize op for any ``bits_to_keep``: >= 8 keeps the image, <= 0 keeps no bit (all zeros, as
+    Pillow < 11 computed it), else ``ImageOps.posterize``. Module-level: picklable for DataLoader workers."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, int(bits_to_keep))
+
+
+def _safe_posterize(t):
+    """Give every posterize op of the RandAugment inside ``t`` (a torchvision Compose) :func:`posterize_any_bits`."""
+    for sub in getattr(t, "transforms", []):
+        for op in getattr(sub, "ops", []):
+            if "posterize" in getattr(op, "name", "").lower():
+                op.aug_fn = posterize_any_bits
+    return t
+
+
 def mctformer_train_transform(input_size: int = 224) -> Transform:
     """The official MCTformer/DeiT training augmentation (see module docstring) via timm."""
     from timm.data import create_transform
 
-    return create_transform(
+    return _safe_posterize(create_transform(
         input_size=input_size, is_training=True, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1",
         interpolation="bicubic", re_prob=0.25, re_mode="pixel", re_count=1,
         mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    )
+    ))
 
 
 def simple_train_transform(input_size: int, scale: tuple[float, float] = (0.5, 1.0),
