@@ -108,7 +108,9 @@ def _maxrss_mb(who: int) -> float:
 
 class StageMeter:
     """``with StageMeter() as m: ...`` then ``m.result``: ``seconds``, ``peak_rss_mb`` (+ ``peak_rss_source``),
-    ``workers_peak_rss_mb`` (None unless a worker process set a new high), ``cuda_peak_mb`` (None off CUDA)."""
+    ``workers_peak_rss_mb`` (None unless a worker process set a new high), ``cuda_peak_mb`` (None off CUDA),
+    ``cpu_seconds`` (user + system, this process and its finished workers: unlike wall time, not inflated when
+    other jobs share the cores)."""
 
     def __enter__(self) -> "StageMeter":
         self.reset = False
@@ -124,6 +126,7 @@ class StageMeter:
             import torch
 
             torch.cuda.reset_peak_memory_stats()
+        self.cpu0 = _cpu_seconds()
         self.t0 = time.time()
         self.result: dict = {}
         return self
@@ -132,7 +135,7 @@ class StageMeter:
         secs = time.time() - self.t0
         hwm = _read_hwm_mb() if self.reset else None
         children = _maxrss_mb(resource.RUSAGE_CHILDREN)
-        self.result = {"seconds": round(secs, 3),
+        self.result = {"seconds": round(secs, 3), "cpu_seconds": round(_cpu_seconds() - self.cpu0, 3),
                        "peak_rss_mb": round(hwm if hwm is not None else _maxrss_mb(resource.RUSAGE_SELF), 1),
                        "peak_rss_source": "VmHWM (reset per stage)" if hwm is not None else
                        "ru_maxrss (process lifetime peak)",
@@ -142,6 +145,12 @@ class StageMeter:
             import torch
 
             self.result["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / _MB, 1)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished workers (a measure that load does not inflate)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 def _cuda_ready() -> bool:
@@ -192,6 +201,7 @@ def smoke_rows(cfg: PipelineConfig, done: dict[str, dict]) -> list[dict]:
     for stage, marker in done.items():
         res = marker.get("resources") or {}
         rows.append({"stage": stage, "seconds": res.get("seconds", marker.get("seconds")),
+                     "cpu_seconds": res.get("cpu_seconds"),
                      "peak_rss_mb": res.get("peak_rss_mb"), "workers_peak_rss_mb": res.get("workers_peak_rss_mb"),
                      "cuda_peak_mb": res.get("cuda_peak_mb"), **stage_units(stage, marker.get("summary"), cfg)})
     return rows
