@@ -133,6 +133,7 @@ def worker_overrides(cfg_path: Path, cap: int) -> list[str]:
 
 
 def run_one(name: str, cfg_path: Path, root: Path, work: Path, args) -> dict:
+    """Run one config in smoke mode in its own process (``name``: its results key, also the run and log folder)."""
     out = work / "runs" / name
     if out.exists():
         shutil.rmtree(out)            # a smoke folder is cheap to redo; never mix two attempts
@@ -222,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=int, default=7200, help="seconds per config before the watchdog stops it")
     p.add_argument("--mem-floor-gb", type=float, default=2.0, help="stop a run when available memory falls below")
     p.add_argument("--rerun", action="store_true", help="repeat configs already in the results")
+    p.add_argument("--suffix", default="", help="store the runs under '<config><suffix>' (e.g. '@config-batch')")
     p.add_argument("--tables-only", action="store_true", help="only write the Markdown from the JSON")
     p.add_argument("--calibrate", action="store_true", help="(re)measure the CPU / V100 ratio into the JSON, run nothing")
     p.add_argument("--docs", default=None, help="also replace the paper_smoke section of this Markdown file")
@@ -251,18 +253,19 @@ def main(argv=None) -> int:
                                  "shared": "a 2-core CPU shared with other jobs (timings are upper bounds)"}})
         names = [n for n in ORDER if not args.only or n in args.only.split(",")]
         for name in names:
-            old = data["configs"].get(name)
+            key = name + args.suffix
+            old = data["configs"].get(key)
             if (old and old.get("status") == "ok" and old.get("smoke") == args.n and old.get("smoke_batch") == args.batch
                     and not args.rerun):
-                print(f"{name}: done before; skipped")
+                print(f"{key}: done before; skipped")
                 continue
             kind = "coco" if name.startswith("coco") else "voc"
-            print(f"{name}: running ({time.strftime('%H:%M:%S')})", flush=True)
-            rec = run_one(name, REPO / "configs" / "paper" / f"{name}.yaml", roots[kind], work, args)
+            print(f"{key}: running ({time.strftime('%H:%M:%S')})", flush=True)
+            rec = run_one(key, REPO / "configs" / "paper" / f"{name}.yaml", roots[kind], work, args)
             rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-            data["configs"][name] = rec
+            data["configs"][key] = rec
             _save(out, data)
-            print(f"{name}: {rec['status']} in {rec['wall_seconds']:.0f} s, tree peak {rec['tree_peak_rss_mb']:.0f} MB"
+            print(f"{key}: {rec['status']} in {rec['wall_seconds']:.0f} s, tree peak {rec['tree_peak_rss_mb']:.0f} MB"
                   + (f" ({rec['error']})" if rec["status"] != "ok" else ""), flush=True)
     _save(out, data)
     if args.docs:

@@ -75,6 +75,7 @@ def full_size_units(name: str) -> dict[str, int]:
     from doei.pipeline.stages import classifier_config
     from doei.pipeline_config import load_pipeline_config
 
+    name = name.split("@")[0]                     # a '<config>@<suffix>' key of benchmarks/paper_smoke.py --suffix
     cfg = load_pipeline_config(REPO / "configs" / "paper" / f"{name}.yaml", ["data.root=/unused"])
     n_train, n_val = SPLITS["coco" if name.startswith("coco") else "voc"]
     cls = classifier_config(cfg).train
@@ -127,9 +128,10 @@ def gpu_table(data: dict) -> str:
 
 def markdown_tables(data: dict) -> str:
     cal = data.get("calibration") or {}
-    ran = [n for n, r in data.get("configs", {}).items() if r.get("status") == "ok"]
+    ran = [n for n, r in data.get("configs", {}).items() if r.get("status") == "ok" and "@" not in n]
     parts = [
-        f"Configs run: {len(ran)} of 12 ({', '.join(f'`{n}`' for n in ran) or 'none'}). {data.get('note', '')}.",
+        f"Configs that ran through every stage: {len(ran)} of 12 ({', '.join(f'`{n}`' for n in ran) or 'none'}). "
+        f"{data.get('note', '')}.",
         f"Machine: {data.get('machine', {})}. Command: `{data.get('generated_by', '?')}`.",
         "", "**Cost per unit at the config's own sizes** (seconds; training: per optimiser step at the batch shown, "
         "CAM / random walk / inference: per image, CRF: per image on one core):", "", cost_table(data), "",
