@@ -32,6 +32,7 @@ from doei.cam.visualize import cam_figure, save_label_png
 from doei.data.build import build_dataset
 from doei.engine.classifier import load_classifier
 from doei.engine.per_image import PerImageJob, first_n
+from doei.config import read_json
 from doei.errors import DoeiError
 from doei.utils.checks import expect_path, expect_type
 from doei.utils.io import atomic_save_png, atomic_write_json
@@ -117,10 +118,7 @@ def check_settings(out: Path, settings: dict, what: str = "--out") -> None:
     f = out / SETTINGS_FILE
     if not f.is_file() or not any(out.glob("*.npz")):
         return
-    try:
-        old = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise DoeiError(f"{f}: unreadable; delete it or choose another --out") from None
+    old = read_json(f, dict, what="CAM settings")
     for k in PIPELINE_KEYS:
         if old.get(k) != settings.get(k):
             raise DoeiError(f"{f}: {k} was {old.get(k)!r}, now {settings.get(k)!r}; the folder holds CAMs of "

@@ -37,6 +37,7 @@ from doei.data import synth_draw as D
 from doei.data.synth_objects import DRAWERS, background, band as draw_band, clutter, shell
 from doei.data.build import register_dataset
 from doei.data.common import classes_in_mask, voc_palette
+from doei.config import read_json
 from doei.errors import DoeiError
 
 SYNTH_CLASSES: tuple[str, ...] = ("boat", "train", "car", "turtle", "house", "tree", "fish", "star", "ring", "kite")
@@ -329,10 +330,7 @@ def read_meta(root: str | Path) -> dict:
     f = Path(root) / META_FILENAME
     if not f.is_file():
         raise DoeiError(f"{f}: not found (generate the benchmark with `doei synth --out {root}`)")
-    try:
-        meta = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise DoeiError(f"{f}: invalid JSON ({e})") from None
+    meta = read_json(f, dict, what="benchmark meta")
     if meta.get("format") != FORMAT or not isinstance(meta.get("classes"), list):
         raise DoeiError(f"{f}: not a {FORMAT} meta file")
     return meta

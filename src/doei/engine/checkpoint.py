@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from doei.config import check_type
 from doei.errors import DoeiError
 from doei.utils.io import atomic_path
 
@@ -97,9 +98,11 @@ def check_checkpoint(obj: object, path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise DoeiError(f"{path}: not a doei training checkpoint (format {got!r}, expected {FORMAT!r})")
-    for key in ("model", "optimizer", "epoch", "step", "config", "rng"):
+    for key, tp in (("model", dict), ("optimizer", dict), ("epoch", int), ("step", int), ("config", dict),
+                    ("rng", dict)):
         if key not in obj:
             raise DoeiError(f"{path}: checkpoint lacks {key!r}")
+        check_type(obj[key], tp, f"{path}: {key}")        # the one schema check for what is read back
     return obj
 
 

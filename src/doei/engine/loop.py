@@ -115,11 +115,16 @@ def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, see
     if resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
         check_resume(ckpt["config"], ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and scaler.is_enabled() and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if scaler is not None and scaler.is_enabled() and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DoeiError(f"{ckpt_path}: cannot resume: the checkpoint does not fit this run's model/optimiser "
+                            f"({first[:160]}); use another out_dir or --overwrite") from None
         start_epoch, step, last = ckpt["epoch"] + 1, ckpt["step"], dict(ckpt.get("metrics", {}))
         if is_main:
             truncate_jsonl_epochs(log_path, start_epoch)
