@@ -144,7 +144,9 @@ def check_out_writable(out: str) -> None:
     import tempfile
     from pathlib import Path
 
-    path = Path(out)
+    from doei.utils.outdir import check_path
+
+    path = check_path(out, "--out", file=True)
     if path.is_dir():
         raise DoeiError(f"--out {out}: is a directory (expected a JSON file path)")
     parent = path.parent if str(path.parent) else Path(".")

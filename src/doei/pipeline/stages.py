@@ -94,7 +94,7 @@ def cam_config(cfg: PipelineConfig) -> CamConfig:
     d.setdefault("dataset", cfg.data.kind)
     d.setdefault("data_root", cfg.data.root)
     d.setdefault("split", cfg.data.train_split)
-    d.setdefault("device", resolve_device(cfg.run.device))
+    d.setdefault("device", resolve_device(cfg.run.device, "run.device"))
     return from_dict(CamConfig, d, where="cam").validate()
 
 

@@ -35,9 +35,13 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def check_path(path: str | os.PathLike, what: str = "--out") -> Path:
+TMP_EXTRA = len(".tmp-") + 9     # doei.utils.io.atomic_path writes ".tmp-<name>.<8 random>" first
+
+
+def check_path(path: str | os.PathLike, what: str = "--out", file: bool = False) -> Path:
     """Refuse, in one line naming ``path``, what the OS would refuse later: a name longer than the file
-    system allows, a dangling symbolic link, a symbolic link loop, an unreadable parent (permission)."""
+    system allows (a ``file``'s name with room for its temporary name), a dangling symbolic link, a
+    symbolic link loop, an unreadable parent (permission)."""
     from doei.utils.io import os_error_line
 
     p = Path(path)
@@ -48,9 +52,13 @@ def check_path(path: str | os.PathLike, what: str = "--out") -> Path:
         name_max = os.pathconf(base if base.is_dir() else base.parent, "PC_NAME_MAX")
     except (OSError, ValueError):
         name_max = 255
-    long = next((part for part in p.parts if len(os.fsencode(part)) > name_max), None)
+    parts = list(p.parts)
+    long = next((part for i, part in enumerate(parts) if len(os.fsencode(part))
+                 + (TMP_EXTRA if file and i == len(parts) - 1 else 0) > name_max), None)
     if long is not None:
-        raise DoeiError(f"{what} {p}: the name {long[:24]}... is {len(os.fsencode(long))} bytes, longer than the "
+        n = len(os.fsencode(long))
+        room = f" (with the {TMP_EXTRA} of its temporary name)" if n <= name_max else ""
+        raise DoeiError(f"{what} {p}: the name {long[:24]}... is {n} bytes{room}, longer than the "
                         f"{name_max} the file system allows")
     for q in [p, *p.parents]:
         if q.is_symlink():
@@ -100,7 +108,7 @@ def check_out_dir(path: str | os.PathLike, what: str = "--out") -> Path:
 
 def check_out_file(path: str | os.PathLike, what: str = "--out") -> Path:
     """``path`` as a Path if a file can be written there (atomically: its folder must be writable)."""
-    p = check_path(path, what)
+    p = check_path(path, what, file=True)
     if p.is_dir():
         raise DoeiError(f"{what} {p}: is a folder, expected a file path")
     check_out_dir(p.parent, what=f"{what} {p}: folder")
