@@ -145,7 +145,7 @@ def c_coco_masks_rerun_other_crowd(b, t):
                           "bbox": [1, 1, 4, 3], "segmentation": {"size": [6, 8], "counts": [9, 3, 3, 3, 30]}}],
          "categories": [{"id": 17, "name": "cat"}]}
     (t / "inst.json").write_text(json.dumps(d))
-    argv = ["coco-masks", "--ann", str(t / "inst.json"), "--out", str(t / "out"), "--no-progress"]
+    argv = ["coco-masks", "--ann", str(t / "inst.json"), "--out", str(t / "out")]   # (no --no-progress: older trees)
     return Case(argv + ["--crowd", "class"], r"crowd", prior=[argv], reuse=True)
 
 
@@ -321,19 +321,24 @@ def c_sweep_param_inf(b, t):
     return Case(["sweep", "--out", str(t / "out"), "--quick", "--param", "af_p2c=inf"], r"--param 'af_p2c=inf'.*finite")
 
 
+def c_ablate_set_data_root(b, t):
+    return Case(["ablate", "--out", str(t / "out"), "--quick", "--set", f"data.root={t / 'elsewhere'}"],
+                r"--set data\.root=.*: this command sets data\.root itself")
+
+
 def c_demo_set_doei_enabled(b, t):
     return Case(["demo", "--quick", "--out", str(t / "out"), "--set", "doei.enabled=false"],
-                r"--set doei\.enabled=false: the demo sets doei\.enabled itself")
+                r"--set doei\.enabled=false: this command sets doei\.enabled itself")
 
 
 def c_demo_pipeline_set_run_stages(b, t):
     return Case(["demo", "--quick", "--out", str(t / "out"), "--pipeline-set", "run.stages=[cam]"],
-                r"--pipeline-set run\.stages=\[cam\]: the demo sets run\.stages itself")
+                r"--pipeline-set run\.stages=\[cam\]: this command sets run\.stages itself")
 
 
 def c_demo_pipeline_set_out_dir(b, t):
     return Case(["demo", "--quick", "--out", str(t / "out"), "--pipeline-set", f"run.out_dir={t / 'x'}"],
-                r"the demo sets run\.out_dir itself")
+                r"this command sets run\.out_dir itself")
 
 
 def c_demo_ceilings_without_pipeline(b, t):

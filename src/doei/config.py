@@ -265,6 +265,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def refuse_owned_overrides(overrides: Sequence[str], owned: Sequence[str], flag: str = "--set",
+                           instead: str = "") -> None:
+    """Refuse (one line) an override of a key the command sets itself: it would be silently replaced.
+    ``owned``: dotted keys; an override of a key or of a section above one counts."""
+    for item in overrides:
+        key = str(item).split("=", 1)[0].strip()
+        hit = next((k for k in owned if key == k or k.startswith(key + ".")), None)
+        if hit is not None:
+            raise DoeiError(f"{flag} {item}: this command sets {hit} itself, so the value would be replaced"
+                            + (f" ({instead})" if instead else ""))
+
+
 def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
     """Load YAML ``path`` into dataclass ``cls`` with strict keys, after ``--set`` overrides."""
     data = apply_overrides(load_yaml(path), overrides or [])

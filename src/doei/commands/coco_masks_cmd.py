@@ -32,6 +32,7 @@ import argparse
 import hashlib
 from pathlib import Path
 
+from doei.config import check_type, read_json
 from doei.data.coco import coco_image_ids, image_key, load_coco_api, mask_content_hash, render_mask
 from doei.data.coco_stuff import find_stuffthingmap, read_stuffthingmap
 from doei.data.common import read_mask
@@ -64,8 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings(args: argparse.Namespace) -> dict:
     """What the PNGs depend on (the manifest's ``settings``; a rerun must match them)."""
+    from doei.pipeline.fingerprints import file_sha256
+
     return {"source": args.source, "ids": args.ids, "crowd": args.crowd if args.source == "instances" else None,
-            "ann_name": Path(args.ann).name}
+            "ann_name": Path(args.ann).name, "ann_sha256": file_sha256(args.ann)}   # the JSON by content too
 
 
 def _check_settings(out: Path, now: dict, overwrite: bool) -> None:
@@ -73,17 +76,12 @@ def _check_settings(out: Path, now: dict, overwrite: bool) -> None:
     man = out / "manifest.json"
     if overwrite or not man.is_file():
         return
-    import json
-
-    try:
-        old = json.loads(man.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DoeiError(f"{man}: unreadable manifest ({type(e).__name__}); use another --out or --overwrite") from None
-    if not isinstance(old, dict):
-        raise DoeiError(f"{man}: not a doei coco-masks manifest; use another --out or --overwrite")
-    was = old.get("settings") or {"source": "instances", "ids": old.get("ids"), "crowd": old.get("crowd"),
+    old = read_json(man, dict, what="coco-masks manifest")        # the one schema check of what is read back
+    was = check_type(old.get("settings") or {}, dict, f"coco-masks manifest {man}: settings") or {"source": "instances", "ids": old.get("ids"), "crowd": old.get("crowd"),
                                   "ann_name": Path(str(old.get("ann_file", ""))).name}   # manifests before --source
     for k, v in now.items():
+        if k == "ann_sha256" and k not in was:      # a manifest written before the content was recorded
+            continue
         if was.get(k) != v:
             raise DoeiError(f"{man}: the masks in {out} were made with {k} = {was.get(k)!r}, this run has {v!r}; "
                             "use another --out, or --overwrite to redo every mask")

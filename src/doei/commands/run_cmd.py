@@ -19,8 +19,10 @@ train split) → ``refine`` (AffinityNet training + random-walk pseudo masks) �
 (Seed, Mask, Segmentation with/without CRF). Under ``torchrun`` the training stages run with DDP,
 the per-image stages are sharded over the ranks and rank 0 alone writes markers, logs and the
 eval table (docs/distributed.md). After a stage finishes, ``<run.out_dir>/stages/<stage>/
-stage_done.json`` is written atomically; a rerun skips every stage whose marker exists (and was
-made with the same stage settings — different settings are refused rather than silently mixed).
+stage_done.json`` is written atomically with the stage's fingerprint (its settings, the files it
+reads, its code version); a rerun skips a stage whose fingerprint is unchanged and refuses one
+whose inputs changed, naming the first change (docs/reliability.md, "Fingerprints"). A stage that
+did not finish and is rerun with other settings has its partial outputs set aside (renamed).
 Inside an unfinished stage the work resumes too: training from the last end-of-epoch checkpoint,
 per-image stages at the first image without outputs. Stage start/end/skip/fail events (with wall
 times) go to ``<run.out_dir>/run_log.jsonl``; the eval table to ``<run.out_dir>/eval.json``.

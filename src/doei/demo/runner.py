@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from doei.cam.heldout import evaluate_cams, write_cams, write_reference_cams
-from doei.config import apply_overrides, load_yaml
+from doei.config import apply_overrides, load_yaml, refuse_owned_overrides
 from doei.data.benchmark import ensure_synth
 from doei.demo.catalog import MODELS, REFERENCES, RUNS
 from doei.demo.ceilings import ORACLE_STRIDE, run_ceilings, run_pipeline_stages
@@ -186,21 +186,12 @@ DEMO_PIPELINE_SETS = ("run.out_dir", "run.cls_checkpoint", "run.stages", "data.k
                       "data.val_split", "cam.n_layers", "cam.patch_refine")
 
 
-def _refuse_overridden(overrides: list[str], owned: tuple[str, ...], flag: str, instead: str) -> None:
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        hit = next((k for k in owned if key == k or k.startswith(key + ".")), None)
-        if hit is not None:
-            raise DoeiError(f"{flag} {item}: the demo sets {hit} itself, so this value would be replaced "
-                            f"({instead})")
-
-
 def check_pipeline_config(o: DemoOptions) -> None:
     """Parse the training and pipeline configs and their overrides before any work (a missing file, a bad key
     or value, a key the demo sets itself is one line naming it, and nothing is written); flags of the
     pipeline given with ``--no-pipeline`` are refused."""
-    _refuse_overridden(list(o.overrides), DEMO_SETS, "--set", "use --out, --seed/--train-seed")
-    _refuse_overridden(list(o.pipeline_overrides), DEMO_PIPELINE_SETS, "--pipeline-set",
+    refuse_owned_overrides(list(o.overrides), DEMO_SETS, "--set", "use --out, --seed/--train-seed")
+    refuse_owned_overrides(list(o.pipeline_overrides), DEMO_PIPELINE_SETS, "--pipeline-set",
                        "use --out, --pipeline-train, --cam-layers, --patch-refine")
     if not Path(o.config).is_file():
         raise DoeiError(f"--config {o.config}: file not found")

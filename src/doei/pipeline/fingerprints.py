@@ -34,9 +34,14 @@ RUNTIME_KEYS = {"progress", "device", "num_workers", "crf_workers", "log_every",
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
+# keys that count only when not at their default (sync_bn: true is what one process computes anyway)
+COUNT_UNLESS = {"sync_bn": True}
+
+
 def strip_runtime(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: strip_runtime(v) for k, v in obj.items() if k not in RUNTIME_KEYS}
+        return {k: strip_runtime(v) for k, v in obj.items()
+                if k not in RUNTIME_KEYS and not (k in COUNT_UNLESS and v is COUNT_UNLESS[k])}
     if isinstance(obj, (list, tuple)):
         return [strip_runtime(v) for v in obj]
     return obj

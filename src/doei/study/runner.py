@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from doei.cam.heldout import evaluate_cams, write_cams
-from doei.config import apply_overrides, load_yaml, section
+from doei.config import apply_overrides, load_yaml, refuse_owned_overrides, section
 from doei.data.benchmark import ensure_synth
 from doei.data.build import build_dataset
 from doei.data.cooccurrence import variant_params
@@ -84,6 +84,10 @@ class Study:
         return self.out / LOG_NAME
 
 
+# keys every run of a synthetic-benchmark study sets itself (a --set of one would be silently replaced)
+STUDY_SETS = ("data.kind", "data.root", "train.out_dir", "train.seed", "doei.enabled")
+
+
 def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bool = False,
                smoke: int | None = None, smoke_batch: int | None = None):
     """Read a study config into a :class:`Study`: a TrainConfig YAML plus an optional ``study`` section (the
@@ -111,6 +115,7 @@ def load_study(config: Path, out: Path, overrides: Sequence[str] = (), quick: bo
         study.update(QUICK_STUDY)
         sized = bool((d.get("model") or {}).get("options"))
         d = apply_overrides(d, list(QUICK_OVERRIDES) + (list(QUICK_MODEL_OVERRIDES) if sized else []))
+    refuse_owned_overrides(overrides, STUDY_SETS, "--set", "use --out, --seeds/--first-seed, study.* keys, --rows")
     d = apply_overrides(d, list(overrides))
     base = validate_doei(dict(d.pop("doei", None) or {}), where=f"{config}: doei")
     d.setdefault("data", {})["kind"] = "synth"
