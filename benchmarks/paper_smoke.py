@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paper_smoke_tables import markdown_tables, update_docs  # noqa: E402
 
-ORDER = ["voc_mctformer_v2_doei", "voc_mctformer_v2", "voc_tscam_doei", "voc_tscam", "voc_transcam_doei",
-         "voc_transcam", "coco_mctformer_v2_doei", "coco_mctformer_v2", "coco_tscam_doei", "coco_tscam",
-         "coco_transcam_doei", "coco_transcam"]
+ORDER = ["voc_mctformer_v2_doei", "voc_tscam_doei", "voc_transcam_doei", "coco_mctformer_v2_doei", "coco_tscam_doei",
+         "coco_transcam_doei", "voc_mctformer_v2", "voc_tscam", "voc_transcam", "coco_mctformer_v2", "coco_tscam",
+         "coco_transcam"]   # one config per family and dataset first (each pair differs only in its doei section)
 WORKER_KEYS = ("classifier.train.num_workers", "refine.train.num_workers", "refine.train.crf_workers",
                "seg.train.num_workers", "seg.infer.crf_workers")
 
