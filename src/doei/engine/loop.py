@@ -164,13 +164,13 @@ def _loop(*, model, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, see
 _EPOCH_ARGS = ("model", "net", "optimizer", "dataset", "loss_fn", "set_lr", "epochs", "batch_size", "seed", "device",
                "config", "ckpt_path", "log_path", "num_workers", "log_every", "progress", "scaler", "clip_grad",
                "validate", "bar_desc", "describe", "nonfinite_hint", "log", "rank", "world", "active", "drop_last",
-               "steps_per_epoch", "start_epoch", "end_epoch", "step")
+               "steps_per_epoch", "start_epoch", "end_epoch", "step", "max_steps")
 
 
 def _epochs(*, model, net, optimizer, dataset, loss_fn, set_lr, epochs, batch_size, seed, device, config, ckpt_path,
             log_path, num_workers, log_every, progress, scaler, clip_grad, validate, bar_desc, describe,
             nonfinite_hint, log, rank, world, active, drop_last, steps_per_epoch, start_epoch, end_epoch,
-            step) -> dict:
+            step, max_steps) -> dict:
     """Epochs ``start_epoch..end_epoch-1``; returns the last epoch record ({} when none ran). Ranks
     ``>= active`` load nothing and compute nothing: they follow each step in the loss all-reduce."""
     is_main = rank == 0
@@ -194,6 +194,7 @@ def _epochs(*, model, net, optimizer, dataset, loss_fn, set_lr, epochs, batch_si
         model.train()
         t0 = time.time()
         sums: dict[str, float] = {}
+        compute: list[float] = []
         k = 0
         lr = float("nan")
         bar = tqdm(loader, desc=f"{bar_desc}epoch {epoch + 1}/{epochs}", disable=not (progress and is_main),
@@ -207,6 +208,7 @@ def _epochs(*, model, net, optimizer, dataset, loss_fn, set_lr, epochs, batch_si
                                     f"(lr {lr:.3g}): {nonfinite_hint}")
                 step += 1
                 continue
+            tc = time.time()
             loss, parts = loss_fn(net, batch, device)
             keys = sorted(parts)                                  # rank-averaged (= global-batch) loss and parts
             red = [loss.item(), *(float(parts[q]) for q in keys)]
@@ -230,6 +232,8 @@ def _epochs(*, model, net, optimizer, dataset, loss_fn, set_lr, epochs, batch_si
                 if clip_grad:
                     nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
                 optimizer.step()
+            if max_steps is not None:             # smoke runs: the step's compute, without waiting for data
+                compute.append(round(time.time() - tc, 3))
             step += 1
             k += 1
             vals = {"loss": red[0], **dict(zip(keys, red[1:]))}
@@ -241,6 +245,8 @@ def _epochs(*, model, net, optimizer, dataset, loss_fn, set_lr, epochs, batch_si
         bar.close()
         record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": lr,
                   **{key: v / max(k, 1) for key, v in sums.items()}, "train_seconds": round(time.time() - t0, 3)}
+        if compute:
+            record["step_compute_seconds"] = compute
         if is_main and validate is not None:
             record.update(validate(epoch, model))
         if is_main:

@@ -166,6 +166,15 @@ def _rate(seconds, count) -> float | None:
         return None
 
 
+def _step_rate(final: dict, n) -> float | None:
+    """Seconds per optimiser step: the steps' own compute where the loop recorded it (smoke runs: without the
+    wait for the first batch, i.e. DataLoader start-up), else the epoch's wall time over the steps."""
+    steps = final.get("step_compute_seconds")
+    if steps:
+        return round(sum(steps) / len(steps), 3)
+    return _rate(final.get("train_seconds"), n)
+
+
 def stage_units(stage: str, summary: dict, cfg: PipelineConfig) -> dict:
     """Per-unit costs of one finished stage from its summary: ``{"<part> s/step": x, "<part> s/image": y, ...}``
     plus the batch of a training stage."""
@@ -174,7 +183,7 @@ def stage_units(stage: str, summary: dict, cfg: PipelineConfig) -> dict:
     if stage == "train-cls":
         fin = s.get("final") or {}
         return {"batch": s.get("batch_size"), "steps": n,
-                "train s/step": _rate(fin.get("train_seconds"), n)}
+                "train s/step": _step_rate(fin, n), "epoch s": fin.get("train_seconds")}
     if stage == "cam":
         return {"images": s.get("computed"), "cam s/image": _rate(s.get("seconds"), s.get("computed"))}
     if stage == "refine":
@@ -182,11 +191,12 @@ def stage_units(stage: str, summary: dict, cfg: PipelineConfig) -> dict:
         ph = tr.get("phases") or {}
         return {"batch": tr.get("batch_size"), "steps": n, "images": inf.get("computed"),
                 "crf cache s/image": _rate(ph.get("crf_cache_seconds"), ph.get("crf_cache_images")),
-                "affinity s/step": _rate((tr.get("final") or {}).get("train_seconds"), n),
+                "affinity s/step": _step_rate(tr.get("final") or {}, n),
                 "random walk s/image": _rate(inf.get("seconds"), inf.get("computed"))}
     if stage == "train-seg":
-        return {"batch": s.get("batch_size"), "steps": n,
-                "train s/step": _rate((s.get("final") or {}).get("train_seconds"), n)}
+        fin = s.get("final") or {}
+        return {"batch": s.get("batch_size"), "steps": n, "train s/step": _step_rate(fin, n),
+                "epoch s": fin.get("train_seconds")}
     if stage == "infer-seg":
         return {"images": s.get("computed"), "infer s/image": _rate(s.get("seconds"), s.get("computed")),
                 "crf s/image": _rate(s.get("crf_seconds"), s.get("computed"))}
