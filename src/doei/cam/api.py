@@ -41,7 +41,7 @@ from doei.cam.extractor import CamExtractor, ViewCams, cam_source_for
 from doei.core import DOEIConfig
 from doei.errors import DoeiError
 from doei.utils.checks import expect_int, expect_positive_floats, expect_type
-from doei.models.mctformer import refine_with_patch_affinity
+from doei.models.cam_source import class_attention, refine_with_patch_affinity, semantic_cams
 from doei.models.timm_plugin import DoeiPlug, get_plug, plug, unplug
 
 TIMM_KINDS = ("attention", "semantic")
@@ -96,11 +96,11 @@ class TimmAttentionSource:
         b, (h, w) = x.shape[0], grid
         c, n, k = self.plug.num_cls, self.plug.num_prefix, self.num_classes
         attn = torch.stack([rec[i] for i in self._last]).float()    # [n_layers, B, T, T]
-        maps = attn.sum(0)[:, :c, n:].reshape(b, c, h, w)
+        maps = class_attention(attn, (h, w), num_cls=c, num_prefix=n)
         if c != k:
             maps = maps.mean(dim=1, keepdim=True).expand(b, k, h, w)
-        if self.kind == "semantic":
-            maps = maps * torch.relu(self._patch_logits(feats, h, w))
+        if self.kind == "semantic":                               # TS-CAM's reading (doei.models.cam_source)
+            maps = semantic_cams(maps, torch.relu(self._patch_logits(feats, h, w)))
         logits = self._logits(feats, b)
         refined = maps
         if self.patch_refine:
@@ -141,8 +141,8 @@ class _CastSource:
 class AttentionCAM:
     """Context-managed CAM extractor: ``with AttentionCAM(model) as cam: maps = cam(images, targets)``.
 
-    Options: ``n_layers`` (last blocks whose attention is summed; MCTformer's default 3), ``kind``
-    (project models: 'fused' | 'patchcam' | 'mtatt' for MCTformer-V2; timm: 'attention' (default) |
+    Options: ``n_layers`` (last blocks whose attention is summed; default 3, or the family's), ``kind``
+    (project models: one of the model's ``cam_kinds``, default its first; timm: 'attention' (default) |
     'semantic'), ``scales`` / ``flip`` (multi-scale and mirrored views, summed), ``patch_refine``
     (default: on for MCTformer-V2 as the official code, off for timm), ``num_classes`` (timm models
     without a classifier), ``class_tokens`` (used only when the extractor plugs a timm model itself;
@@ -157,13 +157,13 @@ class AttentionCAM:
     (else None).
     """
 
-    def __init__(self, model: nn.Module, n_layers: int = 3, kind: str | None = None,
+    def __init__(self, model: nn.Module, n_layers: int | None = None, kind: str | None = None,
                  scales: Sequence[float] = (1.0,), flip: bool = False, patch_refine: bool | None = None,
                  num_classes: int | None = None, class_tokens: str = "class", threshold: float = 0.5) -> None:
         f = "AttentionCAM"
         expect_type(f, "model", model, nn.Module, "a torch.nn.Module",
                     "build it first, e.g. timm.create_model(name)" if isinstance(model, str) else "")
-        expect_int(f, "n_layers", n_layers, 1)
+        expect_int(f, "n_layers", n_layers, 1, optional=True)
         expect_positive_floats(f, "scales", scales)
         expect_type(f, "flip", flip, bool, "True or False")
         expect_int(f, "num_classes", num_classes, 1, optional=True)
@@ -194,15 +194,14 @@ class AttentionCAM:
         stack.callback(model.train, model.training)              # restore the mode last
         try:
             if hasattr(model, "forward_cams") or hasattr(model, "cam_source"):
-                source = cam_source_for(model, self.n_layers, self.kind or "fused",
-                                        True if self.patch_refine is None else self.patch_refine)
+                source = cam_source_for(model, self.n_layers, self.kind, self.patch_refine)
             else:
                 plugged = get_plug(model)
                 if plugged is None:
                     plug(model, DOEIConfig(enabled=False), class_tokens=self.class_tokens)
                     stack.callback(unplug, model)
                     plugged = get_plug(model)
-                source = TimmAttentionSource(model, plugged, self.n_layers, self.kind or "attention",
+                source = TimmAttentionSource(model, plugged, self.n_layers or 3, self.kind or "attention",
                                              bool(self.patch_refine), self.num_classes)
                 stack.enter_context(plugged.recording(source.blocks))
             dtype = _param(model).dtype if _param(model) is not None else torch.float32

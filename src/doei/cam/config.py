@@ -11,7 +11,8 @@ Example ``cam.yaml``::
     crf_alphas: [1, 12]      # PSA affinity labels (low/high background exponent)
 
 Command-line flags override the file; the file overrides the defaults below (the official MCTformer-V2
-settings: scale 1.0 + flip, the last 3 blocks, fused maps, patch-affinity refinement). With a doei
+settings: scale 1.0 + flip; the CAM kind and options default to the model's own: for MCTformer-V2 the
+last 3 blocks, fused maps, patch-affinity refinement). With a doei
 training checkpoint the model keys (``model``, ``num_classes``, ``model_kwargs``, ``doei``) can be left
 out: the network is rebuilt from the checkpoint (:func:`doei.engine.classifier.load_classifier`).
 Official weights can be run with DOEI by giving a ``doei:`` section (``enabled: true`` + knobs).
@@ -44,9 +45,13 @@ class CamConfig:
     # CAM pipeline
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = True
-    n_layers: int = 3
-    kind: Literal["fused", "patchcam", "mtatt"] = "fused"
-    patch_refine: bool = True
+    # the model's CAM kind and options (doei.models.cam_source): None = its default; a kind it lacks or an
+    # option it does not read is refused when the model is known; the settings file records the resolved values
+    # (None for an option the family does not read). MCTformer-V2: fused|patchcam|mtatt, n_layers 3,
+    # patch_refine on; TS-CAM: semantic, no options; TransCAM: transcam|clsattn|attnagg|convcam, patch_refine on
+    kind: Optional[str] = None
+    n_layers: Optional[int] = None
+    patch_refine: Optional[bool] = None
     amp: bool = False
     # "official": per-class min-max of the summed views (MCTformer); "relu_minmax": the raw sum, then ReLU and
     # per-class min-max (TransCAM's "minmax": its conv maps can be hugely negative) — the demo's read-out
@@ -68,7 +73,7 @@ class CamConfig:
             raise DoeiError(f"num_classes: expected >= 1, got {self.num_classes}")
         if not self.scales or any(not (s > 0) for s in self.scales):
             raise DoeiError(f"scales: expected positive numbers, got {self.scales}")
-        if self.n_layers < 1:
+        if self.n_layers is not None and self.n_layers < 1:
             raise DoeiError(f"n_layers: expected >= 1, got {self.n_layers}")
         if self.batch_size < 1 or self.num_workers < 0:
             raise DoeiError(f"batch_size/num_workers: expected >= 1 / >= 0, got {self.batch_size}/{self.num_workers}")

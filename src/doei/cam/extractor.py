@@ -31,20 +31,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from doei.errors import DoeiError
-from doei.models.cam_source import CamSource, ViewCams
+from doei.models.cam_source import CamSource, ViewCams, resolve_cam_settings
+from doei.models.registry import forward_errors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def cam_source_for(model: nn.Module, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> CamSource:
-    """The :class:`CamSource` of a model: its family's ``model.cam_source(n_layers=, kind=, patch_refine=)``
-    (MCTformer-V2: :class:`doei.models.mctformer.MCTformerCamSource`; TS-CAM, TransCAM: their own). A model without that method
-    is a one-line DoeiError (a ``forward_cams`` alone does not say how to read its maps)."""
+def cam_source_for(model: nn.Module, n_layers: int | None = None, kind: str | None = None,
+                   patch_refine: bool | None = None) -> CamSource:
+    """The :class:`CamSource` of a model: its family's ``model.cam_source(kind=, n_layers=, patch_refine=)``
+    for the request resolved against what the model declares (None = its default;
+    :func:`doei.models.cam_source.resolve_cam_settings`: a kind it lacks or an option it does not read
+    is a one-line DoeiError). A model without ``cam_source`` is a one-line DoeiError too (a
+    ``forward_cams`` alone does not say how to read its maps)."""
     if hasattr(model, "cam_source"):
-        return model.cam_source(n_layers=n_layers, kind=kind, patch_refine=patch_refine)
+        s = resolve_cam_settings(model, kind, n_layers, patch_refine)
+        return model.cam_source(kind=s.kind, n_layers=s.n_layers, patch_refine=s.patch_refine)
     raise DoeiError(f"{type(model).__name__}: no CAM source known for this model (a classifier family provides "
-                    "cam_source(n_layers=, kind=, patch_refine=); see doei.models.registry.Classifier)")
+                    "cam_source(kind=, n_layers=, patch_refine=); see doei.models.registry.Classifier)")
 
 
 def normalize_image(image: np.ndarray) -> Tensor:
@@ -97,7 +102,7 @@ def minmax_labelled(cams: Tensor, labels: Tensor, eps: float = 1e-8) -> Tensor:
 class CamExtractor:
     """Callable CAM generator in the manner of the common CAM libraries.
 
-    ``extractor = CamExtractor(model, scales=(1.0,), flip=True, n_layers=3, patch_refine=True)`` then
+    ``extractor = CamExtractor(model, scales=(1.0,), flip=True)`` then
     ``cams = extractor(images, labels)``:
 
     * ``images``: normalised float tensors, either [B, 3, H, W] (one size) or a list of [3, H_i, W_i];
@@ -105,14 +110,16 @@ class CamExtractor:
     * returns [B, C, H, W] float32 in [0, 1] (a list of [C, H_i, W_i] for list input), on the images'
       device; the model runs on its own device (CPU or CUDA), without gradients, in eval mode.
 
-    Options: ``kind`` ('fused' official), ``normalize=False`` returns the label-masked sum over views
+    Options: ``kind``, ``n_layers``, ``patch_refine`` (None = the model's defaults; a kind it lacks or an
+    option it does not read is refused: :func:`cam_source_for`), ``normalize=False`` returns the label-masked sum over views
     before min–max (the official ``sum_cam``), ``amp=True`` runs the model under CUDA fp16 autocast as
     the official code does on GPU (docs/reference-notes.md#mctformer-cam-generation; ignored on CPU), ``source`` overrides the model
     adapter (a :class:`CamSource`). Views of one scale (the image and its flip) run as one batch.
     """
 
-    def __init__(self, model: nn.Module, scales: Sequence[float] = (1.0,), flip: bool = True, n_layers: int = 3,
-                 patch_refine: bool = True, kind: str = "fused", normalize: bool = True, amp: bool = False,
+    def __init__(self, model: nn.Module, scales: Sequence[float] = (1.0,), flip: bool = True,
+                 n_layers: int | None = None, patch_refine: bool | None = None, kind: str | None = None,
+                 normalize: bool = True, amp: bool = False,
                  source: CamSource | Callable[[Tensor], ViewCams] | None = None) -> None:
         scales = tuple(float(s) for s in scales)
         if not scales or any(not (s > 0) for s in scales):
@@ -167,7 +174,7 @@ class CamExtractor:
         """Upsampled maps of a view and (with ``flip``) of its mirror image, flipped back."""
         b = v.shape[0]
         x = torch.cat([v, v.flip(-1)]) if self.flip else v
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._autocast(), forward_errors(self.model, x):
             refined = self.source(x).refined
         up = F.interpolate(refined.float(), size=size, mode="bilinear", align_corners=False)
         if not self.flip:

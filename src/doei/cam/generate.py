@@ -34,6 +34,7 @@ from doei.engine.classifier import load_classifier
 from doei.engine.per_image import PerImageJob, first_n
 from doei.config import read_json
 from doei.errors import DoeiError
+from doei.models.cam_source import resolve_cam_settings
 from doei.utils.checks import expect_path, expect_type
 from doei.utils.io import atomic_save_png, atomic_write_json
 
@@ -62,10 +63,19 @@ def load_cam_model(cfg, checkpoint: str | Path, ds=None):
     model, spec = load_classifier(checkpoint, name=cfg.model, num_classes=cfg.num_classes,
                                   options=cfg.model_kwargs or None, doei=cfg.doei, override_doei=cfg.override_doei,
                                   default_num_classes=ds.num_classes if ds is not None else None)
-    cfg = dataclasses.replace(cfg, model=spec.name, num_classes=spec.num_classes, doei=spec.doei)
+    cfg = resolve_cam_config(model, dataclasses.replace(cfg, model=spec.name, num_classes=spec.num_classes,
+                                                        doei=spec.doei))
     if ds is not None:
         _check_classes(ds, cfg)
     return model, spec, cfg
+
+
+def resolve_cam_config(model: torch.nn.Module, cfg):
+    """``cfg`` with ``kind``/``n_layers``/``patch_refine`` resolved against what ``model`` declares
+    (:func:`doei.models.cam_source.resolve_cam_settings`: its defaults filled in, an option its family
+    does not read None; a kind it lacks or such an option set is a one-line DoeiError)."""
+    s = resolve_cam_settings(model, cfg.kind, cfg.n_layers, cfg.patch_refine)
+    return dataclasses.replace(cfg, kind=s.kind, n_layers=s.n_layers, patch_refine=s.patch_refine)
 
 
 def _check_classes(ds, cfg) -> None:
@@ -170,6 +180,7 @@ def generate_cams(model: torch.nn.Module, cfg, out: str | Path, checkpoint: str 
         raise DoeiError(f"device {cfg.device}: CUDA is not available on this machine")
     ds = open_dataset(cfg) if ds is None else ds
     _check_classes(ds, cfg)
+    cfg = resolve_cam_config(model, cfg)
     return CamJob(model, cfg, out, checkpoint, ds, spec, limit, progress, desc, what).run()
 
 
@@ -265,5 +276,5 @@ def _write_outputs(out: Path, item: dict, cams: np.ndarray, cfg, class_names) ->
     save_cam(out / f"{image_id}.npz", classes, kept, dtype=np.float16 if cfg.cam_dtype == "float16" else np.float32)
 
 
-__all__ = ["generate_cams", "open_dataset", "load_cam_model", "check_settings", "is_done", "output_paths", "crf_dir", "SETTINGS_FILE",
+__all__ = ["generate_cams", "open_dataset", "load_cam_model", "resolve_cam_config", "check_settings", "is_done", "output_paths", "crf_dir", "SETTINGS_FILE",
            "LOG_FILE", "PIPELINE_KEYS"]

@@ -34,13 +34,14 @@ def write_cams(checkpoint: Path, synth_root: Path, out_dir: Path, cam_layers: in
     over all blocks is dominated by a few background "sink" patches, and the official refinement then
     spreads every class over the background (docs/demo.md gives the measurement)."""
     cfg = CamConfig(dataset="synth", data_root=str(synth_root), split="val", scales=[1.0], flip=True,
-                    n_layers=cam_layers, patch_refine=patch_refine, normalize="relu_minmax", batch_size=batch,
-                    device="cpu").validate()
+                    normalize="relu_minmax", batch_size=batch, device="cpu").validate()
     ds = open_dataset(cfg)
     model, spec, cfg = load_cam_model(cfg, checkpoint, ds)
     if overwrite and Path(out_dir).is_dir():
         shutil.rmtree(out_dir)
-    cfg = dataclasses.replace(cfg, n_layers=min(cam_layers, model.depth))
+    # the options the family's CAMs read (model.cam_options): TS-CAM reads neither
+    wanted = {"n_layers": min(cam_layers, model.depth), "patch_refine": patch_refine}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in wanted.items() if k in model.cam_options})
     generate_cams(model, cfg, out_dir, checkpoint, ds=ds, spec=spec, progress=progress, desc=f"CAMs {Path(out_dir).name}")
     return ds.ids
 

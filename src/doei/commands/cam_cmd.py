@@ -73,9 +73,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scales", default=None, help="comma-separated scales (default 1.0, MCTformer's psa run; "
                    "MCTformer's --scales option takes e.g. 1.0,0.5,1.5)")
     p.add_argument("--no-flip", action="store_true", help="do not add the horizontally flipped views")
-    p.add_argument("--n-layers", type=int, default=None, help="last blocks whose attention is summed (default 3)")
-    p.add_argument("--kind", choices=("fused", "patchcam", "mtatt"), default=None, help="CAM type (default fused)")
-    p.add_argument("--no-patch-refine", action="store_true", help="skip the patch-affinity refinement")
+    p.add_argument("--kind", default=None, help="CAM kind: one of the model's cam_kinds (default its first; "
+                   "MCTformer-V2 fused|patchcam|mtatt, TS-CAM semantic, TransCAM transcam|clsattn|attnagg|convcam); "
+                   "another is refused naming the model's")
+    p.add_argument("--n-layers", type=int, default=None, help="last blocks whose attention is summed, for a model "
+                   "whose CAMs read it (MCTformer-V2, default 3); refused for one that does not")
+    p.add_argument("--no-patch-refine", action="store_true", help="skip the patch-affinity refinement (a model "
+                   "whose CAMs read it: MCTformer-V2, TransCAM); refused for one that does not")
     p.add_argument("--amp", action="store_true", help="fp16 autocast on CUDA, as the official code runs")
     p.add_argument("--cam-dtype", choices=("float16", "float32"), default=None, help="stored CAM dtype")
     p.add_argument("--save-seeds", action="store_true", help="also write seeds/<id>.png at --seed-beta")

@@ -237,8 +237,12 @@ def pipeline_config(o: DemoOptions, run: str, synth_root: Path, split: str, chec
     d.setdefault("data", {}).update({"kind": "synth", "root": str(synth_root), "train_split": split,
                                      "val_split": "val"})
 
-    depth = load_classifier(checkpoint)[0].depth                 # as write_cams: at most the model's depth
-    d.setdefault("cam", {}).update({"n_layers": min(o.cam_layers, depth), "patch_refine": patch_refine})
+    model = load_classifier(checkpoint)[0]          # as write_cams: at most its depth, the options its CAMs read
+    wanted = {"n_layers": min(o.cam_layers, model.depth), "patch_refine": patch_refine}
+    cam = d.setdefault("cam", {})
+    for k in wanted:                    # the demo's one pipeline recipe serves every family: it keeps only
+        cam.pop(k, None)                # the CAM options this family reads (TS-CAM reads neither)
+    cam.update({k: v for k, v in wanted.items() if k in model.cam_options})
     return pipeline_config_from_dict(d, where=str(path))
 
 

@@ -38,6 +38,7 @@ from doei.engine.optim import build_optimizer, lr_at, set_lr
 from doei.engine.per_image import first_images
 from doei.engine.seed import epoch_seed, seed_everything
 from doei.errors import DoeiError
+from doei.models.registry import forward_errors
 from doei.eval.classification import classification_metrics
 from doei.train_config import TrainConfig, train_config_from_dict
 from doei.utils.device import resolve_device
@@ -69,7 +70,8 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device, a
     model.eval()
     outs, ys = [], []
     for x, y, *_ in tqdm(loader, desc="val", leave=False, disable=not progress, dynamic_ncols=True):
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"), \
+                forward_errors(model, x):
             out = model(x.to(device))
         out = prediction_logits(model, out)  # TransCAM: conv + trans logits; MCTformer: class tokens
         outs.append(out.float().cpu())
@@ -141,7 +143,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
 
     def loss_fn(net: nn.Module, batch, dev: torch.device):
         x, y = batch[0].to(dev, non_blocking=True), batch[1].to(dev, non_blocking=True).float()
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp), forward_errors(model, x):
             outputs = net(x)
         loss, l_cls, l_pat = classification_loss(model, outputs, y)   # per family: doei.engine.losses
         return loss, {"loss_cls": l_cls.detach(), "loss_patch": l_pat.detach()}

@@ -88,6 +88,12 @@ class Conformer(nn.Module):
     """
 
     family = "transcam"   # the classifier family (doei.models.registry.Classifier)
+    num_cls_tokens = 1    # one class token in front of the transformer branch's patch tokens
+    cam_kinds = {"transcam": "conv head map refined by the patch→patch attention of all blocks (official)",
+                 "clsattn": "class→patch attention of all blocks × the conv head map",
+                 "attnagg": "conv head map aggregated with the transposed patch→patch attention",
+                 "convcam": "the conv head map alone"}
+    cam_options = {"patch_refine": True}   # off: the plain conv head map whatever the kind
 
     def __init__(self, num_classes: int = 20, background_channel: bool = True, patch_size: int = 16,
                  in_chans: int = 3, stem_channels: int = 64, base_channel: int = 64, channel_ratio: int = 4,
@@ -246,8 +252,12 @@ class Conformer(nn.Module):
             return hook
         return hook_for
 
-    def cam_source(self, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> "ConformerCamSource":
-        """The adapter :class:`doei.cam.extractor.CamExtractor` uses (``n_layers`` is ignored)."""
+    def cam_source(self, kind: str = "transcam", n_layers: None = None, patch_refine: bool = True
+                   ) -> "ConformerCamSource":
+        """The adapter :class:`doei.cam.extractor.CamExtractor` uses. TransCAM sums the attention of all
+        blocks, so it reads no ``n_layers`` (refused)."""
+        if n_layers is not None:
+            raise DoeiError(f"TransCAM CAM source: n_layers {n_layers!r}: it sums the attention of all blocks")
         return ConformerCamSource(self, kind=kind, patch_refine=patch_refine)
 
     def cam_forward(self, x: Tensor, method: CamMethod = "transcam") -> tuple[Tensor, Tensor, Tensor]:
@@ -284,15 +294,15 @@ class ConformerCamSource:
     """Adapter for :class:`doei.cam.extractor.CamExtractor` (the project's generic multi-scale CAM
     step): views [B, 3, h, w] -> ``ViewCams(logits, cams, refined)`` over the FOREGROUND classes,
     with logits = ``logits_conv + logits_trans`` (what TransCAM trains), cams = the conv head map
-    and refined = the TransCAM map (``kind`` 'fused'/'transcam', or 'clsattn'/'attnagg'/'convcam').
-    TransCAM sums the attention of ALL blocks, so ``n_layers`` is ignored. The generic extractor
+    and refined = the TransCAM map (``kind`` 'transcam', or 'clsattn'/'attnagg'/'convcam').
+    TransCAM sums the attention of ALL blocks (it reads no ``n_layers``). The generic extractor
     resizes by scale factors (view sides must stay multiples of the total stride) and min-max
     normalises without ReLU; :mod:`doei.cam.transcam` is TransCAM's own pipeline."""
 
-    def __init__(self, model: "Conformer", kind: str = "fused", patch_refine: bool = True) -> None:
-        method = "transcam" if kind == "fused" else kind
+    def __init__(self, model: "Conformer", kind: str = "transcam", patch_refine: bool = True) -> None:
+        method = kind
         if method not in CAM_METHODS:
-            raise DoeiError(f"TransCAM CAM kind {kind!r}: expected fused/transcam, clsattn, attnagg or convcam")
+            raise DoeiError(f"TransCAM CAM kind {kind!r}: expected one of {', '.join(CAM_METHODS)}")
         self.model, self.method, self.patch_refine = model, method, patch_refine
         self.num_classes = int(model.num_classes)
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from doei.core import DOEIConfig
 from doei.core.attention import ClassAttention
 from doei.errors import DoeiError
-from doei.models.cam_source import ViewCams
+from doei.models.cam_source import ViewCams, refine_with_patch_affinity, semantic_cams
 from doei.models.pretrained import load_deit_weights
 from doei.models.registry import register_model
 from doei.models.vit import VisionTransformer
@@ -37,6 +37,10 @@ class MCTformerV2(VisionTransformer):
     """MCTformer-V2 on a ViT backbone; ``doei`` switches DOEI on between blocks."""
 
     family = "mctformer"   # the classifier family (doei.models.registry.Classifier)
+    cam_kinds = {"fused": "class→patch attention of the last n_layers blocks × ReLU(head map) (official)",
+                 "patchcam": "ReLU of the conv head map on the patch tokens",
+                 "mtatt": "class→patch attention of the last n_layers blocks"}
+    cam_options = {"n_layers": 3, "patch_refine": True}
 
     def __init__(self, num_classes: int = 20, **kwargs) -> None:
         super().__init__(num_cls_tokens=num_classes, **kwargs)
@@ -80,8 +84,8 @@ class MCTformerV2(VisionTransformer):
         pa = torch.stack([a[:, c:, c:] for a in feats.attn]) if patch_attn else None   # [L, B, P, P]
         return CamOutput(cls_logits, patch_logits, cams, pa)
 
-    def cam_source(self, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> "MCTformerCamSource":
-        """The family's CAM source for :class:`doei.cam.extractor.CamExtractor` (:class:`MCTformerCamSource`)."""
+    def cam_source(self, kind: str = "fused", n_layers: int = 3, patch_refine: bool = True) -> "MCTformerCamSource":
+        """The adapter :class:`doei.cam.extractor.CamExtractor` uses (:class:`MCTformerCamSource`)."""
         return MCTformerCamSource(self, n_layers=n_layers, kind=kind, patch_refine=patch_refine)
 
     def load_pretrained(self, source: str | os.PathLike) -> list[str]:
@@ -116,7 +120,8 @@ def class_patch_attention(attn: list, num_cls: int) -> Tensor | None:
 
 
 def mctformer_cams(attn: Tensor, head_out: Tensor, n_layers: int = 3, kind: str = "fused") -> Tensor:
-    """MCTformer-V2 CAMs [B, C, h, w] from stacked head-mean attention [L, B, T, T] and head map [B, C, h, w]."""
+    """MCTformer-V2 CAMs [B, C, h, w] from stacked head-mean attention [L, B, T, T] and head map [B, C, h, w]
+    (the fused map is :func:`doei.models.cam_source.semantic_cams` of the two)."""
     c = head_out.shape[1]
     return _cams(attn[-n_layers:].sum(0)[:, :c, c:], head_out, kind)
 
@@ -129,22 +134,7 @@ def _cams(cls_patch: Tensor | None, head_out: Tensor, kind: str) -> Tensor:
     if kind not in ("fused", "mtatt"):
         raise ValueError(f"unknown CAM kind {kind!r} (fused, patchcam, mtatt)")
     mtatt = cls_patch.reshape(b, c, h, w)
-    return mtatt * feature_map if kind == "fused" else mtatt
-
-
-def refine_with_patch_affinity(cams: Tensor, patch_attn: Tensor) -> Tensor:
-    """MCTformer's affinity refinement: ``refined[c, i] = Σ_j A[i, j] · cams[c, j]`` with A the
-    patch→patch attention summed over ALL blocks. cams [B, C, h, w], patch_attn [L, B, P, P].
-
-    The official one-liner ``A.unsqueeze(1) @ cams[..., None]`` broadcasts A to a materialised
-    [B, C, P, P] copy when B > 1 (the image and its flip: ~1.6 GB for 80 classes at 1.5 × a VOC
-    image); one product per class does the same matrix-vector products, the same bits, without it."""
-    b, c, h, w = cams.shape
-    a = patch_attn.sum(0)                                             # [B, P, P]
-    flat = cams.reshape(b, c, h * w, 1)
-    if b == 1:                     # A broadcasts as a stride-0 view here: no copy, and these are its bits
-        return (a.unsqueeze(1) @ flat).reshape(b, c, h, w)
-    return torch.stack([a @ flat[:, k] for k in range(c)], dim=1).reshape(b, c, h, w)
+    return semantic_cams(mtatt, feature_map) if kind == "fused" else mtatt
 
 
 def _init_head(m: nn.Module) -> None:
@@ -180,8 +170,8 @@ class MCTformerCamSource:
         depth = getattr(model, "depth", None)
         if depth is not None and not 1 <= n_layers <= depth:
             raise DoeiError(f"n_layers={n_layers}: expected 1..{depth} (the model's depth)")
-        if kind not in ("fused", "patchcam", "mtatt"):
-            raise DoeiError(f"CAM kind {kind!r}: expected one of fused, patchcam, mtatt")
+        if kind not in MCTformerV2.cam_kinds:
+            raise DoeiError(f"CAM kind {kind!r}: expected one of {', '.join(MCTformerV2.cam_kinds)}")
         self.model = model
         self.num_classes = int(model.num_classes)
         self.n_layers = n_layers

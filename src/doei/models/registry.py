@@ -18,17 +18,25 @@ built for; a model without position embeddings accepts and ignores it), ``drop_r
 ``drop_path_rate`` — plus any options of its own (``depth``, ``embed_dim``, ... from
 ``model.options`` in a config). :func:`register_model` checks this when the factory registers.
 
-The module it builds is a :class:`Classifier`: it has ``family`` (a short name: 'mctformer', 'tscam',
-'transcam'), ``num_classes``, ``forward(x)`` (training outputs) and provides its family's knowledge as
-methods, which the engine and the CAM layer ask for instead of testing types:
+The module it builds is a :class:`Classifier`. Everything code outside the family reads is declared
+there (the attributes and methods below, each with its docstring); :func:`check_classifier` checks a
+built model against it (the registry tests run it on every registered classifier):
 
-* ``classification_loss(outputs, target) -> (total, first, second)`` — the training objective
-  (:func:`doei.engine.losses.classification_loss`);
-* ``prediction_logits(outputs) -> [B, num_classes]`` — the image-level scores (mAP, validation);
-* ``cam_source(n_layers=, kind=, patch_refine=) -> CamSource`` — the maps
-  :class:`doei.cam.extractor.CamExtractor` upsamples (:mod:`doei.models.cam_source`);
-* ``load_pretrained(source) -> list[str]`` — its ImageNet start (``model.pretrained``;
-  :func:`doei.models.pretrained.load_pretrained`), returning the keys left at initialisation.
+* attributes ``family`` (a short name: 'mctformer', 'tscam', 'transcam'), ``num_classes``, ``depth``
+  (the blocks DOEI acts between and ``n_layers`` counts), ``num_cls_tokens`` (DOEI's C),
+  ``doei_stats`` (None, or a list the forward appends per-block DOEI statistics to), ``cam_kinds`` and
+  ``cam_options`` (what its CAM source offers: :mod:`doei.models.cam_source`);
+* ``forward(x)`` (training outputs) and its family's knowledge as methods, which the engine and the
+  CAM layer ask for instead of testing types:
+
+  * ``classification_loss(outputs, target) -> (total, first, second)`` — the training objective
+    (:func:`doei.engine.losses.classification_loss`);
+  * ``prediction_logits(outputs) -> [B, num_classes]`` — the image-level scores (mAP, validation);
+  * ``cam_source(kind=, n_layers=, patch_refine=) -> CamSource`` — the maps
+    :class:`doei.cam.extractor.CamExtractor` upsamples, for settings already resolved against
+    ``cam_kinds``/``cam_options`` (:func:`doei.models.cam_source.resolve_cam_settings`);
+  * ``load_pretrained(source) -> list[str]`` — its ImageNet start (``model.pretrained``;
+    :func:`doei.models.pretrained.load_pretrained`), returning the keys left at initialisation.
 
 A model without one of these methods is a one-line :class:`doei.errors.DoeiError` where the method is
 needed; it never falls back on another family's behaviour. docs/architecture.md ("Adding a backbone")
@@ -36,11 +44,12 @@ lists the files a new backbone touches.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
 import pkgutil
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, runtime_checkable
 
 import torch.nn as nn
 from torch import Tensor
@@ -60,6 +69,8 @@ ROLES: dict[str, str] = {
 }
 CLASSIFIER_KWARGS: tuple[str, ...] = ("num_classes", "doei", "img_size", "drop_rate", "drop_path_rate")
 CLASSIFIER_METHODS: tuple[str, ...] = ("classification_loss", "prediction_logits", "cam_source", "load_pretrained")
+CLASSIFIER_ATTRIBUTES: tuple[str, ...] = ("family", "num_classes", "depth", "num_cls_tokens", "doei_stats",
+                                          "cam_kinds", "cam_options")
 
 
 class ClassifierFactory(Protocol):
@@ -71,19 +82,76 @@ class ClassifierFactory(Protocol):
 
 @runtime_checkable
 class Classifier(Protocol):
-    """What a classifier family's module provides (``isinstance(model, Classifier)`` checks the names)."""
+    """What a classifier family's module provides (``isinstance(model, Classifier)`` checks the names;
+    :func:`check_classifier` also checks their types)."""
 
     family: str
+    """A short family name ('mctformer', 'tscam', 'transcam'): logs, reports, messages."""
     num_classes: int
+    """Foreground classes: the width of ``prediction_logits`` and of every CAM."""
+    depth: int
+    """Transformer blocks: DOEI's block indices 1..depth and ``n_layers`` count these (the demo and the
+    held-out CAMs cap ``n_layers`` at it)."""
+    num_cls_tokens: int
+    """DOEI's C: class tokens in front of the patch tokens (MCTformer-V2: num_classes; TS-CAM,
+    TransCAM: 1); :meth:`doei.core.DOEIConfig.check_effect` refuses CPDO with one."""
+    doei_stats: "list[dict] | None"
+    """None (default: no per-block statistics, no host syncs), or a list the forward pass appends one
+    dict per DOEI block to (``{"block": i, ...}``; the study's readings set it to ``[]``)."""
+    cam_kinds: Mapping[str, str]
+    """CAM kinds its ``cam_source`` offers -> one-line description; the first is the default
+    (``doei cam --kind`` takes these)."""
+    cam_options: Mapping[str, Any]
+    """The CAM options (:data:`doei.models.cam_source.CAM_OPTIONS`: ``n_layers``, ``patch_refine``) its
+    kinds read -> default; any other is refused (``doei cam --n-layers`` on a family without it)."""
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """Training outputs for normalised images x [B, 3, H, W] (what ``classification_loss`` takes)."""
+        ...
 
     def classification_loss(self, outputs: Tensor | tuple[Tensor, ...],
-                            target: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+                            target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(total, first term, second term) float32 scalars of its objective; target [B, K] multi-hot."""
+        ...
 
-    def prediction_logits(self, outputs: Tensor | tuple[Tensor, ...]) -> Tensor: ...
+    def prediction_logits(self, outputs: Tensor | tuple[Tensor, ...]) -> Tensor:
+        """The image-level scores [B, num_classes] it predicts with (mAP, validation)."""
+        ...
 
-    def cam_source(self, n_layers: int = 3, kind: str = "fused", patch_refine: bool = True) -> "CamSource": ...
+    def cam_source(self, kind: str = ..., n_layers: int | None = ...,
+                   patch_refine: bool | None = ...) -> "CamSource":
+        """Its CAM source for one of ``cam_kinds`` (options it does not read are None)."""
+        ...
 
-    def load_pretrained(self, source: str | os.PathLike) -> list[str]: ...
+    def load_pretrained(self, source: str | os.PathLike) -> list[str]:
+        """Load its ImageNet start from a file or ``timm:<name>``; returns the keys left at initialisation."""
+        ...
+
+
+def check_classifier(model: nn.Module, name: str | None = None) -> nn.Module:
+    """Return ``model`` if it provides the :class:`Classifier` contract, else a one-line DoeiError naming
+    the first missing or ill-typed member (``name``: the registered name, for the message)."""
+    m = getattr(model, "module", model)
+    who = f"model {name!r} ({type(m).__name__})" if name else type(m).__name__
+    types = {"family": str, "num_classes": int, "depth": int, "num_cls_tokens": int, "cam_kinds": Mapping,
+             "cam_options": Mapping}
+    for attr in CLASSIFIER_ATTRIBUTES:
+        if not hasattr(m, attr):
+            raise DoeiError(f"{who}: not a classifier family: no attribute {attr!r} (see doei.models.registry.Classifier)")
+        want = types.get(attr)
+        if want is not None and not isinstance(getattr(m, attr), want):
+            raise DoeiError(f"{who}: attribute {attr!r} is {type(getattr(m, attr)).__name__}, expected {want.__name__}")
+    for meth in CLASSIFIER_METHODS:
+        if not callable(getattr(m, meth, None)):
+            raise DoeiError(f"{who}: not a classifier family: no method {meth}() (see doei.models.registry.Classifier)")
+    if not m.cam_kinds:
+        raise DoeiError(f"{who}: cam_kinds is empty (a family offers at least one CAM kind)")
+    from doei.models.cam_source import CAM_OPTIONS
+
+    unknown = [o for o in m.cam_options if o not in CAM_OPTIONS]
+    if unknown:
+        raise DoeiError(f"{who}: cam_options {unknown[0]!r} unknown (expected among {', '.join(CAM_OPTIONS)})")
+    return model
 
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -126,14 +194,44 @@ def _check_classifier_factory(f: Callable[..., nn.Module]) -> None:
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered variant; unknown names raise a DoeiError listing the known ones; a name that is not
-    a string, or a class count that is not an integer >= 1, a TypeError/ValueError naming the argument."""
+    a string, or a class count that is not an integer >= 1, a TypeError/ValueError naming the argument. The
+    module remembers its registered name (``model.registered_name``) for messages (:func:`forward_errors`)."""
     expect_type("create_model", "name", name, str, "a registered model name (doei.list_models())")
     if "num_classes" in kwargs:
         expect_int("create_model", "num_classes", kwargs["num_classes"], 1)
     _import_all()
     if name not in _MODELS:
         raise DoeiError(f"unknown model {name!r} (known: {', '.join(sorted(_MODELS))})")
-    return _MODELS[name](**kwargs)
+    model = _MODELS[name](**kwargs)
+    if isinstance(model, nn.Module):
+        model.registered_name = name
+    return model
+
+
+@contextlib.contextmanager
+def forward_errors(model: nn.Module, x: Tensor) -> Iterator[None]:
+    """Turn a failure inside a forward pass of ``model`` on ``x`` [B, 3, H, W] into one line naming the model
+    and the input size, e.g. a third-party trunk's ``AssertionError`` on a side its patch does not divide::
+
+        with forward_errors(model, x):
+            out = model(x)
+
+    A :class:`DoeiError` passes unchanged; so does running out of memory (``torch.OutOfMemoryError``)."""
+    try:
+        yield
+    except DoeiError:
+        raise
+    except (AssertionError, RuntimeError, ValueError, TypeError, IndexError) as e:
+        import torch
+
+        if isinstance(e, torch.OutOfMemoryError):
+            raise
+        m = getattr(model, "module", model)
+        who = getattr(m, "registered_name", None) or type(m).__name__
+        size = f"{x.shape[-2]}x{x.shape[-1]}" if isinstance(x, Tensor) and x.dim() >= 2 else "?"
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DoeiError(f"model {who!r} failed on a {size} input ({type(e).__name__}: {detail}); "
+                        "resize the images or pick a model that takes this size") from e
 
 
 def list_models(role: str | None = None) -> list[str]:
@@ -168,4 +266,5 @@ def _import_all() -> None:
 
 
 __all__ = ["register_model", "create_model", "list_models", "model_role", "ROLES", "CLASSIFIER_KWARGS",
-           "CLASSIFIER_METHODS", "Classifier", "ClassifierFactory"]
+           "CLASSIFIER_METHODS", "CLASSIFIER_ATTRIBUTES", "Classifier", "ClassifierFactory", "check_classifier",
+           "forward_errors"]

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from doei.core import DOEIConfig
 from doei.core.attention import ClassAttention
-from doei.models.cam_source import ViewCams
+from doei.errors import DoeiError
+from doei.models.cam_source import SemanticCamSource, class_attention, semantic_cams
 from doei.models.pretrained import load_deit_weights
 from doei.models.registry import register_model
 from doei.models.vit import VisionTransformer
@@ -34,6 +35,8 @@ class TSCAM(VisionTransformer):
     """TS-CAM; ``doei`` (PPDO + HFA, C = 1) switches DOEI on between blocks."""
 
     family = "tscam"   # the classifier family (doei.models.registry.Classifier)
+    cam_kinds = {"semantic": "class→patch attention summed over ALL blocks × the conv head map (ReLU'd)"}
+    cam_options: dict = {}   # all blocks, no refinement: neither n_layers nor patch_refine
 
     def __init__(self, num_classes: int = 20, **kwargs) -> None:
         super().__init__(num_cls_tokens=1, **kwargs)
@@ -66,24 +69,20 @@ class TSCAM(VisionTransformer):
         cls_attn = torch.stack([a.rows if isinstance(a, ClassAttention) else a[:, :1] for a in feats.attn])
         return TSCAMOutput(logits, tscam_cams(cls_attn, head_out), head_out, None)
 
-    def cam_source(self, n_layers: int = 12, kind: str = "tscam", patch_refine: bool = False):
-        """Adapter for :class:`doei.cam.extractor.CamExtractor`: views [B, 3, h, w] -> ViewCams.
+    def cam_source(self, kind: str = "semantic", n_layers: None = None, patch_refine: None = None
+                   ) -> SemanticCamSource:
+        """Adapter for :class:`doei.cam.extractor.CamExtractor`: views [B, 3, h, w] -> ViewCams
+        (:class:`doei.models.cam_source.SemanticCamSource` over :meth:`forward_cams`).
 
-        TS-CAM's map sums ALL blocks (``n_layers`` is ignored) and has no refinement; negative values
-        are cut (ReLU) before up-sampling, as the WSSS CAM definition in docs/doei-method.md asks
-        (the official localisation code min-max normalises the raw map instead).
+        TS-CAM's map sums ALL blocks and has no refinement, so it reads neither ``n_layers`` nor
+        ``patch_refine`` (:func:`doei.models.cam_source.resolve_cam_settings` refuses them); negative
+        values are cut (ReLU) before up-sampling (the official localisation code min-max normalises the
+        raw map instead).
         """
-        model = self
-
-        class _Source:
-            num_classes = self.num_classes
-
-            def __call__(self, x: Tensor) -> ViewCams:
-                out = model.forward_cams(x, patch_attn=False)
-                cams = torch.relu(out.cams)
-                return ViewCams(out.logits, cams, cams)
-
-        return _Source()
+        if kind not in self.cam_kinds or n_layers is not None or patch_refine is not None:
+            raise DoeiError(f"TS-CAM CAM source: kind {kind!r}, n_layers {n_layers!r}, patch_refine "
+                            f"{patch_refine!r}: it has kind 'semantic' and no options")
+        return SemanticCamSource(self, patch_attn=False)   # the class rows only: no full attention kept
 
     def load_pretrained(self, source: str | os.PathLike) -> list[str]:
         """ImageNet DeiT/timm weights (a file or ``timm:<name>``) as they are (one class token), the
@@ -106,10 +105,8 @@ class TSCAM(VisionTransformer):
 
 def tscam_cams(attn: Tensor, head_out: Tensor) -> Tensor:
     """TS-CAM maps [B, K, h, w]: Σ over all blocks of cls→patch attention [L, B, T, T] (or the class rows
-    alone, [L, B, 1, T]) × head map (no ReLU)."""
-    b, _, h, w = head_out.shape
-    cls_attn = attn.sum(0)[:, 0, 1:].reshape(b, 1, h, w)
-    return cls_attn * head_out.detach()
+    alone, [L, B, 1, T]) × head map (no ReLU): :func:`doei.models.cam_source.semantic_cams`."""
+    return semantic_cams(class_attention(attn, tuple(head_out.shape[-2:]), num_cls=1), head_out.detach())
 
 
 @register_model
