@@ -73,8 +73,8 @@ def check_path(path: str | os.PathLike, what: str = "--out", file: bool = False)
                 raise DoeiError(os_error_line(p, e, what)) from None
     try:
         os.stat(p)
-    except FileNotFoundError:
-        pass
+    except (FileNotFoundError, NotADirectoryError):
+        pass                    # absent, or under a file: the callers name which part is a file
     except OSError as e:
         raise DoeiError(os_error_line(p, e, what)) from None
     return p
