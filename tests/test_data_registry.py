@@ -114,13 +114,68 @@ def test_dataset_options_pass_only_what_the_kind_declares():
     from doei.pipeline_config import PipelineData
     from doei.train_config import DataSection
 
-    d = DataSection(kind="voc", labels_file="l.json", classes_file="c.txt", mask_dir="")
+    d = DataSection(kind="voc", labels_file="l.json", mask_dir="")
     assert dataset_options(d) == {"labels": "auto", "labels_file": "l.json"}
-    assert dataset_options(d, "folder") == {"labels_file": "l.json", "classes_file": "c.txt"}
-    assert dataset_options(d, "coco") == {}            # COCO finds its labels/masks itself (as before #14)
+    assert dataset_options(d, "folder") == {"labels_file": "l.json"}
+    assert dataset_options(d, "coco") == {"labels_file": "l.json"}     # COCO's loader declares it: passed
+    with pytest.raises(DoeiError, match=r"data.classes_file: dataset kind 'voc' does not take option 'classes_file' "
+                                        r"\(it accepts: "):
+        dataset_options(DataSection(kind="voc", classes_file="c.txt"))   # set for a loader without it: refused
     p = PipelineData(kind="synth", labels_file="l.json", mask_dir="m")
     assert dataset_options(p) == {"labels_file": "l.json", "mask_dir": "m"}
-    assert dataset_options({"kind": "folder", "mask_dir": "m", "labels": "xml"}) == {"mask_dir": "m"}
+    with pytest.raises(DoeiError, match="'folder' does not take option 'labels'"):
+        dataset_options({"kind": "folder", "mask_dir": "m", "labels": "xml"})
+
+
+def test_dataset_options_travel_to_every_configured_dataset(tmp_path):
+    """A loader's declared option is a key of any data section (train-cls, run, cam); others are refused."""
+    from doei.cam.config import CamConfig
+    from doei.config import apply_overrides, from_dict
+    from doei.pipeline_config import pipeline_config_from_dict
+    from doei.train_config import train_config_from_dict
+
+    cfg = train_config_from_dict(apply_overrides({"data": {"kind": "coco", "root": "r"}}, ["data.image_dir=imgs"]))
+    assert cfg.data.options == {"image_dir": "imgs"} and dataset_options(cfg.data)["image_dir"] == "imgs"
+    assert cfg.to_dict()["data"]["options"] == {"image_dir": "imgs"}
+    assert "options" not in train_config_from_dict({"data": {"root": "r"}}).to_dict()["data"]   # as recorded before
+    with pytest.raises(DoeiError, match=r"data.image_dir: dataset kind 'voc' does not take option 'image_dir' "
+                                        r"\(it accepts: labels, "):
+        train_config_from_dict({"data": {"kind": "voc", "root": "r", "image_dir": "imgs"}})
+    run = pipeline_config_from_dict({"data": {"kind": "coco", "root": "r", "image_dir": "imgs"}})
+    assert run.data.options == {"image_dir": "imgs"}
+    from doei.pipeline.stages import cam_config, classifier_config
+
+    assert classifier_config(run).data.options == {"image_dir": "imgs"}
+    assert cam_config(run).dataset_options == {"image_dir": "imgs"}
+    with pytest.raises(DoeiError, match="'synth' does not take option 'image_dir'"):
+        pipeline_config_from_dict({"data": {"kind": "synth", "root": "r", "image_dir": "imgs"}})
+    cam = from_dict(CamConfig, apply_overrides({"data_root": "r"}, ["mask_dir=m"]))
+    assert cam.validate().dataset_options == {"mask_dir": "m"}
+    with pytest.raises(DoeiError, match="dataset_options.scale: dataset kind 'voc' does not take option 'scale'"):
+        from_dict(CamConfig, {"data_root": "r", "scale": 2}).validate()
+
+
+def test_doei_eval_takes_ids_and_masks_from_the_dataset(tmp_path, capsys):
+    from doei.cli import main
+    from doei.data.synth import SynthParams, write_synth
+    from doei.cam.io import save_cam
+
+    root = tmp_path / "s"
+    write_synth(root, SynthParams(seed=1, n_train=2, n_val=3, size=32))
+    val = build_dataset("synth", root, "val")
+    for r in val.records:
+        m = val.mask(r.id)
+        cls = np.asarray(r.classes, np.int64)
+        save_cam(tmp_path / "cams" / f"{r.id}.npz", cls, np.stack([(m == c + 1) for c in cls]).astype(np.float32))
+    base = ["eval", "--pred", str(tmp_path / "cams"), "--dataset", "synth", "--data-root", str(root),
+            "--no-progress", "--betas", "0.5", "--mean", "present"]
+    assert main([*base, "--split", "val", "--out", str(tmp_path / "m.json")]) == 0
+    rep = json.loads((tmp_path / "m.json").read_text())
+    assert rep["mIoU"] > 99.0
+    capsys.readouterr()
+    assert main(base) == 2 and "--dataset, --data-root and --split" in capsys.readouterr().err
+    assert main([*base, "--split", "val", "--dataset-option", "image_dir=x"]) == 2
+    assert "'synth' does not take option 'image_dir'" in capsys.readouterr().err
 
 
 def test_registration_mistakes_are_refused():

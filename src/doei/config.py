@@ -196,12 +196,25 @@ def section(data: Any, key: str, where: str) -> dict:
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise DoeiError."""
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise DoeiError.
+
+    A dataclass whose class attribute ``EXTRA_KEYS`` names one of its ``dict`` fields collects the keys it
+    does not know into that field instead (a data section's dataset options: which are valid depends on the
+    dataset kind, so the section's own validation checks them against the kind's loader)."""
     if not isinstance(data, dict):
         raise _bad(where, "a mapping", data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls, include_extras=True)
     unknown = [k for k in data if k not in fields]
+    extra_field = getattr(cls, "EXTRA_KEYS", None)
+    if unknown and extra_field in fields:
+        extra = {k: data[k] for k in unknown}
+        data = {k: v for k, v in data.items() if k in fields}
+        given = data.get(extra_field) or {}
+        if not isinstance(given, dict):
+            raise _bad(f"{where}.{extra_field}", "a mapping", given)
+        data[extra_field] = {**given, **extra}
+        unknown = []
     if unknown:
         raise DoeiError(f"{where}: unknown key {unknown[0]!r} (expected one of {sorted(fields)})")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from doei.config import apply_overrides, from_dict, load_yaml
 from doei.data.build import DatasetKind
@@ -71,6 +71,9 @@ class PipelineData:
     # <split>, the paper's: doei coco-masks --source stuff) or "instances" (rasterised polygons, root/
     # SegmentationClass/<split>); unset: SegmentationClass/<split> unchecked, as before the key existed
     gt_source: Optional[Literal["instances", "stuff"]] = None
+    options: dict[str, Any] = field(default_factory=dict)   # the loader's other declared options (any key)
+
+    EXTRA_KEYS: ClassVar[str] = "options"   # unknown keys are dataset options (doei.config.from_dict)
 
 
 @dataclass
@@ -222,7 +225,10 @@ class PipelineConfig:
     eval: EvalSection = field(default_factory=EvalSection)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["data"]["options"]:          # as configs without dataset options were always recorded
+            del d["data"]["options"]
+        return d
 
     def validate(self, where: str = "config") -> "PipelineConfig":
         """Range checks the types cannot express; one-line DoeiError naming the key."""
@@ -285,6 +291,9 @@ class PipelineConfig:
                 raise DoeiError(f"{where}: {key} = {value!r}, expected {expected}")
         if not self.data.root:
             raise DoeiError(f"{where}: data.root is empty (expected the dataset folder)")
+        from doei.data.build import dataset_options
+
+        dataset_options(self.data, where=f"{where}: data")         # options the kind's loader does not take
         return self
 
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from doei.config import apply_overrides, from_dict, load_yaml
 from doei.core import DOEIConfig
-from doei.data.build import DatasetKind
+from doei.data.build import DatasetKind, dataset_options
 from doei.errors import DoeiError
 
 
@@ -45,7 +45,9 @@ class DataSection:
 
     ``kind``: a registered dataset kind: ``voc``, ``synth`` (the synthetic benchmark, VOC layout), ``coco``,
     ``folder``, ... (:func:`doei.data.build.dataset_kinds`); the loader gets the fields below that it
-    declares as options (:func:`doei.data.build.dataset_options`). ``transform``:
+    declares as options, and any other option it declares given as a key of this section (``image_dir:``,
+    ``--set data.image_dir=...``; collected in ``options``); one it does not declare is refused naming the
+    ones it accepts (:func:`doei.data.build.dataset_options`). ``transform``:
     ``mctformer`` (the official timm RandAugment recipe), ``simple`` (RandomResizedCrop with
     ``crop_scale`` + flip + ``color_jitter``; for tiny from-scratch models) or ``resize``.
     Validation uses MCTformer's Resize + CenterCrop with ``mctformer``, else a plain square resize.
@@ -63,6 +65,9 @@ class DataSection:
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     color_jitter: float = 0.0
     hflip: float = 0.5
+    options: dict[str, Any] = field(default_factory=dict)   # the loader's other declared options
+
+    EXTRA_KEYS: ClassVar[str] = "options"   # unknown keys are dataset options (doei.config.from_dict)
 
 
 @dataclass
@@ -152,6 +157,7 @@ class TrainConfig:
                 raise DoeiError(f"{where}: {key} = {value!r}, expected {expected}")
         if not self.data.root:
             raise DoeiError(f"{where}: data.root is empty (expected the dataset folder)")
+        dataset_options(self.data, where=f"{where}: data")         # options the kind's loader does not take
         self.doei_config()
         return self
 
@@ -161,7 +167,10 @@ class TrainConfig:
         return self.optim.lr * (self.train.batch_size / base if base else 1.0)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["data"]["options"]:          # as configs without dataset options were always recorded
+            del d["data"]["options"]
+        return d
 
 
 def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:

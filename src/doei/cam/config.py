@@ -20,7 +20,7 @@ Official weights can be run with DOEI by giving a ``doei:`` section (``enabled: 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from doei.core import DOEIConfig
 from doei.data.build import DatasetKind
@@ -42,6 +42,9 @@ class CamConfig:
     dataset: DatasetKind = "voc"          # a registered kind (doei.data.build.dataset_kinds)
     data_root: str = ""
     split: str = "train"
+    # the loader's declared options (mask_dir, labels_file, image_dir, ...): any key this config does not know
+    # lands here (``--set mask_dir=...``) and is checked against the dataset kind (doei.data.build)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
     # CAM pipeline
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = True
@@ -68,6 +71,8 @@ class CamConfig:
     batch_size: int = 1
     num_workers: int = 0
 
+    EXTRA_KEYS: ClassVar[str] = "dataset_options"   # unknown keys are dataset options (doei.config.from_dict)
+
     def validate(self) -> "CamConfig":
         if self.num_classes is not None and self.num_classes < 1:
             raise DoeiError(f"num_classes: expected >= 1, got {self.num_classes}")
@@ -89,4 +94,7 @@ class CamConfig:
             raise DoeiError(f"device {self.device!r}: expected auto, cpu, cuda or cuda:N")
         if not self.data_root:
             raise DoeiError("data_root: no dataset folder given (--data-root or data_root in the config)")
+        from doei.data.build import check_dataset_options
+
+        check_dataset_options(self.dataset, self.dataset_options, "dataset_options")
         return self

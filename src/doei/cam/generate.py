@@ -48,7 +48,7 @@ PIPELINE_KEYS = ("model", "num_classes", "model_kwargs", "doei", "normalize", "c
 def open_dataset(cfg):
     """The split of a ``CamConfig`` as a ClassificationDataset (raw access via ``.sample``); its class
     count must be ``cfg.num_classes`` when that is set."""
-    ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split)
+    ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, **cfg.dataset_options)
     if cfg.num_classes is not None:
         _check_classes(ds, cfg)
     return ds

@@ -7,6 +7,7 @@ Examples::
     doei eval --pred seeds/ --gt gt/ --list val.txt --pred-type png --mean present
     doei eval --pred official_npy/ --gt gt/ --list val.txt --trust-pickle --betas 0:0.6:0.01
     doei eval --pred cams/ --gt data/synth/SegmentationClass --list val.txt --dataset synth --data-root data/synth
+    doei eval --pred cams/ --dataset synth --data-root data/synth --split val     # ids and masks from the dataset
 
 Prints a per-class table at the best β and the sweep, and writes the report JSON atomically
 (only after every file was read without error; ``--out`` is checked to be writable before anything
@@ -41,8 +42,10 @@ from doei.utils.io import atomic_write_json
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="folder of predictions: <id>.png label maps, <id>.npz CAMs "
                    "(this project's format) or <id>.npy official CAM dicts (needs --trust-pickle)")
-    p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs <id>.png (255 = ignore)")
-    p.add_argument("--list", required=True, help="text file with one image id per line")
+    p.add_argument("--gt", default=None, help="folder of ground-truth label PNGs <id>.png (255 = ignore); default "
+                   "with --dataset/--data-root/--split: the dataset's own masks")
+    p.add_argument("--list", default=None, help="text file with one image id per line; default with "
+                   "--dataset/--data-root/--split: the split's ids that have a mask")
     p.add_argument("--betas", default=None,
                    help=f"background thresholds for CAMs: START:END:STEP, X or X,Y,... (default {DEFAULT_BETAS})")
     p.add_argument("--num-classes", type=int, default=None,
@@ -57,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=dataset_kinds(), default=None,
                    help="take the classes from a dataset kind: voc (21), coco (81), synth / folder (need --data-root)")
     p.add_argument("--data-root", default=None, help="dataset folder for --dataset synth / folder")
+    p.add_argument("--split", default=None, help="with --dataset and --data-root: the split whose ids and masks are "
+                   "scored (no --list/--gt needed)")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the dataset's loader (e.g. mask_dir=DIR), checked against what the kind "
+                        "declares; repeatable")
     p.add_argument("--out", default=None, help="write the metrics JSON here (atomically)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow reading official .npy CAM dicts (they are pickles: only for files you trust)")
@@ -164,11 +172,39 @@ def check_out_writable(out: str) -> None:
     os.unlink(probe)
 
 
+def dataset_ground_truth(kind: str | None, root: str | None, split: str | None,
+                         options: list[str]) -> tuple[list[str], str]:
+    """(ids with a mask, the folder of their ``<id>.png`` masks) of a dataset split, for ``doei eval`` without
+    ``--list``/``--gt``; the masks must share one folder and be named ``<id>.png`` (else one line)."""
+    from pathlib import Path
+
+    from doei.config import apply_overrides
+    from doei.data.build import build_dataset, check_dataset_options
+
+    if not (kind and root and split):
+        raise DoeiError("give --gt and --list, or --dataset, --data-root and --split (the dataset knows its ids "
+                        "and masks)")
+    opts = check_dataset_options(kind, apply_overrides({}, options), "--dataset-option")
+    recs = [r for r in build_dataset(kind, root, split, **opts).records if r.mask_path is not None]
+    if not recs:
+        raise DoeiError(f"--dataset {kind} --data-root {root} --split {split}: no image of the split has a mask")
+    folders = {Path(r.mask_path).parent for r in recs}
+    if len(folders) != 1 or any(Path(r.mask_path).name != f"{r.id}.png" for r in recs):
+        raise DoeiError(f"--dataset {kind} --split {split}: its masks are not one folder of <id>.png files; "
+                        "give --gt and --list")
+    return [r.id for r in recs], str(folders.pop())
+
+
 def run(args: argparse.Namespace) -> int:
     num_classes, names, class_source = resolve_classes(args.num_classes, args.classes, args.dataset, args.data_root)
     if args.out:
         check_out_writable(args.out)
-    ids = read_id_list(args.list)
+    if args.list is None or args.gt is None:
+        if args.list is not None or args.gt is not None:
+            raise DoeiError("give both --gt and --list, or neither (with --dataset/--data-root/--split)")
+        ids, args.gt = dataset_ground_truth(args.dataset, args.data_root, args.split, args.dataset_option)
+    else:
+        ids = read_id_list(args.list)
     pred_type = args.pred_type
     if pred_type == "auto":
         from pathlib import Path

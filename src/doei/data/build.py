@@ -180,20 +180,60 @@ def build_dataset(kind: str, root: str | Path, split: str | None, *, transform: 
     return spec.loader(root, split, transform=transform, **options)
 
 
-def dataset_options(section: Any, kind: str | None = None) -> dict[str, Any]:
+# data-section fields that are loader options of some kinds (kept as named fields for older configs); a field
+# at its "unset" value (None, "", or labels "auto") is not passed, one set for a kind that lacks it is refused
+SECTION_OPTION_FIELDS: dict[str, Any] = {"labels": "auto", "labels_file": None, "classes_file": None,
+                                         "mask_dir": None, "gt_source": None}
+
+
+def _getter(section: Any) -> Callable[..., Any]:
+    return section.get if isinstance(section, Mapping) else (lambda k, d=None: getattr(section, k, d))
+
+
+def _unset(name: str, value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value == "") or value == SECTION_OPTION_FIELDS.get(name, None)
+
+
+def _extra_options(section: Any) -> dict[str, Any]:
+    """The free-form options of a data section: the dict field its class names in ``EXTRA_KEYS``
+    (``options`` for the training and pipeline data sections, ``dataset_options`` for ``doei cam``)."""
+    name = getattr(type(section), "EXTRA_KEYS", None) if not isinstance(section, Mapping) else "options"
+    value = _getter(section)(name, None) if name else None
+    return dict(value or {})
+
+
+def check_dataset_options(kind: str, options: Mapping[str, Any], where: str = "data") -> dict[str, Any]:
+    """Refuse an option the loader of ``kind`` does not declare, in one line listing the ones it accepts;
+    returns ``options`` as a dict. Values are checked by the loader itself when the dataset is built."""
+    spec = get_dataset_spec(kind)
+    for k in options:
+        if k not in spec.options:
+            takes = ", ".join(spec.options) if spec.options else "no options"
+            raise DoeiError(f"{where}.{k}: dataset kind {kind!r} does not take option {k!r} (it accepts: {takes})")
+    return dict(options)
+
+
+def dataset_options(section: Any, kind: str | None = None, where: str = "data") -> dict[str, Any]:
     """The loader options a config's data section sets for its kind (``kind`` default ``section.kind``).
 
-    Every name the kind declares as a config option that is a field (or key) of ``section`` and is not
-    None or ``""`` (unset): e.g. ``labels``, ``labels_file``, ``mask_dir`` for VOC, ``labels_file``,
-    ``classes_file``, ``mask_dir`` for a folder. Fields the kind does not declare are not passed.
+    The named fields the kind declares as config options that are set (not None, ``""`` or, for
+    ``labels``, ``"auto"``; e.g. ``labels_file``, ``mask_dir`` for VOC, ``classes_file`` for a folder), plus
+    the section's free-form options (any key the kind's loader declares: ``data.image_dir`` for COCO, ...).
+    A named field set for a kind that does not declare it, or a free-form option the loader does not take,
+    is a one-line DoeiError listing what the kind accepts.
     """
-    get = section.get if isinstance(section, Mapping) else (lambda k, d=None: getattr(section, k, d))
-    spec = get_dataset_spec(kind if kind is not None else get("kind"))
+    get = _getter(section)
+    kind = kind if kind is not None else get("kind")
+    spec = get_dataset_spec(kind)
     out: dict[str, Any] = {}
     for name in spec.config_options:
         value = get(name, None)
         if value is not None and not (isinstance(value, str) and value == ""):
             out[name] = value
+    for name in SECTION_OPTION_FIELDS:
+        if name not in out and not _unset(name, get(name, None)):
+            out.update(check_dataset_options(kind, {name: get(name)}, where))   # declared: passed; else refused
+    out.update(check_dataset_options(kind, _extra_options(section), where))
     return out
 
 
@@ -201,7 +241,7 @@ def dataset_from_config(section: Any, split: str | None, *, transform: "Transfor
                         ) -> "ClassificationDataset":
     """The dataset a config's data section describes (``kind``, ``root`` and the options its kind declares,
     :func:`dataset_options`), split ``split``: the one way every stage opens its configured data."""
-    get = section.get if isinstance(section, Mapping) else (lambda k, d=None: getattr(section, k, d))
+    get = _getter(section)
     kind = get("kind")
     return build_dataset(kind, get("root"), split, transform=transform, **dataset_options(section, kind))
 
@@ -225,4 +265,4 @@ def fixed_class_names() -> list[tuple[str, tuple[str, ...]]]:
 
 
 __all__ = ["DatasetSpec", "DatasetKind", "register_dataset", "unregister_dataset", "dataset_kinds",
-           "get_dataset_spec", "build_dataset", "dataset_options", "dataset_from_config", "dataset_class_names", "fixed_class_names"]
+           "get_dataset_spec", "build_dataset", "dataset_options", "dataset_from_config", "check_dataset_options", "dataset_class_names", "fixed_class_names"]

@@ -43,6 +43,8 @@ def classifier_config(cfg: PipelineConfig) -> TrainConfig:
     _set_default(d, "data.train_split", cfg.data.train_split)
     if cfg.data.labels_file:
         _set_default(d, "data.labels_file", cfg.data.labels_file)
+    if cfg.data.options:
+        _set_default(d, "data.options", dict(cfg.data.options))
     _set_default(d, "model.num_classes", cfg.data.num_classes)
     _set_default(d, "train.out_dir", str(Path(cfg.run.out_dir) / "cls"))
     _set_default(d, "train.device", cfg.run.device)
@@ -94,6 +96,11 @@ def cam_config(cfg: PipelineConfig) -> CamConfig:
     d.setdefault("dataset", cfg.data.kind)
     d.setdefault("data_root", cfg.data.root)
     d.setdefault("split", cfg.data.train_split)
+    opts = dict(cfg.data.options)                   # the data section's loader options, as every stage gets them
+    if cfg.data.labels_file:
+        opts.setdefault("labels_file", cfg.data.labels_file)
+    if opts:
+        d.setdefault("dataset_options", opts)
     d.setdefault("device", resolve_device(cfg.run.device, "run.device"))
     return from_dict(CamConfig, d, where="cam").validate()
 
