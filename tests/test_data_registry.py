@@ -151,7 +151,7 @@ def test_dataset_options_travel_to_every_configured_dataset(tmp_path):
         pipeline_config_from_dict({"data": {"kind": "synth", "root": "r", "image_dir": "imgs"}})
     cam = from_dict(CamConfig, apply_overrides({"data_root": "r"}, ["mask_dir=m"]))
     assert cam.validate().dataset_options == {"mask_dir": "m"}
-    with pytest.raises(DoeiError, match="dataset_options.scale: dataset kind 'voc' does not take option 'scale'"):
+    with pytest.raises(DoeiError, match="unknown key 'scale': neither a doei cam setting nor an option of dataset kind 'voc'"):
         from_dict(CamConfig, {"data_root": "r", "scale": 2}).validate()
 
 

@@ -94,7 +94,11 @@ class CamConfig:
             raise DoeiError(f"device {self.device!r}: expected auto, cpu, cuda or cuda:N")
         if not self.data_root:
             raise DoeiError("data_root: no dataset folder given (--data-root or data_root in the config)")
-        from doei.data.build import check_dataset_options
+        from doei.data.build import get_dataset_spec
 
-        check_dataset_options(self.dataset, self.dataset_options, "dataset_options")
+        accepts = get_dataset_spec(self.dataset).options
+        for k in self.dataset_options:
+            if k not in accepts:
+                raise DoeiError(f"unknown key {k!r}: neither a doei cam setting nor an option of dataset kind "
+                                f"{self.dataset!r} (it accepts: {', '.join(accepts) or 'no options'})")
         return self
