@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from doei.config import apply_overrides
+from doei.config import apply_overrides, read_json
 from doei.engine import distributed as dist_util
 from doei.errors import DoeiError
 from doei.pipeline import (describe_change, fingerprint, marker_path, preflight, read_marker, resolve, run_pipeline,
@@ -181,10 +181,7 @@ def check_runs(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
         path = study.run_dir(key) / RUN_SPEC
         if not path.is_file():
             continue
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DoeiError(f"{path}: unreadable ({type(e).__name__}); delete the run folder to redo it") from None
+        old = read_json(path, dict, what="study run spec")
         now = study.spec(cfg)
         if old.get("fingerprint") != fingerprint(now):
             before = (old.get("spec") or {}).get("stages") or {}
@@ -217,7 +214,7 @@ def run_one(study: PipelineStudy, doei: dict, seed: int, log: Callable[[str], No
     rdir = study.run_dir(key)
     res_path = rdir / "result.json"
     if res_path.is_file():
-        return json.loads(res_path.read_text(encoding="utf-8"))
+        return read_json(res_path, dict, what="run result")
     cfg = study.run_config(doei, seed)
     main = dist_util.env_world()[0] == 0
     if main and not (rdir / RUN_SPEC).is_file():

@@ -15,7 +15,6 @@ which wrap :class:`doei.cam.extractor.CamExtractor` and ``doei eval``'s sweep).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from doei.cam.heldout import evaluate_cams, write_cams
-from doei.config import apply_overrides, load_yaml, refuse_owned_overrides, section
+from doei.config import apply_overrides, load_yaml, read_json, refuse_owned_overrides, section
 from doei.data.benchmark import ensure_synth
 from doei.data.build import build_dataset
 from doei.data.cooccurrence import variant_params
@@ -202,7 +201,7 @@ def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = la
     run_dir = study.out / "runs" / key
     res_path = run_dir / RESULT_NAME
     if res_path.is_file():
-        return json.loads(res_path.read_text())
+        return read_json(res_path, dict, what="run result")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = run_config(study, doei, seed, run_dir)
     t0, c0 = time.time(), time.process_time()
@@ -273,5 +272,5 @@ def finished_results(study: Study, runs: Sequence[tuple[dict, int]]) -> dict[str
     for doei, seed in runs:
         path = study.out / "runs" / run_key(doei, seed) / RESULT_NAME
         if path.is_file():
-            out[run_key(doei, seed)] = json.loads(path.read_text())
+            out[run_key(doei, seed)] = read_json(path, dict, what="run result")
     return out
