@@ -208,9 +208,8 @@ def c_train_resume_missing_weight(b, t):
         ck = torch.load(t / "out" / "checkpoint.pt", weights_only=True)
         ck["model"].pop(sorted(ck["model"])[0])
         torch.save(ck, t / "out" / "checkpoint.pt")
-        _train(b, t, lambda c: c["train"].__setitem__("epochs", 2))
-    return Case(["train-cls", "--config", cfg, "--resume"], r"checkpoint\.pt: cannot resume", prior=[["train-cls", "--config", cfg]],
-                between=drop)
+    return Case(["train-cls", "--config", cfg, "--resume"], r"checkpoint\.pt: cannot resume: the checkpoint does not fit",
+                prior=[["train-cls", "--config", cfg]], between=drop)
 
 
 # ------------------------------------------------------------ near-miss formats
@@ -286,6 +285,10 @@ def c_train_out_dir_symlink_loop(b, t):
 # ------------------------------------------------------------ values out of domain, checks before any write
 def c_cam_scales_inf(b, t):
     return Case(_cam(b, t) + ["--scales", "1.0,inf"], r"--scales '1\.0,inf': inf is not a finite number")
+
+
+def c_cam_set_and_flag_disagree(b, t):
+    return Case(_cam(b, t) + ["--set", "n_layers=1"], r"--set n_layers=1 and the flag --n-layers \(2\) disagree")
 
 
 def c_run_seg_scales_inf(b, t):

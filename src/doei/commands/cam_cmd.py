@@ -115,12 +115,18 @@ def build_config(args: argparse.Namespace):
         "scales": _floats(args.scales, "--scales") if args.scales is not None else None,
         "crf_alphas": _floats(args.crf_alphas, "--crf-alphas") if args.crf_alphas is not None else None,
     }
-    d.update({k: v for k, v in flags.items() if v is not None})
+    names = {k: f"--{k.replace('_', '-')}" for k in flags}
     for flag, key, value in (("no_flip", "flip", False), ("no_patch_refine", "patch_refine", False),
                              ("amp", "amp", True), ("save_seeds", "save_seeds", True),
                              ("save_overlays", "save_overlays", True)):
         if getattr(args, flag):
-            d[key] = value
+            flags[key] = value
+            names[key] = f"--{flag.replace('_', '-')}"
+    set_keys = {str(item).split("=", 1)[0].strip() for item in args.set}
+    for k, v in flags.items():        # a --set the flag would silently replace
+        if v is not None and k in set_keys and d.get(k) != v:
+            raise DoeiError(f"--set {k}={d.get(k)!r} and the flag {names[k]} ({v!r}) disagree; give one")
+    d.update({k: v for k, v in flags.items() if v is not None})
     return from_dict(CamConfig, d, where="doei cam").validate()
 
 
