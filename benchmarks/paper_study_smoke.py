@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -54,6 +55,20 @@ def command(verb: str, root: Path, study: Path, args) -> list[str]:
     return cmd
 
 
+def planned_runs(verb: str, seeds: int) -> int:
+    """How many runs (distinct run keys) the verb's config plans for ``seeds`` seeds."""
+    from doei.study.grid import row_doei, run_key, sweep_doei
+    from doei.study.runner import load_study
+
+    s = load_study(CONFIGS[verb], Path("/nonexistent/study"), ["data.root=/unused"])
+    keys = {run_key({"enabled": False}, k) for k in range(seeds)}
+    if verb == "ablate":
+        keys |= {run_key(row_doei(r, s.base_doei), k) for r in s.rows for k in range(seeds)}
+    else:
+        keys |= {run_key(sweep_doei(s.base_doei, n, v), k) for n, vs in s.sweep for v in vs for k in range(seeds)}
+    return len(keys)
+
+
 def run_verb(verb: str, root: Path, study: Path, args) -> dict:
     """Run one verb in a child process; its wall/CPU seconds, exit status and what the study folder says."""
     argv = command(verb, root, study, args)
@@ -61,9 +76,15 @@ def run_verb(verb: str, root: Path, study: Path, args) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"}
     log = Path(args.work) / f"{verb}.log"
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
+    timed_out = False
     with open(log, "w") as fh:
-        rc = subprocess.run(["nice", "-n", "10", sys.executable, "-m", "doei.cli", *argv], cwd=REPO, env=env,
-                            stdout=fh, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "doei.cli", *argv], cwd=REPO, env=env,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:        # the time box: stop it (its process group); it resumes next time
+            os.killpg(proc.pid, signal.SIGTERM)
+            rc, timed_out = proc.wait(), True
     wall, r1 = time.time() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     after = {p.parent.name for p in (study / "runs").glob("*/result.json")}
     runs = {}
@@ -73,7 +94,7 @@ def run_verb(verb: str, root: Path, study: Path, args) -> dict:
         runs[key] = {"doei": res["doei"], "seed": res["seed"], "stage_seconds": t.get("stage_seconds"),
                      "stage_peak_rss_mb": t.get("stage_peak_rss_mb"), "total_wall_s": t.get("total_wall_s"),
                      "Seed_mIoU_not_a_result": round(res["mIoU"], 2)}
-    return {"command": "doei " + " ".join(argv), "batch": batch_of(verb, args), "rc": rc, "wall_s": round(wall, 1),
+    return {"command": "doei " + " ".join(argv), "batch": batch_of(verb, args), "rc": rc, "timed_out": timed_out, "wall_s": round(wall, 1),
             "cpu_s": round((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), 1),
             "runs_made": sorted(after - before), "runs_reused": sorted(after & before), "log": str(log),
             "runs": {k: runs[k] for k in sorted(after - before)}}
@@ -85,10 +106,13 @@ def markdown(doc: dict) -> str:
              "Classifier batch: the config's (64) unless the row says otherwise (`--smoke-batch`).", "",
              "| command | batch | exit | wall s | CPU s | runs made | reused | s per new run (mean) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    planned = doc.get("planned_runs") or {}
     for verb, r in doc["verbs"].items():
         per = [x["total_wall_s"] for x in r["runs"].values() if x.get("total_wall_s") is not None]
         mean = f"{sum(per) / len(per):.0f}" if per else "–"
-        lines.append(f"| `doei {verb}` | {r.get('batch') or 64} | {r['rc']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {len(r['runs_made'])} | "
+        rc = f"stopped at {r['wall_s']:.0f} s (time box)" if r.get("timed_out") else r["rc"]
+        made = f"{len(r['runs_made'])} of {planned[verb]}" if r.get("timed_out") and verb in planned else len(r["runs_made"])
+        lines.append(f"| `doei {verb}` | {r.get('batch') or 64} | {rc} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {made} | "
                      f"{len(r['runs_reused'])} | {mean} |")
     stages = ["train-cls", "cam", "eval"]
     lines += ["", "Per new run: wall seconds of each stage (markers) and the largest peak RSS of its stages.", "",
@@ -131,6 +155,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="cap on the classifier's DataLoader workers (default 2)")
     ap.add_argument("--work", default="/tmp/paper_study_smoke", help="sample and study folder")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "paper_study_smoke.json"))
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="stop a command after this many seconds (recorded as timed out with the runs it finished; "
+                         "the same command resumes)")
     ap.add_argument("--only", default="ablate,sweep", help="verbs to run, in order (default ablate,sweep)")
     ap.add_argument("--docs", default=None, help="also write the tables between the paper_study_smoke markers of "
                                                  "this file (docs/reproduce.md)")
@@ -149,7 +176,8 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     root = make_voc_sample(data / "voc_real_mini", work / "voc")
-    doc = {"n": args.n, "seeds": args.seeds, "data": "../shared/data/voc_real_mini",
+    doc = {"n": args.n, "seeds": args.seeds,
+           "planned_runs": {v: planned_runs(v, args.seeds) for v in CONFIGS}, "data": "../shared/data/voc_real_mini",
            "cpus": len(os.sched_getaffinity(0)), "verbs": {}}
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.is_file() else {}

@@ -96,7 +96,8 @@ def render(doc: dict) -> str:
                   ""]
     lines += ["## Per row: classifier, best β, DOEI per block, cost", "",
              "k p/c = tokens selected as confident per row by PPDO / CPDO; Δ p/c = ‖Δ‖/‖X‖ of patch / class tokens "
-             "(val batch, seed mean).", "",
+             + ("(val batch, seed mean)." if "pipeline" not in doc else
+                f"(the first {doc['pipeline']['stats_images']} images of `{doc['pipeline']['split']}`, seed mean)."), "",
              "| row | classifier mAP | best β | DOEI per block | wall s per run |", "|---|---:|---:|---|---:|"]
     for label, r in rows:
         lines.append(f"| {label} | {fmt_ms(r['classifier_mAP'])} | {fmt_ms(r['best_beta']['beta'], 2)} | "
