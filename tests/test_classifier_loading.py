@@ -191,7 +191,7 @@ def test_doei_settings_that_do_nothing_are_said(tmp_path, capsys):
     with warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")
         cfg = train_config_from_dict({**base, "doei": {"af_p2c": 2.0}})
-        assert cfg.doei_config().enabled is False
+        assert cfg.doei.enabled is False
         build_classifier(train_config_from_dict({**base, "doei": {"enabled": True}}))
     msgs = [str(w.message) for w in got if issubclass(w.category, DoeiWarning)]
     assert any("sets ['af_p2c'] but not enabled: true, so DOEI is OFF" in m for m in msgs), msgs

@@ -67,7 +67,7 @@ def test_paper_configs_are_complete_and_consistent():
         assert cfg.run.stages == list(STAGES)                                  # all stages
         assert cfg.data.num_classes == (20 if name.startswith("voc") else 80)
         assert tcfg.model.num_classes == cfg.data.num_classes
-        assert tcfg.doei_config().enabled == name.endswith("_doei")
+        assert tcfg.doei.enabled == name.endswith("_doei")
         expected_model = {"mctformer_v2": "mctformer_v2_deit_small", "tscam": "tscam_deit_small",
                           "transcam": "transcam_conformer_small"}[name.split("_", 1)[1].removesuffix("_doei")]
         assert tcfg.model.name == expected_model

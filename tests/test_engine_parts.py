@@ -156,6 +156,6 @@ def test_shipped_train_configs_load(name):
         # the official recipe: 5e-4 x 64 / 512, 60 epochs, 5 warm-up epochs, DeiT-S at 224
         assert cfg.peak_lr() == pytest.approx(6.25e-5) and cfg.train.epochs == 60
         assert cfg.optim.warmup_epochs == 5 and cfg.model.name == "mctformer_v2_deit_small"
-        assert cfg.doei_config().enabled == name.endswith("_doei.yaml")
+        assert cfg.doei.enabled == name.endswith("_doei.yaml")
     else:
         assert cfg.model.name == "mctformer_v2_tiny_conv" and cfg.data.kind == "synth"

@@ -145,9 +145,9 @@ def test_checkpoint_records_every_doei_knob_and_old_partial_records_warn(tmp_pat
                                             "options": {"depth": 2, "embed_dim": 32, "num_heads": 2}},
                                   "data": {"kind": "synth", "root": str(tmp_path)},
                                   "doei": {"enabled": True, "cpdo": False}})
-    assert set(cfg.doei) == {f.name for f in fields(DOEIConfig)}
-    assert cfg.doei["cpdo"] is False and cfg.doei["sf_c2c"] == DOEIConfig().sf_c2c
-    assert train_config_from_dict({"data": {"root": "x"}}).doei == {}            # empty stays "DOEI off"
+    assert isinstance(cfg.doei, DOEIConfig) and set(cfg.to_dict()["doei"]) == {f.name for f in fields(DOEIConfig)}
+    assert cfg.doei.cpdo is False and cfg.doei.sf_c2c == DOEIConfig().sf_c2c         # typed, every field recorded
+    assert train_config_from_dict({"data": {"root": "x"}}).doei == DOEIConfig()   # empty = DOEI off
     model = build_model(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
 

@@ -196,7 +196,7 @@ def test_paper_table4_and_fig4_configs_load_and_follow_the_doei_config(tmp_path)
     assert ab.score == "Seed" and ab.stages == ["train-cls", "cam", "eval"] and ab.scored_split == "train"
     full = ab.run_config(row_doei(ab.rows[-1], ab.base_doei), 1)
     tcfg = classifier_config(full)
-    assert tcfg.doei_config().alpha == 0.35 and tcfg.doei_config().cpdo and tcfg.train.seed == 1
+    assert tcfg.doei.alpha == 0.35 and tcfg.doei.cpdo and tcfg.train.seed == 1
     assert (tcfg.train.batch_size, tcfg.train.epochs, tcfg.model.img_size) == (64, 60, 224)
     assert full.cam["split"] == "train" and full.run.stages == ["train-cls", "cam", "eval"]
     sw = load_study(PAPER / "sweep_voc_mctformer_v2.yaml", tmp_path / "s")

@@ -114,17 +114,10 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
-    doei: dict[str, Any] = field(default_factory=dict)
+    # typed from the moment the YAML is read (doei.config.from_dict builds it; an empty section = DOEI off):
+    # every consumer reads these fields, nobody re-parses a dict
+    doei: DOEIConfig = field(default_factory=DOEIConfig)
     train: TrainSection = field(default_factory=TrainSection)
-
-    def doei_config(self) -> DOEIConfig:
-        """The ``doei`` section as a validated :class:`DOEIConfig` (empty = DOEI off)."""
-        try:
-            return from_dict(DOEIConfig, dict(self.doei), where="doei")
-        except DoeiError:
-            raise
-        except ValueError as e:
-            raise DoeiError(f"doei: {e}") from None
 
     def validate(self, where: str = "config") -> "TrainConfig":
         """Range checks that the type system cannot express; raises a one-line DoeiError."""
@@ -158,7 +151,6 @@ class TrainConfig:
         if not self.data.root:
             raise DoeiError(f"{where}: data.root is empty (expected the dataset folder)")
         dataset_options(self.data, where=f"{where}: data")         # options the kind's loader does not take
-        self.doei_config()
         return self
 
     def peak_lr(self) -> float:
@@ -174,22 +166,19 @@ class TrainConfig:
 
 
 def train_config_from_dict(data: dict, where: str = "config") -> TrainConfig:
-    """Build and validate a :class:`TrainConfig` from a nested dict (strict keys).
-
-    A non-empty ``doei`` section is completed with every :class:`DOEIConfig` field, so a checkpoint's
-    stored config says exactly which DOEI the model was trained with even after a default changes
-    (``sf_c2c`` did: -0.5 -> 0)."""
-    cfg = from_dict(TrainConfig, data, where=where).validate(where)
-    if cfg.doei and "enabled" not in cfg.doei:
+    """Build and validate a :class:`TrainConfig` from a nested dict (strict keys); its ``doei`` section becomes
+    a :class:`DOEIConfig` here, once. ``to_dict`` records every DOEI field, so a checkpoint's stored config
+    says exactly which DOEI the model was trained with even after a default changes (``sf_c2c`` did:
+    -0.5 -> 0)."""
+    raw = data.get("doei") if isinstance(data, dict) else None
+    if isinstance(raw, dict) and raw and "enabled" not in raw:
         import warnings
 
         from doei.errors import DoeiWarning
 
-        warnings.warn(f"{where}: the doei section sets {sorted(cfg.doei)} but not enabled: true, so DOEI is OFF",
+        warnings.warn(f"{where}: the doei section sets {sorted(raw)} but not enabled: true, so DOEI is OFF",
                       DoeiWarning, stacklevel=2)
-    if cfg.doei:
-        cfg.doei = dataclasses.asdict(cfg.doei_config())
-    return cfg
+    return from_dict(TrainConfig, data, where=where).validate(where)
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

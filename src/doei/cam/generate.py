@@ -215,7 +215,8 @@ class CamJob(PerImageJob):
     def iterate(self, mine: list[int]):
         cfg = self.cfg
         model = self.model.to(self.device).eval()
-        extractor = CamExtractor(model, scales=cfg.scales, flip=cfg.flip, n_layers=cfg.n_layers,
+        # the scales reach the views once (_SplitItems -> official_views); from_views reads no scales of its own
+        extractor = CamExtractor(model, flip=cfg.flip, n_layers=cfg.n_layers,
                                  patch_refine=cfg.patch_refine, kind=cfg.kind, amp=cfg.amp,
                                  normalize=cfg.normalize == "official")
         loader = torch.utils.data.DataLoader(_SplitItems(self.ds, mine, cfg.scales), batch_size=cfg.batch_size,

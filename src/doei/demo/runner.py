@@ -311,7 +311,7 @@ def run_demo(o: DemoOptions) -> str:
     c = cfgs["baseline"]
     metrics = {
         "baseline": {**results["baseline"], **cls_metrics["baseline"]},
-        "doei": {**results["doei"], **cls_metrics["doei"], "doei_config": cfgs["doei"].doei},
+        "doei": {**results["doei"], **cls_metrics["doei"], "doei_config": dataclasses.asdict(cfgs["doei"].doei)},
         "references": {k: results[k] for k in REFERENCES},
         **({"pipeline": pipeline} if pipeline else {}),
         "settings": {"family": o.model, "train_seed": cfgs["baseline"].train.seed, "quick": o.quick, "n_train": o.n_train, "n_val": o.n_val, "seed": o.seed,

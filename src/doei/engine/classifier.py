@@ -67,11 +67,11 @@ def build_classifier(cfg: TrainConfig) -> nn.Module:
 
     m = cfg.model
     try:
-        model = create_model(m.name, num_classes=m.num_classes, doei=cfg.doei_config(), img_size=m.img_size,
+        model = create_model(m.name, num_classes=m.num_classes, doei=cfg.doei, img_size=m.img_size,
                              drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate, **m.options)
     except (TypeError, ValueError) as e:
         raise DoeiError(f"model {m.name!r}: {e}") from None
-    check_doei_effect(model, cfg.doei_config(), m.name)
+    check_doei_effect(model, cfg.doei, m.name)
     if m.pretrained:
         from doei.models.pretrained import load_pretrained
 
@@ -101,7 +101,7 @@ def stored_doei(path: str | Path) -> DOEIConfig | None:
     obj = load_weights_only(path)
     if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
         return None
-    return train_config_from_dict(check_checkpoint(obj, path)["config"], where=f"{path}:config").doei_config()
+    return train_config_from_dict(check_checkpoint(obj, path)["config"], where=f"{path}:config").doei
 
 
 def load_classifier(path: str | Path, *, name: str | None = None, num_classes: int | None = None,
@@ -155,7 +155,7 @@ def _from_training_checkpoint(path: Path, ckpt: dict, name, num_classes, img_siz
         if given is not None and given != stored:
             raise DoeiError(f"{where}{key} = {given!r} disagrees with {path}, a training checkpoint of "
                             f"{m.name} with {key} = {stored!r} (leave {key} unset to use the checkpoint's)")
-    trained = cfg.doei_config()
+    trained = cfg.doei
     doei_source = "checkpoint"
     if doei is not None and doei != trained:
         if not override_doei:
@@ -163,7 +163,7 @@ def _from_training_checkpoint(path: Path, ckpt: dict, name, num_classes, img_siz
             raise DoeiError(f"{where}doei.{diff[0]} = {getattr(doei, diff[0])!r} disagrees with {path} (trained with "
                             f"doei.{diff[0]} = {getattr(trained, diff[0])!r}); leave doei unset, or set "
                             "override_doei: true (--doei on/off) to run these weights with other DOEI settings")
-        cfg.doei = dataclasses.asdict(doei)
+        cfg.doei = doei
         doei_source = "override"
         warnings.warn(f"{path}: trained with DOEI {'on' if trained.enabled else 'off'}, run with DOEI "
                       f"{'on' if doei.enabled else 'off'} (override_doei)", DoeiWarning, stacklevel=3)
@@ -174,7 +174,7 @@ def _from_training_checkpoint(path: Path, ckpt: dict, name, num_classes, img_siz
     except RuntimeError as e:
         raise DoeiError(f"{path}: its weights do not fit its own recorded model {m.name} "
                         f"({str(e).strip().splitlines()[0]})") from None
-    spec = ClassifierSpec(m.name, m.num_classes, m.img_size, dict(m.options), cfg.doei_config(),
+    spec = ClassifierSpec(m.name, m.num_classes, m.img_size, dict(m.options), cfg.doei,
                           "training checkpoint", doei_source)
     return model, spec
 

@@ -87,6 +87,8 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
 
 
 def _check_resume_config(saved: dict, now: dict, path: Path) -> None:
+    # compare as today's config records them (an older checkpoint kept an empty doei section as {})
+    saved = train_config_from_dict(saved, where=f"{path}:config").to_dict()
     for sec in _RESUME_FIXED:
         if saved.get(sec) != now.get(sec):
             keys = sorted(k for k in set(saved.get(sec, {})) | set(now.get(sec, {}))
@@ -170,7 +172,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
         return msg + f" [{r['train_seconds']:.0f} s]"
 
     def intro(n_params: int, n: int, spe: int, world: int) -> str:
-        return (f"{cfg.model.name}: {n_params / 1e6:.2f} M parameters, DOEI {'on' if cfg.doei_config().enabled else 'off'}, "
+        return (f"{cfg.model.name}: {n_params / 1e6:.2f} M parameters, DOEI {'on' if cfg.doei.enabled else 'off'}, "
                 f"device {device}{' (AMP fp16)' if use_amp else ''}; {n} training images, "
                 f"{spe} steps/epoch x {tc.epochs} epochs, peak lr {peak_lr:.3g}"
                 + (f"; {world} processes x {tc.batch_size // world} images per step" if world > 1 else ""))
