@@ -1,8 +1,9 @@
 """A user's own photos in the documented folder layout, and one tiny classifier trained on them (shared by
 tests/test_predict.py, tests/test_your_data.py and tests/test_docs.py through conftest's session fixture).
 
-The photos are the real VOC sample in ``../shared/data/voc_real_mini`` when present (down-scaled to 96 px on
-the longer side so a test trains in seconds), else 12 made-up "photos" (smooth noise + two kinds of shapes).
+The photos are the first 16 of the real VOC sample in ``../shared/data/voc_real_mini`` when present (down-scaled
+to 96 px on the longer side so a test trains in seconds), else 12 made-up "photos" (smooth noise + two kinds of
+shapes, labelled with the first two VOC classes so that the configs' 20 classes hold).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SIDE = 96
+N_PHOTOS = 16          # of the 38 VOC photos: enough for every stage, small enough for seconds per stage
 # configs/folder_example.yaml / folder_pipeline.yaml shrunk for a CPU test: a 2-block conv-stem MCTformer-V2
 # from scratch, 1 epoch (the point is the path, not the numbers)
 TINY_CLS = ["model.name=mctformer_v2_tiny_conv", "model.img_size=64", "model.pretrained=null",
@@ -35,7 +37,7 @@ def make_folder_data(root: Path, shared: Path | None) -> Path:
         from doei.data.voc import VOC_CLASSES
 
         names = list(VOC_CLASSES)
-        ids = sorted(p.stem for p in (voc / "JPEGImages").glob("*.jpg"))
+        ids = sorted(p.stem for p in (voc / "JPEGImages").glob("*.jpg"))[:N_PHOTOS]
         for i in ids:
             img = Image.open(voc / "JPEGImages" / f"{i}.jpg").convert("RGB")
             mask = Image.open(voc / "SegmentationClassAug" / f"{i}.png")
@@ -44,7 +46,9 @@ def make_folder_data(root: Path, shared: Path | None) -> Path:
             img.resize(size, Image.BICUBIC).save(out / "images" / f"{i}.jpg", quality=92)
             mask.resize(size, Image.NEAREST).save(out / "masks" / f"{i}.png")
     else:
-        names = ["disc", "square"]
+        from doei.data.voc import VOC_CLASSES
+
+        names = list(VOC_CLASSES)             # the configs' 20 classes; the made-up photos use the first two
         rng = np.random.default_rng(0)
         ids = [f"photo_{n:02d}" for n in range(12)]
         for n, i in enumerate(ids):

@@ -79,8 +79,29 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         h._doei = True  # type: ignore[attr-defined]
         LOG.addHandler(h)
         LOG.propagate = False
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"
+    _quiet_bars(quiet)
+
+
+def _quiet_bars(quiet: bool) -> None:
+    """-q/--quiet: every progress bar of this process off (also those given ``disable=False`` explicitly) and
+    ``TQDM_DISABLE`` for the processes it starts; without it, tqdm as it was."""
+    import tqdm.std
+
+    init = tqdm.std.tqdm.__init__
+    original = getattr(init, "_doei_original", init)
+    if not quiet:
+        tqdm.std.tqdm.__init__ = original
+        if os.environ.get("TQDM_DISABLE") == "1" and getattr(init, "_doei_original", None) is not None:
+            del os.environ["TQDM_DISABLE"]
+        return
+    os.environ["TQDM_DISABLE"] = "1"
+
+    def quiet_init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    quiet_init._doei_original = original  # type: ignore[attr-defined]
+    tqdm.std.tqdm.__init__ = quiet_init
 
 
 def _one_line_warnings(name: str, fallback):

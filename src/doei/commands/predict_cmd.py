@@ -12,7 +12,8 @@ IMAGES are image files, folders of images or .txt lists of image paths; an image
 without the extension. Writes ``masks/<id>.png`` (palette PNG, values are labels), ``overlays/<id>.png``
 (image | mask, legend), ``labels/<id>.json`` (classes used and where they came from), with
 ``--save-cams`` ``cams/<id>.npz`` + ``cams/<id>.png``, and ``predictions.csv``. The mask is DeepLab's
-when a segmentation checkpoint is known (``--seg`` or the config's run), else the CAM seeds. Images in
+when a segmentation checkpoint is known (``--seg`` or the config's run; only background and the photo's
+classes compete unless ``--no-restrict``), else the CAM seeds. Images in
 ``--labels`` use their given classes; the others use the classifier's: every class with sigmoid score
 >= ``--threshold`` (default 0.5), and at least the top one; each overlay says which. Resumable (an image
 whose files exist is skipped; ``--overwrite`` redoes all), progress bar, ``predict_log.jsonl``, sharded
@@ -70,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seg-scales", default=None, help="DeepLab scales (default 1.0, or the config's seg.infer.scales)")
     p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
                    help="DenseCRF on DeepLab's probabilities (default off, or the config's seg.infer.crf)")
+    p.add_argument("--restrict", action=argparse.BooleanOptionalAction, default=None,
+                   help="DeepLab: only background and the image's classes (given or predicted) compete (default on)")
     p.add_argument("--patch-refine", action=argparse.BooleanOptionalAction, default=None,
                    help="MCTformer's patch-affinity refinement of the CAMs (default on, or the config's cam section)")
     cliargs.add_device(p)
@@ -98,7 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> PredictSettings:
             seg_scales=list(si.scales), seg_flip=si.flip, crf=si.crf, device=r.cfg.run.device)
         names_from = dataset_class_names(r.cfg.data.kind, r.cfg.data.root)
     rep = {"classifier": args.classifier, "seg_checkpoint": args.seg, "threshold": args.threshold,
-           "seed_beta": args.seed_beta, "crf": args.crf, "n_layers": args.n_layers, "patch_refine": args.patch_refine, "device": args.device,
+           "seed_beta": args.seed_beta, "crf": args.crf, "restrict": args.restrict, "n_layers": args.n_layers, "patch_refine": args.patch_refine, "device": args.device,
            "cam_scales": _floats(args.cam_scales, "--cam-scales") if args.cam_scales else None,
            "seg_scales": _floats(args.seg_scales, "--seg-scales") if args.seg_scales else None}
     s = dataclasses.replace(s, save_cams=bool(args.save_cams), seg_model=args.seg_model,

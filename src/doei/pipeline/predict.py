@@ -5,7 +5,8 @@ Per image (``OUT/`` = the output folder):
 
 * ``masks/<id>.png`` — the label map (VOC-palette PNG, pixel values are labels: 0 background, k + 1 class k):
   DeepLab's argmax when a segmentation checkpoint is given (multi-scale + flip as configured, DenseCRF
-  with ``crf``), else the CAM seeds at ``seed_beta``;
+  with ``crf``; with ``restrict``, the default, only background and the image's classes compete), else the
+  CAM seeds at ``seed_beta``;
 * ``overlays/<id>.png`` — image | mask over it, titled, with a legend of the classes present and a line
   saying where the image-level classes came from;
 * ``labels/<id>.json`` — the classes used, where they came from (``given`` in the labels file, or
@@ -69,6 +70,7 @@ class PredictSettings:
     seg_scales: list[float] = field(default_factory=lambda: [1.0])
     seg_flip: bool = True
     crf: bool = False
+    restrict: bool = True                  # DeepLab's argmax over background + the image's classes only
     save_cams: bool = False
     device: str = "auto"
 
@@ -251,7 +253,7 @@ class PredictJob(PerImageJob):
         if self.extractor is not None:
             cams = self._cams(image, classes)
         if self.seg is not None:
-            mask = self._segment(image)
+            mask = self._segment(image, classes if s.restrict and source != "none (no classifier, no labels)" else None)
         else:
             mask = seeds_from_cams(cams, s.seed_beta, classes) if classes else np.zeros(image.shape[:2], np.uint8)
         listed = ", ".join(self.names[c] + (f" {scores[c]:.2f}" if scores is not None and source == "predicted" else "")
@@ -259,8 +261,9 @@ class PredictJob(PerImageJob):
         note = {"given": f"classes {listed}: given in the labels file",
                 "predicted": f"classes {listed}: predicted by the classifier (score >= {s.threshold:g}, at least the "
                              "top one)"}.get(source, "classes: none given and no classifier")
-        what = "segmentation (DeepLab" + (" + CRF)" if s.crf else ")") if self.seg is not None else \
-            f"mask (CAM seeds, beta {s.seed_beta:g})"
+        restricted = s.restrict and self.seg is not None and source != "none (no classifier, no labels)"
+        what = ("segmentation (DeepLab" + (" + CRF" if s.crf else "") + (", the image's classes" if restricted else "")
+                + ")") if self.seg is not None else f"mask (CAM seeds, beta {s.seed_beta:g})"
         if s.save_cams:
             kept = cams if cams is not None else np.zeros((0, *image.shape[:2]), np.float32)
             atomic_save_png(self.out / "cams" / f"{iid}.png",
@@ -287,10 +290,17 @@ class PredictJob(PerImageJob):
             cams = minmax_labelled(torch.relu(cams), labels.to(cams.device))
         return cams[0, classes].float().cpu().numpy()
 
-    def _segment(self, image: np.ndarray) -> np.ndarray:
+    def _segment(self, image: np.ndarray, classes: list[int] | None) -> np.ndarray:
+        """DeepLab's label map; with ``classes``, only background and those classes compete (the image-level
+        labels, given or predicted, rule out the rest)."""
         from doei.seg.multiscale import multiscale_predict
 
         probs = multiscale_predict(self.seg, image, self.s.seg_scales, flip=self.s.seg_flip)
+        if classes is not None:
+            keep = torch.zeros(probs.shape[0], dtype=torch.bool)
+            keep[0] = True
+            keep[[c + 1 for c in classes]] = True
+            probs = probs * keep.view(-1, 1, 1).to(probs.dtype)
         if self.s.crf:
             from doei.seg.crf import crf_refine
 
