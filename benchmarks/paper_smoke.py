@@ -132,6 +132,16 @@ def worker_overrides(cfg_path: Path, cap: int) -> list[str]:
     return out
 
 
+def wait_for_memory(gb: float, limit_s: float) -> float | None:
+    """Wait (up to ``limit_s``) until the machine has ``gb`` GB available; returns the MB available then."""
+    t0 = time.time()
+    while True:
+        avail = _mem_available_mb()
+        if avail is None or avail >= gb * 1024 or time.time() - t0 > limit_s:
+            return avail
+        time.sleep(10)
+
+
 def run_one(name: str, cfg_path: Path, root: Path, work: Path, args) -> dict:
     """Run one config in smoke mode in its own process (``name``: its results key, also the run and log folder)."""
     out = work / "runs" / name
@@ -222,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="cap of DataLoader/CRF worker counts")
     p.add_argument("--timeout", type=int, default=7200, help="seconds per config before the watchdog stops it")
     p.add_argument("--mem-floor-gb", type=float, default=2.0, help="stop a run when available memory falls below")
+    p.add_argument("--mem-start-gb", type=float, default=8.0,
+                   help="before each config, wait (up to --timeout) until this much memory is available")
     p.add_argument("--rerun", action="store_true", help="repeat configs already in the results")
     p.add_argument("--suffix", default="", help="store the runs under '<config><suffix>' (e.g. '@config-batch')")
     p.add_argument("--tables-only", action="store_true", help="only write the Markdown from the JSON")
@@ -260,7 +272,8 @@ def main(argv=None) -> int:
                 print(f"{key}: done before; skipped")
                 continue
             kind = "coco" if name.startswith("coco") else "voc"
-            print(f"{key}: running ({time.strftime('%H:%M:%S')})", flush=True)
+            avail = wait_for_memory(args.mem_start_gb, args.timeout)
+            print(f"{key}: running (memory available {avail or 0:.0f} MB,  ({time.strftime('%H:%M:%S')})", flush=True)
             rec = run_one(key, REPO / "configs" / "paper" / f"{name}.yaml", roots[kind], work, args)
             rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             data["configs"][key] = rec

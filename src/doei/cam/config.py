@@ -47,6 +47,9 @@ class CamConfig:
     dataset_options: dict[str, Any] = field(default_factory=dict)
     # CAM pipeline
     scales: list[float] = field(default_factory=lambda: [1.0])
+    # TransCAM's views (infer_TransCAM.py): the image resized to these squares, e.g. [256, 512, 768], instead of
+    # `scales` (empty = `scales`); needed by the Conformer, whose input sides must be multiples of 16
+    square_sizes: list[int] = field(default_factory=list)
     flip: bool = True
     # the model's CAM kind and options (doei.models.cam_source): None = its default; a kind it lacks or an
     # option it does not read is refused when the model is known; the settings file records the resolved values
@@ -78,6 +81,8 @@ class CamConfig:
             raise DoeiError(f"num_classes: expected >= 1, got {self.num_classes}")
         if not self.scales or any(not (s > 0) for s in self.scales):
             raise DoeiError(f"scales: expected positive numbers, got {self.scales}")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 16 for v in self.square_sizes):
+            raise DoeiError(f"square_sizes: expected square sides (ints >= 16), got {self.square_sizes}")
         if self.n_layers is not None and self.n_layers < 1:
             raise DoeiError(f"n_layers: expected >= 1, got {self.n_layers}")
         if self.batch_size < 1 or self.num_workers < 0:

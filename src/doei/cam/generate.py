@@ -28,6 +28,7 @@ import torch
 from doei.cam.extractor import CamExtractor, minmax_labelled, normalize_image, official_views
 from doei.cam.io import load_cam, save_cam
 from doei.cam.seeds import crf_label_map, crf_with_alpha, official_crf_image, seeds_from_cams
+from doei.cam.transcam import square_views
 from doei.cam.visualize import cam_figure, save_label_png
 from doei.data.build import build_dataset
 from doei.engine.classifier import load_classifier
@@ -41,8 +42,9 @@ from doei.utils.io import atomic_save_png, atomic_write_json
 SETTINGS_FILE = "cam_settings.json"
 LOG_FILE = "cam_log.jsonl"
 # settings that change the numbers in the outputs: a resumed run must use the same ones
-PIPELINE_KEYS = ("model", "num_classes", "model_kwargs", "doei", "normalize", "checkpoint_sha256", "dataset", "split", "scales", "flip", "n_layers", "kind",
-                 "patch_refine", "amp", "cam_dtype", "seed_beta", "crf_image", "checkpoint")
+PIPELINE_KEYS = ("model", "num_classes", "model_kwargs", "doei", "normalize", "checkpoint_sha256", "dataset", "split",
+                 "scales", "square_sizes", "flip", "n_layers", "kind", "patch_refine", "amp", "cam_dtype", "seed_beta",
+                 "crf_image", "checkpoint")
 
 
 def open_dataset(cfg):
@@ -129,6 +131,7 @@ def check_settings(out: Path, settings: dict, what: str = "--out") -> None:
     if not f.is_file() or not any(out.glob("*.npz")):
         return
     old = read_json(f, dict, what="CAM settings")
+    old.setdefault("square_sizes", [])                # folders written before the key existed: scaled views
     for k in PIPELINE_KEYS:
         if old.get(k) != settings.get(k):
             raise DoeiError(f"{f}: {k} was {old.get(k)!r}, now {settings.get(k)!r}; the folder holds CAMs of "
@@ -136,10 +139,11 @@ def check_settings(out: Path, settings: dict, what: str = "--out") -> None:
 
 
 class _SplitItems(torch.utils.data.Dataset):
-    """Index -> dict(id, image uint8 [H,W,3], label float32 [C], classes, views: per-scale normalised [3,h,w])."""
+    """Index -> dict(id, image uint8 [H,W,3], label float32 [C], classes, views: per-scale normalised [3,h,w]);
+    with ``square_sizes`` the views are TransCAM's squares (:func:`doei.cam.transcam.square_views`)."""
 
-    def __init__(self, ds, indices: list[int], scales: list[float]) -> None:
-        self.ds, self.indices, self.scales = ds, indices, scales
+    def __init__(self, ds, indices: list[int], scales: list[float], square_sizes: list[int] | None = None) -> None:
+        self.ds, self.indices, self.scales, self.square_sizes = ds, indices, scales, list(square_sizes or [])
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -147,7 +151,8 @@ class _SplitItems(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         s = self.ds.sample(self.indices[i], with_mask=False)
         return {"id": s.id, "image": s.image, "label": s.label, "classes": tuple(s.classes),
-                "views": official_views(s.image, self.scales)}
+                "views": [v[0] for v in square_views(s.image, self.square_sizes)] if self.square_sizes
+                else official_views(s.image, self.scales)}
 
 
 def _as_list(batch: list) -> list:
@@ -219,7 +224,7 @@ class CamJob(PerImageJob):
         extractor = CamExtractor(model, flip=cfg.flip, n_layers=cfg.n_layers,
                                  patch_refine=cfg.patch_refine, kind=cfg.kind, amp=cfg.amp,
                                  normalize=cfg.normalize == "official")
-        loader = torch.utils.data.DataLoader(_SplitItems(self.ds, mine, cfg.scales), batch_size=cfg.batch_size,
+        loader = torch.utils.data.DataLoader(_SplitItems(self.ds, mine, cfg.scales, cfg.square_sizes), batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=cfg.num_workers, collate_fn=_as_list)
         for batch in loader:
             for item, cams in _batch_cams(extractor, batch, relu_minmax=cfg.normalize == "relu_minmax"):
