@@ -273,7 +273,7 @@ def main(argv=None) -> int:
                 continue
             kind = "coco" if name.startswith("coco") else "voc"
             avail = wait_for_memory(args.mem_start_gb, args.timeout)
-            print(f"{key}: running (memory available {avail or 0:.0f} MB,  ({time.strftime('%H:%M:%S')})", flush=True)
+            print(f"{key}: running (memory available {avail or 0:.0f} MB, {time.strftime('%H:%M:%S')})", flush=True)
             rec = run_one(key, REPO / "configs" / "paper" / f"{name}.yaml", roots[kind], work, args)
             rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             data["configs"][key] = rec
