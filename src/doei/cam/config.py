@@ -70,7 +70,7 @@ class CamConfig:
     crf_image: Literal["official", "original"] = "official"
     save_overlays: bool = False
     # running
-    device: str = "auto"                  # auto = cuda when available (then --amp acts), else cpu
+    device: str = "auto"                  # auto = cuda when available, else cpu (amp: fp16 on CUDA, bf16 on CPU)
     batch_size: int = 1
     num_workers: int = 0
 

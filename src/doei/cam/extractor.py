@@ -184,6 +184,8 @@ class CamExtractor:
     def _autocast(self):
         if self.amp and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
+        if self.amp and self.device.type == "cpu":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _resize(self, images: Tensor, scale: float) -> Tensor:

@@ -64,13 +64,15 @@ class MCTformerV2(VisionTransformer):
         _, cls_logits, patch_logits, _ = self._heads(x, keep_attn=False)
         return cls_logits, patch_logits
 
-    def forward_cams(self, x: Tensor, n_layers: int = 3, kind: str = "fused", patch_attn: bool = True) -> CamOutput:
+    def forward_cams(self, x: Tensor, n_layers: int = 3, kind: str = "fused",
+                     patch_attn: bool | str = True) -> CamOutput:
         """Logits and raw CAMs. ``kind``: 'fused' (attention × ReLU(head)), 'patchcam' (ReLU(head)),
         'mtatt' (attention only). The attention term sums the last ``n_layers`` blocks.
 
         ``patch_attn=False`` (no affinity refinement): ``CamOutput.patch_attn`` is None and the blocks
         keep only what the CAM reads — the class rows of the last ``n_layers`` blocks (fused kernel
-        otherwise); with it every block's full attention is kept (eager)."""
+        otherwise); with it every block's full attention is kept (eager); ``"sum"``: their sum over the
+        blocks only, [1, B, P, P] (all the refinement reads; no [L, B, P, P] stack)."""
         c = self.num_classes
         if not 1 <= n_layers <= self.depth:
             raise ValueError(f"n_layers must be in 1..{self.depth}, got {n_layers}")
@@ -81,7 +83,13 @@ class MCTformerV2(VisionTransformer):
             reads = ["none"] * (self.depth - n_layers) + [cam_read] * n_layers
         feats, cls_logits, patch_logits, head_out = self._heads(x, reads)
         cams = _cams(class_patch_attention(feats.attn[-n_layers:], c), head_out, kind)
-        pa = torch.stack([a[:, c:, c:] for a in feats.attn]) if patch_attn else None   # [L, B, P, P]
+        if patch_attn == "sum":
+            pa = feats.attn[0][:, c:, c:].to(torch.float32, copy=True)     # summed in float32 (also under AMP)
+            for a in feats.attn[1:]:
+                pa += a[:, c:, c:]
+            pa = pa[None]                                                   # [1, B, P, P]
+        else:
+            pa = torch.stack([a[:, c:, c:] for a in feats.attn]) if patch_attn else None   # [L, B, P, P]
         return CamOutput(cls_logits, patch_logits, cams, pa)
 
     def cam_source(self, kind: str = "fused", n_layers: int = 3, patch_refine: bool = True) -> "MCTformerCamSource":
@@ -179,6 +187,14 @@ class MCTformerCamSource:
         self.patch_refine = patch_refine
 
     def __call__(self, x: Tensor) -> ViewCams:
-        out = self.model.forward_cams(x, n_layers=self.n_layers, kind=self.kind, patch_attn=self.patch_refine)
-        refined = refine_with_patch_affinity(out.cams, out.patch_attn) if self.patch_refine else out.cams
+        out = self.model.forward_cams(x, n_layers=self.n_layers, kind=self.kind,
+                                      patch_attn="sum" if self.patch_refine else False)
+        if not self.patch_refine:
+            return ViewCams(out.cls_logits, out.cams, out.cams)
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16:
+            with torch.autocast(device_type=dev, enabled=False):   # bfloat16's 8-bit mantissa: refine in float32
+                refined = refine_with_patch_affinity(out.cams.float(), out.patch_attn.float())
+        else:                                                      # float32, or float16 autocast as the official code
+            refined = refine_with_patch_affinity(out.cams, out.patch_attn)
         return ViewCams(out.cls_logits, out.cams, refined)
