@@ -20,8 +20,8 @@ from pathlib import Path
 
 from doei.errors import DoeiError
 from doei.study.grid import parse_param, sweep_doei
-from doei.study.runner import load_study
-from doei.study.sweep import run_sweep
+from doei.study.runner import check_plan, load_study
+from doei.study.sweep import run_sweep, sweep_runs
 from doei.utils.outdir import check_out_dir, folder_lock
 from doei.utils.repo_configs import find_config
 
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         for v in values:
             sweep_doei(study.base_doei, name, v)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    check_plan(study, sweep_runs(study, params, seeds))     # bad input: one line, nothing written
     with folder_lock(args.out, "study folder"):
         docs = run_sweep(study, params, seeds)
     if docs:                                      # {} on the other ranks under torchrun: rank 0 prints

@@ -24,7 +24,7 @@ def run_ablation(study, seeds: Sequence[int], rows: Sequence[Row] | None = None,
     rows = tuple(rows or study.rows)
     t0 = time.time()
     plan = [(row, row_doei(row, study.base_doei), s) for row in rows for s in seeds]
-    prepare(study, [(d, s) for _, d, s in plan])
+    prepare(study, ablation_runs(study, seeds, rows))
     # baseline and full DOEI (first and last row) seed by seed first, then the other rows seed by seed, so
     # that an early stop leaves complete paired comparisons of the two that matter most
     ends = {rows[0].name, "cpdo_ppdo_hfa" if any(r.name == "cpdo_ppdo_hfa" for r in rows) else rows[-1].name}
@@ -70,6 +70,11 @@ def run_ablation(study, seeds: Sequence[int], rows: Sequence[Row] | None = None,
 
     ablation_figure(study.out / "ablation.png", doc)
     return doc
+
+
+def ablation_runs(study, seeds: Sequence[int], rows: Sequence[Row] | None = None) -> list[tuple[dict, int]]:
+    """The (DOEI dict, seed) of every row × seed (``rows`` default: the study's)."""
+    return [(row_doei(row, study.base_doei), s) for row in tuple(rows or study.rows) for s in seeds]
 
 
 def render(doc: dict) -> str:

@@ -68,6 +68,7 @@ class PipelineStudy:
     sweep: tuple = ()                   # ((param, [values]), ...) from study.sweep
     config_path: str = ""
     quick: bool = False                 # never true (the synthetic study's --quick); kept for the documents
+    checked: frozenset = frozenset()    # run keys check_plan has passed
 
     @property
     def log_path(self) -> Path:
@@ -194,16 +195,51 @@ def check_runs(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
                             f"{'; ' + first if first else ''}); use another --out or delete {path.parent} to redo it")
 
 
-def prepare(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
-    """Check every planned run's settings before any runs: each builds, none contradicts a folder already
-    there, and the cheap checks ``doei run`` makes before its first stage pass (dataset, class count,
-    initial-weights files; :func:`doei.pipeline.preflight`)."""
+def check_doei_settings(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
+    """Every planned DOEI setting fits the classifier: its ``layers`` within the network's depth, an active
+    part for its number of class tokens (:meth:`doei.core.DOEIConfig.check_effect`). One build of the network
+    (DOEI off, random init, no file read), so that a bad sweep point is refused before the first run, not
+    after hours of others."""
+    import copy as _copy
+
+    from doei.core.config import DOEIConfig
+    from doei.engine.classifier import build_classifier
+
+    tcfg = _copy.deepcopy(resolve(study.run_config({"enabled": False}, 0)).classifier)
+    tcfg.model.pretrained = None
+    model = build_classifier(tcfg)
+    depth, tokens = int(model.depth), int(model.num_cls_tokens)
+    del model
+    for doei, seed in runs:
+        d = DOEIConfig(**canonical_doei(doei))
+        try:
+            d.validate_depth(depth)
+            d.check_effect(tokens)
+        except ValueError as e:
+            raise DoeiError(f"{study.config_path}: the DOEI setting of run {run_key(doei, seed)} does not fit "
+                            f"{tcfg.model.name}: {e}") from None
+
+
+def check_plan(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
+    """Check every planned run's settings before any runs (reads only; the commands call it before they
+    take the study folder, so bad input leaves nothing behind): each builds, none contradicts a folder
+    already there, each DOEI setting fits the network (:func:`check_doei_settings`), and the cheap checks
+    ``doei run`` makes before its first stage pass (dataset, class count, initial-weights files;
+    :func:`doei.pipeline.preflight`)."""
     check_runs(study, runs)
+    check_doei_settings(study, runs)
     if runs:
         cfg = study.run_config(*runs[0])
         if cfg.run.smoke is not None:               # as the run will be made: no pretrained files read
             cfg = smoke_config(cfg)[0]
         preflight(cfg, study.stages, lambda m: None)
+    study.checked = study.checked | {run_key(d, s) for d, s in runs}
+
+
+def prepare(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
+    """:func:`check_plan` (unless these runs were checked already) and the study folder."""
+    if not {run_key(d, s) for d, s in runs} <= study.checked:
+        check_plan(study, runs)
     if dist_util.env_world()[0] == 0:
         study.out.mkdir(parents=True, exist_ok=True)
 

@@ -152,6 +152,15 @@ def _check_bias(v, config) -> float | None:
     return float(v)
 
 
+def check_plan(study, runs: Sequence[tuple[dict, int]]) -> None:
+    """Check a study's planned runs before anything is written (a pipeline study:
+    :func:`doei.study.pipeline_study.check_plan`; the synthetic benchmark's has nothing to check here)."""
+    if not isinstance(study, Study):
+        from doei.study.pipeline_study import check_plan as check_pipeline_plan
+
+        check_pipeline_plan(study, runs)
+
+
 def prepare(study, runs: Sequence[tuple[dict, int]] = ()) -> None:
     """Create the output folder and the benchmark (reused when present with the same parameters), and the
     held-out split's context maps (doei.data.synth_context) for the co-occurrence metrics. A pipeline

@@ -21,9 +21,7 @@ def run_sweep(study, params: Sequence[tuple[str, list]], seeds: Sequence[int]) -
     the other ranks return ``{}``)."""
     t0 = time.time()
     off = {"enabled": False}
-    plan = [(off, s) for s in seeds]
-    for name, values in params:
-        plan += [(sweep_doei(study.base_doei, name, v), s) for s in seeds for v in values]
+    plan = sweep_runs(study, params, seeds)
     prepare(study, plan)
     results = run_all(study, plan, desc="sweep")
     if env_world()[0] != 0:
@@ -49,6 +47,14 @@ def run_sweep(study, params: Sequence[tuple[str, list]], seeds: Sequence[int]) -
         docs[name] = doc
     atomic_write_text(study.out / "sweep.md", render(docs, time.time() - t0))
     return docs
+
+
+def sweep_runs(study, params: Sequence[tuple[str, list]], seeds: Sequence[int]) -> list[tuple[dict, int]]:
+    """The (DOEI dict, seed) of the baseline and every parameter value × seed."""
+    plan = [({"enabled": False}, s) for s in seeds]
+    for name, values in params:
+        plan += [(sweep_doei(study.base_doei, name, v), s) for s in seeds for v in values]
+    return plan
 
 
 def render(docs: dict, wall_s: float) -> str:
