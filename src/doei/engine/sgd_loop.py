@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from doei.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from doei.engine.loop import LossFn, TrainResult, run_training
+from doei.engine.loop import LossFn, Recipe, RunSettings, TrainResult, run_training
 from doei.errors import DoeiError
 
 
@@ -94,15 +94,15 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
         return (f"{desc}: {n_params / 1e6:.2f} M parameters, device {device}; {n_images} training images, "
                 f"{spe} steps/epoch x {epochs} epochs, base lr {base_lr:.3g}")
 
-    return run_training(
-        model=model, optimizer=opt, dataset=dataset, loss_fn=loss_fn,
-        set_lr=lambda o, step: set_poly_lr(o, base_lr, poly_factor(step, max_step, power)), epochs=epochs,
-        batch_size=batch_size, seed=seed, device=device, out_dir=out_dir, config=config,
-        check_resume=lambda saved, path: _check_resume(saved, config, resume_fixed, path), resume=resume,
-        overwrite=overwrite, num_workers=num_workers, log_every=log_every, progress=progress,
-        deterministic=deterministic, stop_after=stop_after, max_steps=max_steps, sync_bn=sync_bn, bar_desc=f"{desc} ",
-        intro=intro,
-        what=f"{desc} out_dir", nonfinite_hint="lower the learning rate or check the labels", log=log)
+    recipe = Recipe(model=model, optimizer=opt, dataset=dataset, loss_fn=loss_fn,
+                    set_lr=lambda o, step: set_poly_lr(o, base_lr, poly_factor(step, max_step, power)), config=config,
+                    check_resume=lambda saved, path: _check_resume(saved, config, resume_fixed, path), sync_bn=sync_bn,
+                    intro=intro, nonfinite_hint="lower the learning rate or check the labels")
+    run = RunSettings(out_dir=out_dir, epochs=epochs, batch_size=batch_size, seed=seed, device=device, resume=resume,
+                      overwrite=overwrite, num_workers=num_workers, log_every=log_every, progress=progress,
+                      deterministic=deterministic, stop_after=stop_after, max_steps=max_steps, bar_desc=f"{desc} ",
+                      what=f"{desc} out_dir", log=log)
+    return run_training(recipe, run)
 
 
 def is_complete(out_dir: str | Path, epochs: int) -> bool:

@@ -20,6 +20,7 @@ ranks, and only rank 0 validates and writes the checkpoint, config and log.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -30,9 +31,9 @@ from torch.utils.data import DataLoader
 
 from doei.data.build import dataset_from_config
 
-from doei.engine.checkpoint import load_checkpoint, refuse_to_replace
+from doei.engine.checkpoint import load_checkpoint
 from doei.engine.classifier import build_classifier, load_classifier
-from doei.engine.loop import TrainResult, run_training
+from doei.engine.loop import Recipe, RunSettings, TrainResult, run_training
 from doei.engine.losses import classification_loss, prediction_logits
 from doei.engine.optim import build_optimizer, lr_at, set_lr
 from doei.engine.per_image import first_images
@@ -102,32 +103,50 @@ def _check_resume_config(saved: dict, now: dict, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ training
+def classifier_loss(model: nn.Module, use_amp: bool, net: nn.Module, batch, dev: torch.device):
+    """The classifier's step: forward (``net``: the model or its DDP wrapper; fp16 autocast with AMP) and its
+    family's objective (:func:`doei.engine.losses.classification_loss`) -> (loss, logged parts)."""
+    x, y = batch[0].to(dev, non_blocking=True), batch[1].to(dev, non_blocking=True).float()
+    with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp), forward_errors(model, x):
+        outputs = net(x)
+    loss, l_cls, l_pat = classification_loss(model, outputs, y)
+    return loss, {"loss_cls": l_cls.detach(), "loss_patch": l_pat.detach()}
+
+
 def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], None] = print,
           stop_after: int | None = None, overwrite: bool = False, limit: int | None = None,
           max_steps: int | None = None) -> TrainResult:
     """Train the classifier of ``cfg`` through the one loop (:func:`doei.engine.loop.run_training`).
     ``resume``: True = continue from ``out_dir/checkpoint.pt`` (error if absent), ``"auto"`` = continue if
     it exists, False = start afresh — refused when the folder holds a run unless ``overwrite``, which
-    replaces it. ``stop_after``: return after at most that many epochs in this call (the schedule still
-    spans ``train.epochs``; a later ``resume`` continues), as an interrupted run would. The folder is
-    locked for the call (a second writer is refused at once). A capped (smoke) run: ``limit`` = only the
-    first N images of the train and val splits, ``max_steps`` = exactly that many optimiser steps of
-    ``train.batch_size`` (images repeated as needed), then one validation (:func:`doei.engine.loop.run_training`)."""
+    replaces it (before anything is built: the recipe is built inside the loop's lock). ``stop_after``:
+    return after at most that many epochs in this call (the schedule still spans ``train.epochs``; a later
+    ``resume`` continues), as an interrupted run would. The folder is locked for the call (a second writer is
+    refused at once). A capped (smoke) run: ``limit`` = only the first N images of the train and val splits,
+    ``max_steps`` = exactly that many optimiser steps of ``train.batch_size`` (images repeated as needed), then
+    one validation (:func:`doei.engine.loop.run_training`)."""
     tc = cfg.train
-    if not resume:
-        refuse_to_replace(Path(tc.out_dir), overwrite, "train.out_dir")   # before any work
     device = torch.device(resolve_device(tc.device, "train.device"))
+    run = RunSettings(out_dir=tc.out_dir, epochs=tc.epochs, batch_size=tc.batch_size, seed=tc.seed, device=device,
+                      resume=resume, overwrite=overwrite, num_workers=tc.num_workers, log_every=tc.log_every,
+                      progress=tc.progress, deterministic=tc.deterministic, stop_after=stop_after,
+                      max_steps=max_steps, what="train.out_dir", log=log)
+    return run_training(lambda: classifier_recipe(cfg, device, limit, max_steps), run)
+
+
+def classifier_recipe(cfg: TrainConfig, device: torch.device, limit: int | None = None,
+                      max_steps: int | None = None) -> Recipe:
+    """What the classifier hands the loop: the network (init seeded from the run seed), AdamW, the data, the
+    family's loss, warm-up + cosine, the resume check, validation (mAP/F1) and its printed lines."""
+    tc = cfg.train
     use_amp = bool(tc.amp and device.type == "cuda")
     cfg_dict = cfg.to_dict()
-
-    # -- model and optimiser (init seeded from the run seed, not from whatever ran before)
-    seed_everything(epoch_seed(tc.seed, -1, "init"))
+    seed_everything(epoch_seed(tc.seed, -1, "init"))      # not from whatever ran before
     model = build_classifier(cfg)
     peak_lr = cfg.peak_lr()
     optimizer = build_optimizer(model, peak_lr, cfg.optim.weight_decay, tuple(cfg.optim.betas), cfg.optim.eps)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    # -- data
     train_ds = first_images(dataset_from_config(cfg.data, cfg.data.train_split, transform=train_transform(cfg)),
                             limit)
     val_ds = None
@@ -142,13 +161,6 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
     if n_classes != cfg.model.num_classes:
         raise DoeiError(f"model.num_classes = {cfg.model.num_classes} but {cfg.data.root} has {n_classes} classes")
     steps_per_epoch = len(train_ds) // tc.batch_size if len(train_ds) > tc.batch_size else 1
-
-    def loss_fn(net: nn.Module, batch, dev: torch.device):
-        x, y = batch[0].to(dev, non_blocking=True), batch[1].to(dev, non_blocking=True).float()
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp), forward_errors(model, x):
-            outputs = net(x)
-        loss, l_cls, l_pat = classification_loss(model, outputs, y)   # per family: doei.engine.losses
-        return loss, {"loss_cls": l_cls.detach(), "loss_patch": l_pat.detach()}
 
     def set_schedule(opt: torch.optim.Optimizer, step: int) -> float:
         lr = lr_at(step / steps_per_epoch, peak_lr, tc.epochs, cfg.optim.warmup_epochs, cfg.optim.warmup_lr,
@@ -177,16 +189,13 @@ def train(cfg: TrainConfig, resume: bool | str = False, log: Callable[[str], Non
                 f"{spe} steps/epoch x {tc.epochs} epochs, peak lr {peak_lr:.3g}"
                 + (f"; {world} processes x {tc.batch_size // world} images per step" if world > 1 else ""))
 
-    return run_training(
-        model=model, optimizer=optimizer, dataset=train_ds, loss_fn=loss_fn, set_lr=set_schedule, epochs=tc.epochs,
-        batch_size=tc.batch_size, seed=tc.seed, device=device, out_dir=tc.out_dir, config=cfg_dict,
-        check_resume=lambda saved, path: _check_resume_config(saved, cfg_dict, path), resume=resume,
-        overwrite=overwrite, num_workers=tc.num_workers, log_every=tc.log_every, progress=tc.progress,
-        deterministic=tc.deterministic, stop_after=stop_after, scaler=scaler, clip_grad=cfg.optim.clip_grad,
-        # some families leave parameters out of the training loss (e.g. MCTformer's unused tokens/heads)
-        find_unused_parameters=True, max_steps=max_steps, sync_bn=tc.sync_bn,
-        validate=validate, describe=describe, intro=intro, what="train.out_dir",
-        nonfinite_hint="lower optim.lr or check the data", log=log)
+    return Recipe(model=model, optimizer=optimizer, dataset=train_ds, loss_fn=partial(classifier_loss, model, use_amp),
+                  set_lr=set_schedule, config=cfg_dict,
+                  check_resume=lambda saved, path: _check_resume_config(saved, cfg_dict, path), scaler=scaler,
+                  clip_grad=cfg.optim.clip_grad,
+                  # some families leave parameters out of the training loss (e.g. MCTformer's unused tokens/heads)
+                  find_unused_parameters=True, sync_bn=tc.sync_bn, validate=validate, describe=describe,
+                  intro=intro, nonfinite_hint="lower optim.lr or check the data")
 
 
-__all__ = ["train", "TrainResult", "train_transform", "load_trained_model", "predict_logits"]
+__all__ = ["train", "classifier_recipe", "classifier_loss", "TrainResult", "train_transform", "load_trained_model", "predict_logits"]
