@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from doei.cam.heldout import evaluate_cams, write_cams
-from doei.config import apply_overrides, load_yaml, read_json, refuse_owned_overrides, section
+from doei.config import apply_overrides, load_yaml, read_json, refuse_owned_overrides, section, to_dict
 from doei.data.benchmark import ensure_synth
 from doei.data.build import build_dataset
 from doei.data.cooccurrence import variant_params
@@ -31,15 +32,18 @@ from doei.data.synth_context import CONTEXT_DIR, write_context_maps
 from doei.data.transforms import cam_transform, eval_transform
 from doei.engine.classifier import load_classifier
 from doei.engine.train_cls import train
-from doei.errors import DoeiError
+from doei.errors import DoeiError, DoeiWarning
 from doei.eval.cooccurrence import evaluate_cooccurrence
-from doei.study.grid import run_key, select_rows, TABLE4, validate_doei
+from doei.study.grid import effective_doei, run_key, select_rows, TABLE4, validate_doei
 from doei.eval.betas import parse_betas
 from doei.train_config import train_config_from_dict
 from doei.utils.device import resolve_device
 from doei.utils.io import append_jsonl, atomic_write_json
+from doei.pipeline.fingerprints import describe_change, file_sha256, fingerprint_of, strip_runtime
 
 RESULT_NAME = "result.json"
+RUN_SPEC_NAME = "run_spec.json"
+STUDY_CODE = 1      # raised when a run's outputs change meaning for the same settings and files
 LOG_NAME = "study_log.jsonl"
 
 # --quick: a benchmark and a model tiny enough for tests (seconds per run).
@@ -169,6 +173,7 @@ def prepare(study, runs: Sequence[tuple[dict, int]] = ()) -> None:
         from doei.study.pipeline_study import prepare as prepare_pipeline
 
         return prepare_pipeline(study, runs)
+    check_finished_runs(study, runs)
     study.out.mkdir(parents=True, exist_ok=True)
     extra = None if study.bias is None else variant_params(study.bias)
     study.synth_meta = ensure_synth(study.synth_root, study.n_train, study.n_val, study.synth_seed, extra)
@@ -203,16 +208,79 @@ def block_stats(checkpoint: Path, synth_root: Path, n_images: int, kind: str = "
     return stats
 
 
+def run_inputs(study: Study, cfg, doei: dict) -> tuple[dict, dict[str, str]]:
+    """What one run reads, as ``(settings, files)``: its whole training config (without the run's own
+    folder and runtime-only keys; DOEI as the run key reads it, :func:`doei.study.grid.effective_doei`, so
+    settings that compute the same network share the run), the benchmark's and the evaluation's settings,
+    a code version, and the initial weights (``model.pretrained``) by content hash."""
+    train = strip_runtime(to_dict(cfg))
+    train["doei"] = effective_doei(doei)
+    train["train"].pop("out_dir", None)
+    train["data"].pop("root", None)          # the benchmark is named by its parameters below
+    bench = {"n_train": study.n_train, "n_val": study.n_val, "synth_seed": study.synth_seed, "bias": study.bias}
+    evaluation = {"cam_layers": study.cam_layers, "betas": study.betas, "stats_images": study.stats_images}
+    settings = {"train": train, "benchmark": bench, "evaluation": evaluation, "code": STUDY_CODE}
+    files = {}
+    if cfg.model.pretrained:
+        files["model.pretrained"] = file_sha256(cfg.model.pretrained)
+    return settings, files
+
+
+def check_run_spec(run_dir: Path, settings: dict, files: dict[str, str], finished: bool,
+                   log: Callable[[str], None] = lambda s: None) -> None:
+    """Compare a run folder's recorded inputs with this study's. A finished run made from other inputs is
+    refused in one line naming the first difference (never silently reused); an unfinished one is set
+    aside (renamed ``<key>.partial-<fingerprint>``) so the corrected study starts it afresh. A finished run
+    from before inputs were recorded is reused with a one-line warning."""
+    spec_path = run_dir / RUN_SPEC_NAME
+    if not spec_path.is_file():
+        warnings.warn(f"{run_dir}: finished before its inputs were recorded ({RUN_SPEC_NAME}); reused "
+                      "unchecked", DoeiWarning, stacklevel=2)
+        return
+    old = read_json(spec_path, dict, what="study run spec")
+    old_settings, old_files = old.get("settings"), old.get("files")
+    if not isinstance(old_settings, dict) or not isinstance(old_files, dict):
+        raise DoeiError(f"{spec_path}: expected 'settings' and 'files' mappings; found "
+                        f"{type(old_settings).__name__} and {type(old_files).__name__}")
+    if old_settings == settings and old_files == files:
+        return
+    change = describe_change(old_settings, old_files, settings, files)
+    if finished:
+        raise DoeiError(f"{run_dir}: finished with other inputs ({change}); use another --out, or move "
+                        f"the folder away to rerun it")
+    dest = run_dir.with_name(f"{run_dir.name}.partial-{old.get('fingerprint', 'unknown')}")
+    n = 1
+    while dest.exists():
+        dest, n = dest.with_name(f"{run_dir.name}.partial-{old.get('fingerprint', 'unknown')}-{n}"), n + 1
+    run_dir.rename(dest)
+    log(f"{run_dir.name}: an unfinished start with other inputs ({change}) set aside: {dest}")
+
+
+def check_finished_runs(study: Study, runs: Sequence[tuple[dict, int]]) -> None:
+    """Refuse, before anything is written, a planned run whose folder holds a finished run made from
+    other inputs (:func:`check_run_spec`)."""
+    for doei, seed in runs:
+        run_dir = study.out / "runs" / run_key(doei, seed)
+        if (run_dir / RESULT_NAME).is_file():
+            settings, files = run_inputs(study, run_config(study, doei, seed, run_dir), doei)
+            check_run_spec(run_dir, settings, files, finished=True)
+
+
 def run_one(study: Study, doei: dict, seed: int, log: Callable[[str], None] = lambda s: None) -> dict:
     """Train → CAMs → β sweep → DOEI block statistics for one (DOEI setting, seed); returns the result
     (read back from ``result.json`` when the run already finished)."""
     key = run_key(doei, seed)
     run_dir = study.out / "runs" / key
     res_path = run_dir / RESULT_NAME
+    cfg = run_config(study, doei, seed, run_dir)
+    settings, files = run_inputs(study, cfg, doei)
+    if (run_dir / RUN_SPEC_NAME).is_file():      # (one finished before specs were recorded: prepare() warned)
+        check_run_spec(run_dir, settings, files, finished=res_path.is_file(), log=log)
     if res_path.is_file():
         return read_json(res_path, dict, what="run result")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = run_config(study, doei, seed, run_dir)
+    atomic_write_json(run_dir / RUN_SPEC_NAME, {"key": key, "settings": settings, "files": files,
+                                                "fingerprint": fingerprint_of(settings, files)})
     t0, c0 = time.time(), time.process_time()
     tr = train(cfg, resume="auto", log=log)
     t1, c1 = time.time(), time.process_time()
