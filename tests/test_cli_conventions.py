@@ -94,3 +94,16 @@ def test_quiet_and_verbose_set_the_logging_level(tmp_path):
         assert logging.getLogger("doei").level == level
     with pytest.raises(SystemExit):
         cli.main(["synth", "-q", "-v", "--out", str(tmp_path / "s")])
+
+
+def test_cam_says_once_when_it_reads_unlike_training(tiny_run, tmp_path, capsys):
+    """doei cam warns (one line each) when the CAM views are far from the training size, and when
+    patch-affinity refinement is on by default for a classifier trained from scratch."""
+    _, data, ckpt = tiny_run
+    base = ["cam", "--checkpoint", str(ckpt), "--dataset", "folder", "--data-root", str(data), "--split", "val",
+            "--n-layers", "2", "--limit", "1", "--no-progress"]
+    assert cli.main(base + ["--out", str(tmp_path / "a"), "--scales", "3.0"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(err) == 2 and "trained on 64-px crops" in err[0] and "--no-patch-refine" in err[1], err
+    assert cli.main(base + ["--out", str(tmp_path / "b"), "--no-patch-refine"]) == 0
+    assert "warning" not in capsys.readouterr().err

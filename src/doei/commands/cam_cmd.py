@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from doei.core import DOEIConfig
 from doei.data.build import dataset_kinds
 from doei.engine import distributed as dist_util
 from doei.engine.classifier import stored_doei
-from doei.errors import DoeiError
+from doei.errors import DoeiError, DoeiWarning
 from doei.utils.outdir import check_out_dir
 
 
@@ -144,11 +145,59 @@ def run(args: argparse.Namespace) -> int:
         cfg = _switch_doei(cfg, ckpt, args.doei == "on")
     ds = open_dataset(cfg)
     model, spec, cfg = load_cam_model(cfg, ckpt, ds)
+    for line in setting_warnings(cfg, spec, ckpt, ds, _refine_given(args)):
+        warnings.warn(line, DoeiWarning, stacklevel=2)
     s = generate_cams(model, cfg, args.out, ckpt, ds=ds, spec=spec, limit=args.limit, progress=not args.no_progress)
     if dist_util.is_main():
         print(f"doei cam: {s['computed']} computed, {s['skipped']} already done, {s['seconds']:.1f} s "
               f"-> {s['out_dir']}")
     return 0
+
+
+RATIO = 2.5   # CAM views this many times larger (or smaller) than the training crops: said once
+
+
+def setting_warnings(cfg, spec, ckpt: Path, ds, refine_given: bool) -> list[str]:
+    """One line each where the CAMs are taken unlike the checkpoint was trained: views at another resolution
+    than its training crops (by more than ``RATIO`` x, judged on the first image), and MCTformer's
+    patch-affinity refinement (on by default, as the official code) for a classifier trained from scratch,
+    where docs/demo.md measured it hurting."""
+    out: list[str] = []
+    if not is_main() or spec is None or spec.source != "training checkpoint" or len(ds) == 0:
+        return out
+    from doei.data.common import read_image_size
+    from doei.models.weights import load_weights_only
+
+    if spec.img_size:
+        h, w = read_image_size(ds.records[0].image_path)
+        sides = [max(h, w) * s for s in cfg.scales]
+        off = [x for x in sides if not spec.img_size / RATIO <= x <= spec.img_size * RATIO]
+        if off:
+            out.append(f"CAMs are taken at {w}x{h} px x scales {list(cfg.scales)} (the first image), the checkpoint "
+                       f"was trained on {spec.img_size}-px crops ({max(off) / spec.img_size:.1f}x); a classifier reads "
+                       "best near its training size: --scales to bring the views closer")
+    if cfg.patch_refine and not refine_given:
+        model = ((load_weights_only(ckpt).get("config") or {}).get("model") or {})
+        if not model.get("pretrained"):
+            out.append("patch-affinity refinement is on (the official default) for a classifier trained from "
+                       "scratch (no model.pretrained); docs/demo.md measured it hurting such models: "
+                       "--no-patch-refine to turn it off, or set patch_refine in the config to keep it quietly")
+    return out
+
+
+def is_main() -> bool:
+    return dist_util.is_main()
+
+
+def _refine_given(args: argparse.Namespace) -> bool:
+    """Whether patch refinement was chosen explicitly (flag, --set or the config file)."""
+    if args.no_patch_refine or any(s.split("=")[0].strip() == "patch_refine" for s in args.set):
+        return True
+    if args.config:
+        from doei.config import load_yaml
+
+        return "patch_refine" in (load_yaml(args.config) or {})
+    return False
 
 
 def _switch_doei(cfg, ckpt: Path, on: bool):

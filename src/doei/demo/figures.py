@@ -31,8 +31,34 @@ def figure_overlays(path: Path, synth_root: Path, cam_root: Path, class_names: l
         titles = [f"{s.id} ({', '.join(class_names[c] for c in s.classes)})", f"baseline: {name}",
                   f"DOEI: {name}", "ground truth"]
         _panel_row(axes[r], panels, titles)
-    fig.tight_layout()
+    _jet_colorbar(fig, axes)
+    _label_legend(fig, [ds.sample(i).mask for _, _, i in rows], class_names)
     _save_fig(fig, path)
+
+
+def _jet_colorbar(fig, axes) -> None:
+    """A colour bar for the CAM overlays (jet, 0 = low, 1 = the class's highest value)."""
+    import matplotlib
+
+    sm = matplotlib.cm.ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(0, 1))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    cax = fig.add_axes((0.3, 0.07, 0.4, 0.01))
+    cb = fig.colorbar(sm, cax=cax, orientation="horizontal")
+    cb.set_label("CAM (each class min-max normalised)", fontsize=7)
+    cb.ax.tick_params(labelsize=6)
+
+
+def _label_legend(fig, masks, class_names: list[str]) -> None:
+    """A legend of the label colours present in ``masks`` (background, classes, ignore) under the figure."""
+    from matplotlib.patches import Patch
+
+    present = sorted(set().union(*(set(np.unique(m).tolist()) for m in masks)))
+    pal = voc_palette(256) / 255.0
+    names = {0: "background", 255: "ignore"}
+    handles = [Patch(facecolor=pal[v], edgecolor="k", label=names.get(v, class_names[v - 1] if 0 < v <= len(class_names)
+                                                                        else str(v))) for v in present]
+    fig.legend(handles=handles, loc="lower center", ncol=min(12, len(handles)), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
 
 
 def _figure_grid(synth_root: Path, class_names: list[str], wanted: Sequence[str], n_cols: int):
@@ -88,6 +114,7 @@ def figure_segmentation(path: Path, synth_root: Path, pred_dirs: dict[str, Path]
     if grid is None:
         return
     ds, rows, fig, axes = grid
+    masks: list[np.ndarray] = []
     for r, (_, _, i) in enumerate(rows):
         s = ds.sample(i)
         panels, titles = [s.image], [f"{s.id} ({', '.join(class_names[c] for c in s.classes)})"]
@@ -97,7 +124,9 @@ def figure_segmentation(path: Path, synth_root: Path, pred_dirs: dict[str, Path]
         panels.append(_blend_labels(s.image, s.mask))
         titles.append("ground truth")
         _panel_row(axes[r], panels, titles)
-    fig.tight_layout()
+        masks += [s.mask] + [np.asarray(Image.open(d / f"{s.id}.png")) for d in pred_dirs.values()]
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    _label_legend(fig, masks, class_names)
     _save_fig(fig, path)
 
 
