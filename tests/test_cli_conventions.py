@@ -107,3 +107,31 @@ def test_cam_says_once_when_it_reads_unlike_training(tiny_run, tmp_path, capsys)
     assert len(err) == 2 and "trained on 64-px crops" in err[0] and "--no-patch-refine" in err[1], err
     assert cli.main(base + ["--out", str(tmp_path / "b"), "--no-patch-refine"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_train_cls_takes_a_timm_model_by_name(tiny_run, tmp_path, capsys):
+    """model.name timm:<name>: TS-CAM's head on that timm ViT with DOEI through the plug-in; trained by
+    doei train-cls, rebuilt by the one loader from its checkpoint, CAMs by doei cam; a bad name is one line."""
+    import tiny_run as tr
+
+    from doei.engine.classifier import load_classifier
+
+    _, data, _ = tiny_run
+    sets = [s for s in tr.TINY_CLS if not s.startswith(("model.name", "model.options"))]
+    sets += ["model.name=timm:deit_tiny_patch16_224", "model.options={depth: 2, embed_dim: 32, num_heads: 2, patch_size: 8}",
+             f"train.out_dir={tmp_path / 'cls'}"]
+    argv = ["train-cls", "--config", str(tr.REPO / "configs" / "folder_example.yaml"), "--data-root", str(data),
+            "--no-progress", *[a for s in sets for a in ("--set", s)]]
+    assert cli.main(argv) == 0
+    model, spec = load_classifier(tmp_path / "cls" / "checkpoint.pt")
+    assert spec.name == "timm:deit_tiny_patch16_224" and model.family == "tscam_timm" and model.depth == 2
+    assert repr(model.trunk.doei_plug).startswith("DoeiPlug(VisionTransformer, 2 blocks, patch 8")
+    assert cli.main(["cam", "--checkpoint", str(tmp_path / "cls" / "checkpoint.pt"), "--dataset", "folder",
+                     "--data-root", str(data), "--split", "val", "--limit", "1", "--out", str(tmp_path / "cams"),
+                     "--no-progress"]) == 0
+    assert len(list((tmp_path / "cams").glob("*.npz"))) == 1
+    capsys.readouterr()
+    bad = argv[:-2] + ["--set", f"train.out_dir={tmp_path / 'bad'}", "--set", "model.name=timm:no_such_vit"]
+    assert cli.main(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "timm cannot build it" in err and not (tmp_path / "bad").exists()

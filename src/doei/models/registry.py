@@ -192,6 +192,15 @@ def _check_classifier_factory(f: Callable[..., nn.Module]) -> None:
                         "see doei.models.registry)")
 
 
+_PREFIXES: dict[str, Callable[..., nn.Module]] = {}   # "timm:" -> factory(rest_of_name, **kwargs) (classifiers)
+
+
+def register_prefix(prefix: str, factory: Callable[..., nn.Module]) -> None:
+    """Names ``<prefix><rest>`` build ``factory(rest, **kwargs)`` (a classifier family over a third-party zoo:
+    ``timm:<timm model name>``, :mod:`doei.models.tscam_timm`)."""
+    _PREFIXES[prefix] = factory
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered variant; unknown names raise a DoeiError listing the known ones; a name that is not
     a string, or a class count that is not an integer >= 1, a TypeError/ValueError naming the argument. The
@@ -200,9 +209,14 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if "num_classes" in kwargs:
         expect_int("create_model", "num_classes", kwargs["num_classes"], 1)
     _import_all()
-    if name not in _MODELS:
-        raise DoeiError(f"unknown model {name!r} (known: {', '.join(sorted(_MODELS))})")
-    model = _MODELS[name](**kwargs)
+    prefix = next((p for p in _PREFIXES if name.startswith(p)), None)
+    if prefix is not None:
+        model = _PREFIXES[prefix](name[len(prefix):], **kwargs)
+    elif name not in _MODELS:
+        raise DoeiError(f"unknown model {name!r} (known: {', '.join(sorted(_MODELS))}, or "
+                        f"{' / '.join(p + '<name>' for p in sorted(_PREFIXES)) or 'none'})")
+    else:
+        model = _MODELS[name](**kwargs)
     if isinstance(model, nn.Module):
         model.registered_name = name
     return model

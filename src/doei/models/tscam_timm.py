@@ -23,7 +23,7 @@ from torch import Tensor
 from doei.core import DOEIConfig
 from doei.errors import DoeiError
 from doei.models.cam_source import SemanticCamSource, class_attention, semantic_cams
-from doei.models.registry import register_model
+from doei.models.registry import register_model, register_prefix
 from doei.models.timm_plugin import get_plug, plug
 
 
@@ -115,6 +115,30 @@ class TimmTSCAM(nn.Module):
                             f"({len(bad)} keys in all)")
         self.trunk.load_state_dict({k: sd[k] for k in own})
         return [f"head.{k}" for k in self.head.state_dict()]
+
+
+def tscam_on_timm(name: str, num_classes: int = 20, doei: DOEIConfig | None = None, img_size: int | None = None,
+                  drop_rate: float = 0.0, drop_path_rate: float = 0.0, **options) -> TimmTSCAM:
+    """``model.name: timm:<name>`` — TS-CAM's head on ANY timm ViT of that name with one class token, DOEI
+    through the plug-in (``options``: timm's own keyword arguments, e.g. ``depth``/``embed_dim``/``num_heads``
+    to shrink it). No weights are fetched here: ``model.pretrained: timm:<name>`` loads ImageNet's."""
+    import timm
+
+    if not name:
+        raise DoeiError("model name 'timm:': expected timm:<timm model name>, e.g. timm:deit_small_patch16_224")
+    kw = {"pretrained": False, "num_classes": 0, "drop_rate": drop_rate, "drop_path_rate": drop_path_rate,
+          "dynamic_img_size": True, "dynamic_img_pad": True, **options}
+    if img_size:
+        kw["img_size"] = img_size
+    try:
+        trunk = timm.create_model(name, **kw)
+    except Exception as e:  # noqa: BLE001 - timm raises RuntimeError/TypeError/KeyError for unknown names/options
+        raise DoeiError(f"model 'timm:{name}': timm cannot build it ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:160]})") from None
+    return TimmTSCAM(trunk, num_classes, doei)
+
+
+register_prefix("timm:", tscam_on_timm)
 
 
 @register_model
