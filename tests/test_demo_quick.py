@@ -187,7 +187,8 @@ def test_oracle_cams_are_the_pooled_masks():
 
 def test_demo_no_pipeline_stops_after_cams(tmp_path):
     out = tmp_path / "out"
-    assert cli_main(["demo", "--quick", "--out", str(out), "--no-pipeline", *SHRINK]) == 0
+    no_pipe = SHRINK[:SHRINK.index("--pipeline-train")]      # pipeline flags with --no-pipeline are refused (#22)
+    assert cli_main(["demo", "--quick", "--out", str(out), "--no-pipeline", *no_pipe]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert "pipeline" not in m and not (out / "pipeline").exists()
     assert "## The whole pipeline" not in (out / "report.md").read_text()
