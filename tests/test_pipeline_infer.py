@@ -143,3 +143,31 @@ def test_infer_seg_without_crf_and_bad_checkpoint(data, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("doei infer-seg: error:")
     assert not list((tmp_path / "x").rglob("*.png"))
+
+
+def test_infer_seg_starts_no_crf_processes_it_cannot_use(data, tmp_path, monkeypatch):
+    """#21: the paper configs' crf_workers: 8 spawned 8 processes (each importing torch) even for one image."""
+    import doei.seg.infer as seg_infer
+
+    root, synth = data
+    started = []
+    real = seg_infer.mp.get_context
+
+    def spy(*a, **k):
+        ctx = real(*a, **k)
+        pool = ctx.Pool
+
+        def counted(n, *pa, **pk):
+            started.append(n)
+            return pool(n, *pa, **pk)
+
+        ctx.Pool = counted
+        return ctx
+
+    monkeypatch.setattr(seg_infer.mp, "get_context", spy)
+    one = _cfg(root, synth, tmp_path / "one", seg__infer__crf_workers=3)
+    assert infer_segmentation(one, limit=1, log=lambda m: None)["computed"] == 1
+    assert started == []                                   # one image: CRF in this process
+    two = _cfg(root, synth, tmp_path / "two", seg__infer__crf_workers=3)
+    assert infer_segmentation(two, log=lambda m: None)["computed"] == N_VAL
+    assert started == [min(3, N_VAL)]                      # never more processes than images
