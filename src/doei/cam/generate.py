@@ -223,7 +223,8 @@ class CamJob(PerImageJob):
         extractor = CamExtractor(model, flip=cfg.flip, n_layers=cfg.n_layers,
                                  patch_refine=cfg.patch_refine, kind=cfg.kind, amp=cfg.amp,
                                  normalize=cfg.normalize == "official")
-        loader = torch.utils.data.DataLoader(_SplitItems(self.ds, mine, cfg.scales, cfg.square_sizes), batch_size=cfg.batch_size,
+        items = _SplitItems(self.ds, mine, cfg.scales, cfg.square_sizes)
+        loader = torch.utils.data.DataLoader(items, batch_size=cfg.batch_size,
                                              shuffle=False, num_workers=cfg.num_workers, collate_fn=_as_list)
         for batch in loader:
             for item, cams in _batch_cams(extractor, batch, relu_minmax=cfg.normalize == "relu_minmax"):

@@ -244,7 +244,8 @@ def format_smoke_table(rows: list[dict]) -> str:
                           and v is not None)
         cuda = f", CUDA peak {r['cuda_peak_mb']} MB" if r.get("cuda_peak_mb") is not None else ""
         workers = f", workers {r['workers_peak_rss_mb']} MB" if r.get("workers_peak_rss_mb") else ""
-        lines.append(f"{r['stage']:<10} {r['seconds'] or 0:>8.1f} {r['peak_rss_mb'] or 0:>12.0f}  {units}{cuda}{workers}")
+        lines.append(f"{r['stage']:<10} {r['seconds'] or 0:>8.1f} {r['peak_rss_mb'] or 0:>12.0f}  "
+                     f"{units}{cuda}{workers}")
     return "\n".join(lines)
 
 
