@@ -63,6 +63,16 @@ def class_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, num_cls: int,
     return out, ClassAttention(rows, col if cols else None)
 
 
+def _class_probs(q: Tensor, k: Tensor, lse: Tensor, scale: float, c: int, want_cols: bool):
+    """Per-head class rows exp(s·q_c kᵀ - lse_c) [B,H,C,T] and columns exp(s·q_p k_cᵀ - lse_p) [B,H,P,C]."""
+    acc = torch.promote_types(q.dtype, torch.float32)      # float32, or float64 for float64 inputs
+    qf, kf, lse = q.to(acc), k.to(acc), lse.to(acc)
+    rows = torch.exp((qf[:, :, :c] @ kf.transpose(-2, -1)) * scale - lse[:, :, :c, None])
+    cols = (torch.exp((qf[:, :, c:] @ kf[:, :, :c].transpose(-2, -1)) * scale - lse[:, :, c:, None])
+            if want_cols else None)
+    return rows, cols
+
+
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_CPU_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
@@ -94,14 +104,12 @@ class _ClassAttention(torch.autograd.Function):
             else:
                 out = F.scaled_dot_product_attention(q, k, v, scale=scale)
                 lse = _lse_chunked(q, k, scale, chunk)
-            acc = torch.promote_types(q.dtype, torch.float32)      # float32, or float64 for float64 inputs
-            lse_raw, lse = lse, lse.to(acc)
-            qf, kf = q.to(acc), k.to(acc)
-            rows_h = torch.exp((qf[:, :, :c] @ kf.transpose(-2, -1)) * scale - lse[:, :, :c, None])  # [B,H,C,T]
-            cols_h = (torch.exp((qf[:, :, c:] @ kf[:, :, :c].transpose(-2, -1)) * scale - lse[:, :, c:, None])
-                      if want_cols else None)                                                       # [B,H,P,C]
-        ctx.save_for_backward(q, k, v, out, lse_raw, rows_h, cols_h)
-        ctx.scale, ctx.num_cls, ctx.kernel, ctx.chunk = scale, c, kernel, chunk
+            lse_raw = lse
+            rows_h, cols_h = _class_probs(q, k, lse, scale, c, want_cols)
+        # rows_h [B,H,C,T] / cols_h [B,H,P,C] are recomputed in backward (2·C·T·d products), not saved: at
+        # 448² they would be ~5 % of a fused block's saved activations for MCTformer-V2's C = 20
+        ctx.save_for_backward(q, k, v, out, lse_raw)
+        ctx.scale, ctx.num_cls, ctx.kernel, ctx.chunk, ctx.want_cols = scale, c, kernel, chunk, want_cols
         cols_mean = cols_h.mean(dim=1) if want_cols else rows_h.new_zeros(())
         if not want_cols:
             ctx.mark_non_differentiable(cols_mean)
@@ -109,11 +117,12 @@ class _ClassAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, drows, dcols):
-        q, k, v, out, lse, rows_h, cols_h = ctx.saved_tensors
+        q, k, v, out, lse = ctx.saved_tensors
         s, c = ctx.scale, ctx.num_cls
         heads = q.shape[1]
-        acc = rows_h.dtype
         with torch.autocast(device_type=q.device.type, enabled=False):
+            rows_h, cols_h = _class_probs(q, k, lse, s, c, ctx.want_cols)
+            acc = rows_h.dtype
             dlse = torch.zeros(lse.shape, dtype=acc, device=q.device)
             g_r = g_c = None
             if drows is not None:
