@@ -134,4 +134,21 @@ def test_train_cls_takes_a_timm_model_by_name(tiny_run, tmp_path, capsys):
     bad = argv[:-2] + ["--set", f"train.out_dir={tmp_path / 'bad'}", "--set", "model.name=timm:no_such_vit"]
     assert cli.main(bad) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "timm cannot build it" in err and not (tmp_path / "bad").exists()
+    assert len(err.splitlines()) == 1 and "timm cannot build it" in err
+    assert not any((tmp_path / "bad").glob("*"))                       # nothing written (train-cls makes the folder)
+
+
+def test_cam_says_when_images_have_no_label(tiny_run, tmp_path, capsys):
+    _, data, ckpt = tiny_run
+    mine = tmp_path / "mydata"
+    mine.mkdir()
+    for name in ("images", "masks", "classes.txt", "val.txt"):
+        (mine / name).symlink_to(data / name)
+    first = (data / "val.txt").read_text().split()[0]
+    rows = [(ln.split(",")[0] + ",") if ln.startswith(first) else ln for ln in (data / "labels.csv").read_text().splitlines()]
+    (mine / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert cli.main(["cam", "--checkpoint", str(ckpt), "--dataset", "folder", "--data-root", str(mine), "--split", "val",
+                     "--n-layers", "2", "--limit", "1", "--no-progress", "--no-patch-refine",
+                     "--out", str(tmp_path / "c")]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(err) == 1 and f"1 image(s) have no image-level label (e.g. {first})" in err[0] and "doei predict" in err[0]

@@ -145,6 +145,12 @@ def run(args: argparse.Namespace) -> int:
         cfg = _switch_doei(cfg, ckpt, args.doei == "on")
     ds = open_dataset(cfg)
     model, spec, cfg = load_cam_model(cfg, ckpt, ds)
+    records = ds.records if args.limit is None else ds.records[:args.limit]
+    unlabelled = [r.id for r in records if not r.classes]
+    if unlabelled and dist_util.is_main():
+        warnings.warn(f"{len(unlabelled)} image(s) have no image-level label (e.g. {unlabelled[0]}): their CAM files "
+                      "hold no class; `doei predict` uses the classifier's predicted classes instead", DoeiWarning,
+                      stacklevel=2)
     for line in setting_warnings(cfg, spec, ckpt, ds, _refine_given(args)):
         warnings.warn(line, DoeiWarning, stacklevel=2)
     s = generate_cams(model, cfg, args.out, ckpt, ds=ds, spec=spec, limit=args.limit, progress=not args.no_progress)
