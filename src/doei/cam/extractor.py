@@ -52,6 +52,18 @@ def cam_source_for(model: nn.Module, n_layers: int | None = None, kind: str | No
                     "cam_source(kind=, n_layers=, patch_refine=); see doei.models.registry.Classifier)")
 
 
+def _bf16_weights(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose Linear and Conv2d weights and biases are bfloat16 (what CPU bfloat16 autocast
+    casts them to); every other parameter (LayerNorm, position embeddings, class tokens) stays float32."""
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    for mod in m.modules():
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            mod.to(torch.bfloat16)
+    return m
+
+
 def normalize_image(image: np.ndarray) -> Tensor:
     """uint8 [H, W, 3] -> normalised float32 [3, H, W], exactly ``ToTensor`` + ``Normalize`` (ImageNet)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -125,6 +137,10 @@ class CamExtractor:
         if not scales or any(not (s > 0) for s in scales):
             raise DoeiError(f"scales {list(scales)}: expected one or more positive numbers")
         self.model = model.eval()
+        if source is None and amp and self.device.type == "cpu":
+            # bfloat16 autocast casts every linear/conv weight at every forward; a copy holding those weights in
+            # bfloat16 gives the same values (autocast rounds them the same way) without the per-forward casts
+            source = cam_source_for(_bf16_weights(model), n_layers, kind, patch_refine)
         self.source = source if source is not None else cam_source_for(model, n_layers, kind, patch_refine)
         self.num_classes = int(getattr(self.source, "num_classes", getattr(model, "num_classes", 0)))
         self.scales = scales

@@ -1,0 +1,95 @@
+"""Print the markdown tables of docs/benchmarks.md from the result files in benchmarks/results/.
+
+    python benchmarks/render_results.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(name: str) -> dict | None:
+    p = RESULTS / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def machine_line(m: dict) -> str:
+    load = m.get("loadavg_at_start")
+    return (f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['cpu_capability']}), {m['threads']} thread(s), "
+            f"load average {load[0]:.1f} at the start, {m['time_utc']}, git {m['git']}" if load else m["cpu"])
+
+
+def training() -> None:
+    d = load("doei_overhead.json")
+    if not d:
+        return
+    print("| model | clock, threads, rounds | off eager s | off fused s | on eager s | on fused s | noise floor "
+          "| on fused / off eager (≤ 1.00) | on fused / off fused (≤ 1.05) | on eager / off eager | on fused / on eager |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in d["models"].values():
+        s, q = r["step_s"], r["ratios"]
+
+        def f(k):
+            x = q[k]
+            return f"{x['median']:.3f} [{x['q1']:.3f}–{x['q3']:.3f}]"
+        print(f"| {r['model']} | {r['clock']}, {r['threads']}, {r['repeats']} | {s['off_eager']['median']:.3f} | "
+              f"{s['off_fused']['median']:.3f} | {s['on_eager']['median']:.3f} | {s['on_fused']['median']:.3f} | "
+              f"±{r['noise_floor']:.3f} | {f('on_fused/off_eager')} | {f('on_fused/off_fused')} | "
+              f"{f('on_eager/off_eager')} | {f('on_fused/on_eager')} |")
+    for key, r in d["models"].items():
+        print(f"\n{key}: {machine_line(r['machine'])}; `{r['command']}`")
+
+
+def memory() -> None:
+    rows = []
+    for m in ("mctformer", "tscam", "transcam"):
+        d = load(f"doei_memory_448_{m}.json")
+        if d:
+            rows.append(d)
+    if not rows:
+        return
+    print("| model (448², batch 1) | step peak MiB: off eager | off fused | on eager | on fused "
+          "| on fused / off fused (≤ 1.05): step peak | forward peak | saved |")
+    print("|---|---|---|---|---|---|---|---|")
+    for d in rows:
+        t = {x["doei"]: x for x in d["results"]["after"]["train"]}
+        r = [x for x in d["ratios"] if x["ratio"] == "on_fused/off_fused"][0]
+        mb = 1 / 2 ** 20
+        print(f"| {r['model']} | " + " | ".join(f"{t[k]['step_peak_bytes'] * mb:.1f}" for k in
+                                                ("off_eager", "off_fused", "on_eager", "on_fused"))
+              + f" | {r['step_peak']:.3f} | {r['forward_peak']:.3f} | {r['saved']:.3f} |")
+    for d in rows:
+        print(f"\n{d['models'][0]}: {machine_line(d['machine'])}; `{d['command']}`")
+
+
+def cam() -> None:
+    d = load("cam_extractor.json")
+    if not d:
+        return
+    mb = 1 / 2 ** 20
+    print(f"{d['model']}, {d['config']} (scales {d['scales']} + flip, patch refinement {d['patch_refine']}, "
+          f"amp {d['amp']}), {d['images']}, {d['clock']} clock, {d['threads']} thread(s), {d['repeats']} rounds:\n")
+    print("| contender | images/s | s/image median [IQR] | speed-up over official [IQR] | peak MiB (one image) "
+          "| max abs CAM difference vs official (float16 files) | mean abs |")
+    print("|---|---|---|---|---|---|---|")
+    for k in ("official", "official_copy", "ours_fp32", "ours"):
+        s = d["s_per_image"][k]
+        sp = d["speedup_over_official"].get(k)
+        diff = d["cam_difference_vs_official"].get(k)
+        peak = d["peak_live_bytes_one_image"].get(k)
+        print(f"| {k} | {1 / s['median']:.3f} | {s['median']:.3f} [{s['q1']:.3f}–{s['q3']:.3f}] | "
+              + (f"{sp['median']:.2f} [{sp['q1']:.2f}–{sp['q3']:.2f}]" if sp else "1") + " | "
+              + (f"{peak * mb:.0f}" if peak else "–") + " | "
+              + (f"{diff['max_abs']:.1e} ({diff['max_abs_float16_files']:.1e})" if diff else "0") + " | "
+              + (f"{diff['mean_abs']:.1e}" if diff else "0") + " |")
+    print(f"\nnoise floor ±{d['noise_floor']:.3f}; {machine_line(d['machine'])}; `{d['command']}`")
+
+
+if __name__ == "__main__":
+    for fn in (training, memory, cam):
+        fn()
+        print()
+    sys.exit(0)
