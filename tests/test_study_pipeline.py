@@ -139,11 +139,14 @@ def test_sweep_from_the_config_reuses_the_ablation_runs(study):
     ({}, ["run.cls_checkpoint=x.pt"], "run.cls_checkpoint is set, but every row trains its own classifier"),
     ({}, ["refine.train.cam_dir=/tmp/cams"], "refine.train.cam_dir = '/tmp/cams'; the study puts each run's"),
     ({}, ["classifier.optim.lrr=1"], "classifier.optim: unknown key 'lrr'"),
+    ({"sweep": {"layers": [1, 3]}}, [], "does not fit mctformer_v2_tiny_conv: layers [1, 2, 3] name blocks beyond "
+                                        "the network's depth 2"),
 ])
 def test_bad_study_settings_exit_2_with_one_line(tmp_path, capsys, study_keys, set_, needle):
     config = _study_config(tmp_path, tmp_path / "nodata", **study_keys)
     sets = [x for s in set_ for x in ("--set", s)]
-    assert cli_main(["ablate", "--config", str(config), "--out", str(tmp_path / "o"), *sets]) == 2
+    verb = "sweep" if "sweep" in study_keys else "ablate"
+    assert cli_main([verb, "--config", str(config), "--out", str(tmp_path / "o"), *sets]) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
@@ -160,7 +163,7 @@ def test_a_mask_study_runs_refine_and_tabulates_rows_without_beta(tmp_path):
     (no β: no fixed-β table), the seed reaches every training stage."""
     from doei.study.runner import load_study
 
-    config = _study_config(tmp_path, make_synth(tmp_path), score="Mask", rows=["baseline", "ppdo"], stats_images=0)
+    config = _study_config(tmp_path, make_synth(tmp_path), score="Mask", rows=["baseline"], stats_images=0)
     d = yaml.safe_load(config.read_text())
     d["refine"] = {"train": {"model": "psa_resnet38_aff_small", "model_options": {"width": 0.0625}, "crf": False,
                              "crop_size": 72, "radius": 4, "batch_size": 2, "epochs": 1, "lr": 0.01,
@@ -175,7 +178,7 @@ def test_a_mask_study_runs_refine_and_tabulates_rows_without_beta(tmp_path):
     out = tmp_path / "mask"
     assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1"]) == 0
     doc = json.loads((out / "ablation.json").read_text())
-    assert doc["fixed_beta"] is None and doc["rows"]["ppdo"]["fixed_beta"] is None
+    assert doc["fixed_beta"] is None and doc["rows"]["baseline"]["fixed_beta"] is None
     res = json.loads((out / "runs" / "off-s0" / "result.json").read_text())
     ev = json.loads((out / "runs" / "off-s0" / "run" / "eval.json").read_text())["results"]["Mask"]
     assert res["mIoU"] == ev["mIoU"] and res["beta"] is None and res["sweep"] == []
@@ -215,7 +218,7 @@ def test_paper_table4_and_fig4_configs_load_and_follow_the_doei_config(tmp_path)
 
 
 def test_smoke_study_marks_every_run_and_the_tables(tmp_path, capsys):
-    config = _study_config(tmp_path, make_synth(tmp_path), rows=["baseline", "ppdo"], stats_images=0)
+    config = _study_config(tmp_path, make_synth(tmp_path), rows=["baseline"], stats_images=0)
     out = tmp_path / "smoke"
     assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--seeds", "1", "--smoke", "1"]) == 0
     for key in ("off-s0",):
@@ -276,3 +279,19 @@ def test_under_torchrun_rank0_writes_and_each_run_is_the_same_doei_run(study, tm
         res = json.loads((out / "runs" / key / "result.json").read_text())
         ev = json.loads((out / "runs" / key / "run" / "eval.json").read_text())["results"]["Seed"]
         assert res["mIoU"] == ev["mIoU"] and res["sweep"] == ev["sweep"]
+
+
+def test_reproduce_md_smoke_section_is_the_benchmark_output():
+    """docs/reproduce.md's Table 4 / Fig. 4 smoke tables are benchmarks/paper_study_smoke.py's output from the
+    committed benchmarks/results/paper_study_smoke.json (regenerate: --tables-only --docs docs/reproduce.md)."""
+    import importlib.util
+
+    repo = PAPER.parents[1]
+    spec = importlib.util.spec_from_file_location("paper_study_smoke", repo / "benchmarks" / "paper_study_smoke.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    doc = json.loads((repo / "benchmarks" / "results" / "paper_study_smoke.json").read_text())
+    assert set(doc["verbs"]) == {"ablate", "sweep"} and all(v["rc"] == 0 for v in doc["verbs"].values())
+    text = (repo / "docs" / "reproduce.md").read_text()
+    section = text.split(mod.BEGIN, 1)[1].split(mod.END, 1)[0].strip()
+    assert section == mod.docs_section(doc)
