@@ -262,8 +262,10 @@ class PredictJob(PerImageJob):
                 "predicted": f"classes {listed}: predicted by the classifier (score >= {s.threshold:g}, at least the "
                              "top one)"}.get(source, "classes: none given and no classifier")
         restricted = s.restrict and self.seg is not None and source != "none (no classifier, no labels)"
-        what = ("segmentation (DeepLab" + (" + CRF" if s.crf else "") + (", the image's classes" if restricted else "")
-                + ")") if self.seg is not None else f"mask (CAM seeds, beta {s.seed_beta:g})"
+        what = ("DeepLab" + (" + CRF" if s.crf else "") + (", restricted" if restricted else "")) \
+            if self.seg is not None else f"mask (CAM seeds, beta {s.seed_beta:g})"
+        if restricted:
+            note += "; DeepLab chose among background and these classes only (--no-restrict: all classes)"
         if s.save_cams:
             kept = cams if cams is not None else np.zeros((0, *image.shape[:2]), np.float32)
             atomic_save_png(self.out / "cams" / f"{iid}.png",
