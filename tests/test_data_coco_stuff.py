@@ -15,6 +15,7 @@ from doei.data import build_dataset
 from doei.data.coco import COCO_CLASSES
 from doei.data.coco_stuff import UNUSED_THING_IDS, convert_stuffthingmap, read_stuffthingmap, stuff_lut
 from doei.errors import DoeiError
+from doei.pipeline.fingerprints import file_sha256
 
 # COCO-Stuff's published label list (github.com/nightrome/cocostuff, labels.txt): ids 1..91 are the COCO
 # thing ids with their names, 92..182 the 91 stuff classes, 0 'unlabeled'. The README: the stuffthingmaps
@@ -122,7 +123,8 @@ def test_coco_masks_from_stuff_safe_reruns(tmp_path, capsys):
     assert (np.asarray(Image.open(out / "COCO_val2014_000000000285.png")) == [[chair] * 5, [chair] * 5, [0] * 5]).all()
     man = json.loads((out / "manifest.json").read_text())
     assert man["source"] == "stuff" and man["complete"] and man["checksum_sha256"] == checksum
-    assert man["settings"] == {"source": "stuff", "ids": "annotated", "crowd": None, "ann_name": ann.name}
+    assert man["settings"] == {"source": "stuff", "ids": "annotated", "crowd": None, "ann_name": ann.name,
+                               "ann_sha256": file_sha256(ann)}
     # same settings: resumes, same checksum
     assert main(argv) == 0
     assert "(0 written, 2 already present)" in (t := capsys.readouterr().out) and checksum in t

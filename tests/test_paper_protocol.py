@@ -50,7 +50,8 @@ TRANSCAM = {
 # the split each eval row is scored on
 SPLITS = {"voc": {"Seed": "train", "Mask": "train", "Seg": "val", "Seg+CRF": "val"},
           "coco": {"Seed": "train2014", "Mask": "train2014", "Seg": "val2014", "Seg+CRF": "val2014"}}
-NAMES = sorted(p.stem for p in PAPER.glob("*.yaml"))
+# the twelve pipeline configs (ablate_*/sweep_* are study configs over one of them: tests/test_study_pipeline.py)
+NAMES = sorted(p.stem for p in PAPER.glob("*.yaml") if not p.stem.startswith(("ablate_", "sweep_")))
 
 
 def _load(name: str):

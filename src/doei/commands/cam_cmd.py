@@ -128,7 +128,14 @@ def build_config(args: argparse.Namespace):
         if v is not None and k in set_keys and d.get(k) != v:
             raise DoeiError(f"--set {k}={d.get(k)!r} and the flag {names[k]} ({v!r}) disagree; give one")
     d.update({k: v for k, v in flags.items() if v is not None})
-    return from_dict(CamConfig, d, where="doei cam").validate()
+    try:
+        return from_dict(CamConfig, d, where="doei cam").validate()
+    except DoeiError as e:            # a key that is neither a setting nor a dataset option: say where it came from
+        extra = set(d.get("dataset_options") or {})
+        if args.config is not None and extra and str(e).startswith("unknown key"):
+            source = "--set" if extra <= set_keys else args.config
+            raise DoeiError(f"{source}: {e}") from None
+        raise
 
 
 def run(args: argparse.Namespace) -> int:
