@@ -171,3 +171,24 @@ def test_set_value_that_is_not_yaml_and_duplicate_keys(base, tmp_path, capsys):
     assert re.search(r"dup\.yaml: not valid YAML \(duplicate key 'optim' \(first on line \d+\), line \d+\)",
                      _one_line_error(capsys, "train-cls"))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_start_that_fails_before_writing_leaves_no_folder(tmp_path):
+    from doei.utils.outdir import folder_lock
+
+    out = tmp_path / "new" / "run"
+    with pytest.raises(RuntimeError):
+        with folder_lock(out, "training folder"):
+            raise RuntimeError("the model could not be built")
+    assert not out.exists()
+    with pytest.raises(RuntimeError):           # a folder that holds something stays, whatever fails
+        with folder_lock(out, "training folder"):
+            (out / "log.jsonl").write_text("{}\n")
+            raise RuntimeError("failed later")
+    assert (out / "log.jsonl").is_file()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(RuntimeError):           # a folder that was there before is never removed
+        with folder_lock(existing):
+            raise RuntimeError("x")
+    assert existing.is_dir()

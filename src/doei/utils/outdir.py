@@ -131,6 +131,7 @@ def folder_lock(path: str | os.PathLike, what: str = "output folder", sibling: b
         return
     home = folder.parent if sibling else folder
     lock = home / (f".{folder.name}{LOCK_NAME}" if sibling else LOCK_NAME)
+    created = not home.exists()
     home.mkdir(parents=True, exist_ok=True)
     key = str(lock.resolve())
     if key in _HELD:                       # re-entrant within this process
@@ -142,13 +143,18 @@ def folder_lock(path: str | os.PathLike, what: str = "output folder", sibling: b
         return
     fd = _acquire(lock, folder, what)
     _HELD[key] = 1
+    failed = True
     try:
         yield folder
+        failed = False
     finally:
         del _HELD[key]
         with contextlib.suppress(OSError):
             os.unlink(lock)                # while still holding it: a waiter re-checks the inode
         os.close(fd)
+        if failed and created:             # a start that failed before writing anything leaves no folder
+            with contextlib.suppress(OSError):
+                home.rmdir()               # (only if empty)
 
 
 def _acquire(lock: Path, folder: Path, what: str) -> int:
