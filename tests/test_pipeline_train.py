@@ -223,3 +223,61 @@ def test_adamw_option_trains_resumes_and_differs_from_sgd(data, tmp_path):
     assert any(not torch.equal(s[k], b[k]) for k in b if s[k].is_floating_point())
     with pytest.raises(DoeiError, match="optimizer"):
         _cfg(root, synth, tmp_path / "x", **{**kw, "seg__train__optimizer": "adam"})
+
+
+def _spy_refusals(monkeypatch) -> list:
+    """Every call of :func:`doei.engine.checkpoint.refuse_to_replace`, in whichever doei module imported it."""
+    import sys
+
+    from doei.engine import checkpoint
+
+    calls, real = [], checkpoint.refuse_to_replace
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith("doei") and getattr(mod, "refuse_to_replace", None) is real:
+            monkeypatch.setattr(mod, "refuse_to_replace", spy)
+    return calls
+
+
+@pytest.mark.parametrize("stage", ["refine", "seg"])
+def test_the_folder_is_checked_once_and_a_finished_run_refused_before_any_work(data, tmp_path, monkeypatch,
+                                                                               capsys, stage):
+    """``doei refine train`` / ``doei train-seg`` check once that a fresh start may use the folder (it was
+    checked twice, #22); a finished run is refused in one line naming the option, exit 2, before any data is
+    read, and its folder is left as it was."""
+    import yaml
+
+    from doei.cli import main as cli_main
+    from doei.engine import train_aff, train_seg
+
+    root, synth = data
+    pseudo = tmp_path / "pseudo"
+    _write_pseudo_from_gt(synth, pseudo, corrupt=True)
+    cfg = _cfg(root, synth, tmp_path / "r", refine__train__epochs=1, seg__train__epochs=1,
+               seg__train__pseudo_dir=str(pseudo))
+    train, key = (train_affinity, "refine.train.out_dir") if stage == "refine" else (train_segmentation,
+                                                                                     "seg.train.out_dir")
+    calls = _spy_refusals(monkeypatch)
+    train(cfg, resume=False, log=lambda s: None)
+    assert len(calls) == 1, calls
+    out = tmp_path / "r" / ("refine" if stage == "refine" else "seg")
+    assert str(calls[0][0]) == str(out) and calls[0][2] == key
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def no_data(*a, **k):
+        raise AssertionError("data read before the refusal")
+
+    monkeypatch.setattr(train_aff if stage == "refine" else train_seg, "first_images", no_data)
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    capsys.readouterr()
+    argv = ["refine", "train"] if stage == "refine" else ["train-seg"]
+    assert cli_main([*argv, "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{key} {out}: holds a training run" in err, err
+    assert len(calls) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -66,15 +66,23 @@ def _check_resume(saved: dict, now: dict, fixed: Sequence[str], path: Path) -> N
                             f"{saved.get(k)!r} (use another out_dir or the same settings)")
 
 
-def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
-        groups: Sequence[tuple[list[nn.Parameter], float, float]], base_lr: float, momentum: float, power: float,
+Groups = Sequence[tuple[list[nn.Parameter], float, float]]
+
+
+def fit(*, model: nn.Module | None = None, dataset: Dataset | None = None, loss_fn: LossFn,
+        groups: Groups | None = None, base_lr: float, momentum: float, power: float,
         epochs: int, batch_size: int, seed: int, device: torch.device, out_dir: str | Path, config: dict,
         resume_fixed: Sequence[str], resume: bool | str = "auto", num_workers: int = 0, log_every: int = 10,
         progress: bool = True, deterministic: bool = True, stop_after: int | None = None, desc: str = "train",
         log: Callable[[str], None] = print, optimizer: str = "sgd", overwrite: bool = False,
-        max_steps: int | None = None, sync_bn: bool = True) -> TrainResult:
+        max_steps: int | None = None, sync_bn: bool = True,
+        build: Callable[[], tuple[nn.Module, Dataset, Groups]] | None = None, what: str = "") -> TrainResult:
     """Train ``model`` with SGD (or AdamW) + poly lr through the one loop (:func:`doei.engine.loop.run_training`).
 
+    Either ``model``, ``dataset`` and ``groups`` built, or ``build() -> (model, dataset, groups)``: then
+    nothing is built (no data read, no net made) until the loop has checked that a fresh start may
+    replace what ``out_dir`` holds and has locked the folder — the one refusal of a finished run
+    (:func:`doei.engine.checkpoint.refuse_to_replace`), before any work.
     ``loss_fn(model, batch, device) -> (loss, parts)``; ``dataset`` may define ``set_epoch(epoch)``
     (called before each epoch's loader is built). ``resume``: True = continue from
     ``out_dir/checkpoint.pt`` (error if absent), ``"auto"`` = continue if it exists, False = start
@@ -83,25 +91,32 @@ def fit(*, model: nn.Module, dataset: Dataset, loss_fn: LossFn,
     ``overwrite``: a fresh start (``resume=False``) may replace a run in ``out_dir`` (else refused). The
     folder is locked for the call (one writer). ``max_steps``: a capped (smoke) run, see
     :func:`doei.engine.loop.run_training`. ``sync_bn``: under DDP, BatchNorm layers in training mode
-    normalise over the global batch (:mod:`doei.engine.sync_bn`).
+    normalise over the global batch (:mod:`doei.engine.sync_bn`). ``what``: the option that named
+    ``out_dir``, for messages (default ``"<desc> out_dir"``).
     """
-    opt = build_sgd(groups, base_lr, momentum, optimizer)
-    n = len(dataset)
-    steps_per_epoch = n // batch_size if n > batch_size else 1
-    max_step = steps_per_epoch * epochs
+    given = [v is not None for v in (model, dataset, groups)]
+    if not (all(given) if build is None else not any(given)):
+        raise TypeError("fit: give either model, dataset and groups, or build (a function returning them)")
 
     def intro(n_params: int, n_images: int, spe: int, world: int) -> str:
         return (f"{desc}: {n_params / 1e6:.2f} M parameters, device {device}; {n_images} training images, "
                 f"{spe} steps/epoch x {epochs} epochs, base lr {base_lr:.3g}")
 
-    recipe = Recipe(model=model, optimizer=opt, dataset=dataset, loss_fn=loss_fn,
-                    set_lr=lambda o, step: set_poly_lr(o, base_lr, poly_factor(step, max_step, power)), config=config,
-                    check_resume=lambda saved, path: _check_resume(saved, config, resume_fixed, path), sync_bn=sync_bn,
-                    intro=intro, nonfinite_hint="lower the learning rate or check the labels")
+    def recipe() -> Recipe:
+        net, data, pgroups = build() if build is not None else (model, dataset, groups)
+        opt = build_sgd(pgroups, base_lr, momentum, optimizer)
+        n = len(data)
+        max_step = (n // batch_size if n > batch_size else 1) * epochs
+        return Recipe(model=net, optimizer=opt, dataset=data, loss_fn=loss_fn,
+                      set_lr=lambda o, step: set_poly_lr(o, base_lr, poly_factor(step, max_step, power)),
+                      config=config, sync_bn=sync_bn, intro=intro,
+                      check_resume=lambda saved, path: _check_resume(saved, config, resume_fixed, path),
+                      nonfinite_hint="lower the learning rate or check the labels")
+
     run = RunSettings(out_dir=out_dir, epochs=epochs, batch_size=batch_size, seed=seed, device=device, resume=resume,
                       overwrite=overwrite, num_workers=num_workers, log_every=log_every, progress=progress,
                       deterministic=deterministic, stop_after=stop_after, max_steps=max_steps, bar_desc=f"{desc} ",
-                      what=f"{desc} out_dir", log=log)
+                      what=what or f"{desc} out_dir", log=log)
     return run_training(recipe, run)
 
 

@@ -29,7 +29,6 @@ from torch.utils.data import Dataset
 from doei.cam.io import load_cam
 from doei.data.build import dataset_from_config
 from doei.engine import distributed as dist_util
-from doei.engine.checkpoint import refuse_to_replace
 from doei.engine.per_image import first_images
 from doei.engine.seed import epoch_seed, seed_everything
 from doei.engine.sgd_loop import fit
@@ -42,7 +41,6 @@ from doei.refine.labels import affinity_labels_from_label, block_mean, scores_wi
 from doei.refine.loss import affinity_loss
 from doei.utils.device import resolve_device
 from doei.utils.io import atomic_save_npz
-from doei.utils.outdir import folder_lock
 
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -262,47 +260,40 @@ def train_affinity(cfg: PipelineConfig, resume: bool | str = "auto", stop_after:
     folder is locked for the call (one writer). A capped (smoke) run: ``limit`` = only the first N images
     of the split (CAMs, CRF cache, training samples), ``max_steps`` = exactly that many optimiser steps
     (:func:`doei.engine.loop.run_training`). The CRF cache's seconds are in the result's ``phases``."""
-    if not resume:
-        refuse_to_replace(cfg.refine.train.out_dir, overwrite, "refine.train.out_dir")
-    with folder_lock(cfg.refine.train.out_dir, "affinity training folder"):
-        return _train_affinity(cfg, resume, stop_after, log, overwrite, limit, max_steps)
-
-
-def _train_affinity(cfg: PipelineConfig, resume: bool | str, stop_after: int | None, log: Callable[[str], None],
-                    overwrite: bool, limit: int | None, max_steps: int | None):
     sec = cfg.refine.train
     d = cfg.data
-    base = first_images(dataset_from_config(cfg.data, sec.split), limit)
-    cam_dir = Path(sec.cam_dir)
-    require_id_files(cam_dir, base.ids, ".npz", "CAM", "run doei cam first, or set refine.train.cam_dir", sec.split)
     out_dir = Path(sec.out_dir)
-    score_dir = None
-    dist_util.init_from_env(torch.device(resolve_device(sec.device)).type)  # torchrun: the score cache is sharded
-    phases = {}
-    if sec.crf:
-        score_dir = out_dir / f"seed_scores_la{sec.low_alpha:g}_ha{sec.high_alpha:g}"  # one cache per alpha pair
-        t0 = time.time()
-        n = precompute_crf_scores(base, cam_dir, score_dir, sec, sec.progress)
-        phases = {"crf_cache_images": n, "crf_cache_seconds": round(time.time() - t0, 3)}
-        if n and dist_util.is_main():
-            log(f"computed CRF seed scores of {n} images into {score_dir} [{phases['crf_cache_seconds']:.0f} s]")
-    ds = AffinityDataset(base, cam_dir, sec, score_dir)
-    seed_everything(epoch_seed(sec.seed, -1, "init"))
-    model = build_affinity_model(sec.model, sec.model_options, sec.init_weights, sec.radius,
-                                 log=log if dist_util.is_main() else None)
-    w, b, hw, hb = parameter_groups(model)
-    groups = [(w, 1.0, sec.weight_decay), (b, 2.0, 0.0), (hw, 10.0, sec.weight_decay), (hb, 20.0, 0.0)]
+    phases: dict = {}
+
+    def build():        # called by the loop once it has refused to replace a finished run and locked the folder
+        base = first_images(dataset_from_config(cfg.data, sec.split), limit)
+        cam_dir = Path(sec.cam_dir)
+        require_id_files(cam_dir, base.ids, ".npz", "CAM", "run doei cam first, or set refine.train.cam_dir", sec.split)
+        score_dir = None
+        dist_util.init_from_env(torch.device(resolve_device(sec.device)).type)  # torchrun: the score cache is sharded
+        if sec.crf:
+            score_dir = out_dir / f"seed_scores_la{sec.low_alpha:g}_ha{sec.high_alpha:g}"  # one cache per alpha pair
+            t0 = time.time()
+            n = precompute_crf_scores(base, cam_dir, score_dir, sec, sec.progress)
+            phases.update(crf_cache_images=n, crf_cache_seconds=round(time.time() - t0, 3))
+            if n and dist_util.is_main():
+                log(f"computed CRF seed scores of {n} images into {score_dir} [{phases['crf_cache_seconds']:.0f} s]")
+        ds = AffinityDataset(base, cam_dir, sec, score_dir)
+        seed_everything(epoch_seed(sec.seed, -1, "init"))
+        model = build_affinity_model(sec.model, sec.model_options, sec.init_weights, sec.radius,
+                                     log=log if dist_util.is_main() else None)
+        w, b, hw, hb = parameter_groups(model)
+        return model, ds, [(w, 1.0, sec.weight_decay), (b, 2.0, 0.0), (hw, 10.0, sec.weight_decay), (hb, 20.0, 0.0)]
+
     config = {**{k: v for k, v in vars(sec).items()}, "data": vars(d).copy()}
-    res = fit(model=model, dataset=ds, loss_fn=affinity_loss_fn, groups=groups, base_lr=sec.lr, momentum=sec.momentum, optimizer=sec.optimizer,
-               power=sec.power, epochs=sec.epochs, batch_size=sec.batch_size, seed=sec.seed,
-               device=torch.device(resolve_device(sec.device)), out_dir=out_dir, config=config,
-               resume_fixed=_fixed_keys(), resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,
-               progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="affinity",
-               log=log, overwrite=overwrite, max_steps=max_steps,
-               sync_bn=sec.sync_bn)
+    res = fit(build=build, loss_fn=affinity_loss_fn, base_lr=sec.lr, momentum=sec.momentum, optimizer=sec.optimizer,
+              power=sec.power, epochs=sec.epochs, batch_size=sec.batch_size, seed=sec.seed,
+              device=torch.device(resolve_device(sec.device)), out_dir=out_dir, config=config,
+              resume_fixed=_fixed_keys(), resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,
+              progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="affinity",
+              log=log, overwrite=overwrite, max_steps=max_steps, sync_bn=sec.sync_bn, what="refine.train.out_dir")
     res.phases.update(phases)
     return res
-
 
 def require_id_files(folder: Path, ids: Sequence[str], suffix: str, what: str, hint: str,
                      split: str | None = None) -> None:

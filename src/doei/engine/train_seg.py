@@ -27,7 +27,6 @@ from torch.utils.data import Dataset
 from doei.data.build import dataset_from_config
 from doei.data.common import read_mask
 from doei.engine import distributed as dist_util
-from doei.engine.checkpoint import refuse_to_replace
 from doei.engine.per_image import first_images
 from doei.engine.seed import epoch_seed, seed_everything
 from doei.engine.sgd_loop import fit
@@ -174,36 +173,34 @@ def train_segmentation(cfg: PipelineConfig, resume: bool | str = "auto", stop_af
     A fresh start (``resume=False``) into a folder that holds a run is refused (before the data and the
     net are built) unless ``overwrite``; the loop locks the folder (one writer). A capped (smoke) run:
     ``limit`` = only the first N images of the split, ``max_steps`` = exactly that many optimiser steps."""
-    if not resume:
-        refuse_to_replace(cfg.seg.train.out_dir, overwrite, "seg.train.out_dir")
-
     sec = cfg.seg.train
     d = cfg.data
-    base = first_images(dataset_from_config(cfg.data, sec.split), limit)
-    pseudo = Path(sec.pseudo_dir)
-    if sec.allow_ground_truth:
-        log(f"train-seg: seg.train.allow_ground_truth is set: {pseudo} may hold ground truth (an oracle run)")
-    else:
-        check_not_ground_truth(pseudo, base, cfg)
-    require_id_files(pseudo, base.ids, ".png", "pseudo-label",
-                     "run doei refine infer first, or set seg.train.pseudo_dir", sec.split)
-    ds = SegDataset(base, pseudo, sec)
-    seed_everything(epoch_seed(sec.seed, -1, "init"))
 
-    model = build_seg_model(sec.model, d.num_classes + 1, sec.model_options, sec.init_weights,
-                            log=log if dist_util.is_main() else None)
+    def build():        # called by the loop once it has refused to replace a finished run and locked the folder
+        base = first_images(dataset_from_config(cfg.data, sec.split), limit)
+        pseudo = Path(sec.pseudo_dir)
+        if sec.allow_ground_truth:
+            log(f"train-seg: seg.train.allow_ground_truth is set: {pseudo} may hold ground truth (an oracle run)")
+        else:
+            check_not_ground_truth(pseudo, base, cfg)
+        require_id_files(pseudo, base.ids, ".png", "pseudo-label",
+                         "run doei refine infer first, or set seg.train.pseudo_dir", sec.split)
+        ds = SegDataset(base, pseudo, sec)
+        seed_everything(epoch_seed(sec.seed, -1, "init"))
+        model = build_seg_model(sec.model, d.num_classes + 1, sec.model_options, sec.init_weights,
+                                log=log if dist_util.is_main() else None)
+        return model, ds, seg_param_groups(model, sec.weight_decay, sec.head_lr_mult)
+
     config = {**{k: v for k, v in vars(sec).items()}, "data": vars(d).copy()}
     fixed = ["model", "model_options", "init_weights", "pseudo_dir", "split", "crop_size", "batch_size", "epochs",
              "lr", "head_lr_mult", "weight_decay", "momentum", "optimizer", "power", "scale_range", "hflip", "pad_label", "seed",
              "data"]
-    return fit(model=model, dataset=ds, loss_fn=seg_loss_fn,
-               groups=seg_param_groups(model, sec.weight_decay, sec.head_lr_mult), base_lr=sec.lr,
+    return fit(build=build, loss_fn=seg_loss_fn, base_lr=sec.lr,
                momentum=sec.momentum, optimizer=sec.optimizer, power=sec.power, epochs=sec.epochs, batch_size=sec.batch_size, seed=sec.seed,
                device=torch.device(resolve_device(sec.device)), out_dir=sec.out_dir, config=config,
                resume_fixed=fixed, resume=resume, num_workers=sec.num_workers, log_every=sec.log_every,
                progress=sec.progress, deterministic=sec.deterministic, stop_after=stop_after, desc="seg", log=log,
-               overwrite=overwrite, max_steps=max_steps, sync_bn=sec.sync_bn)
-
+               overwrite=overwrite, max_steps=max_steps, sync_bn=sec.sync_bn, what="seg.train.out_dir")
 
 __all__ = ["SegDataset", "train_segmentation", "build_seg_model", "check_not_ground_truth", "seg_param_groups",
            "seg_loss_fn", "read_pseudo_label"]
