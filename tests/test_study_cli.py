@@ -71,6 +71,9 @@ def test_missing_result_is_rerun_and_report_only_trains_nothing(ablate_dir, monk
                      "--report-only"]) == 0
     doc = json.loads((ablate_dir / "ablation.json").read_text())
     assert any(r["seeds"] == [0] for r in doc["rows"].values())
+    full = doc["rows"]["cpdo_ppdo_hfa"]                 # per-seed mAP and area, regenerated from the runs
+    assert set(full["classifier_mAP"]["per_seed"]) <= {"0", "1"} and "wins" in full["classifier_mAP"]["vs_baseline"]
+    assert set(full["cooccurrence"]["group:context"]["area"]["per_seed"]) <= {"0", "1"}
     monkeypatch.undo()
     assert cli_main(["ablate", "--config", CONFIG, "--out", str(ablate_dir), "--quick", "--seeds", "2"]) == 0
     assert (victim / "result.json").is_file()

@@ -88,6 +88,36 @@ def test_summarize_best_and_fixed_beta():
     assert s["fixed_beta"]["mIoU"]["vs_baseline"]["diffs"] == [5, -5]
     assert table.fmt_diff(s["best_beta"]["mIoU"]["vs_baseline"]) == "+0.5 ± 3.5 (1/2)"
     json.dumps(s)  # serialisable
+    # the classifier's mAP: {mean, std, n} as before, plus per seed and paired to the baseline (higher wins)
+    doei[1]["cls_mAP"] = 47.0
+    m = table.summarize(doei, base, bf)["classifier_mAP"]
+    assert (m["mean"], m["n"], m["per_seed"]) == (48.5, 2, {0: 50.0, 1: 47.0})
+    assert m["vs_baseline"]["diffs"] == [0.0, -3.0] and m["vs_baseline"]["wins"] == 0
+
+
+def _cooc(per_class: dict) -> dict:
+    return {"per_class": {n: {"IoU": i, "object_FN": f, "leak": 0.0, "context_hit": 0.0, "has_context": True}
+                          for n, (i, f) in per_class.items()},
+            "groups": {"context": {"classes": list(per_class), "IoU": 0.0, "object_FN": 0.0, "leak": 0.0,
+                                   "context_hit": 0.0},
+                       "rest": {"classes": [], "IoU": None, "object_FN": None, "leak": None, "context_hit": None}}}
+
+
+def test_area_from_iou_and_object_fn_hand_computed():
+    # object 100 px, predicted 200 px, 50 of them on the object: IoU = 50 / 250 = 20 %, object FN = 50 %
+    assert table.class_area(20.0, 50.0) == pytest.approx(200.0)
+    assert table.class_area(0.0, 100.0) is None and table.class_area(None, 10.0) is None
+    # seed 0: a (area 200) and b (IoU 50, FN 0: pred 200 on GT 100 -> 200 %) -> 200; seed 1: a only -> 100
+    runs = {0: {"cooccurrence": _cooc({"a": (20.0, 50.0), "b": (50.0, 0.0)})},
+            1: {"cooccurrence": _cooc({"a": (100.0, 0.0), "b": (0.0, 100.0)})}}
+    base = {0: {"cooccurrence": _cooc({"a": (50.0, 50.0), "b": (50.0, 50.0)})},     # area 50 each
+            1: {"cooccurrence": _cooc({"a": (50.0, 50.0), "b": (50.0, 50.0)})}}
+    area = table.summarize_cooc(runs, base)["group:context"]["area"]
+    assert area["per_seed"] == {0: pytest.approx(200.0), 1: pytest.approx(100.0)}
+    assert area["vs_baseline"]["diffs"] == [pytest.approx(150.0), pytest.approx(50.0)]
+    assert area["vs_baseline"]["wins"] is None                 # no better direction
+    assert table.fmt_diff(area["vs_baseline"]) == "+100.0 ± 70.7"
+    assert "area" not in table.summarize_cooc(runs, base)["group:rest"]
 
 
 def test_block_stats_mean_keeps_missing_parts_missing():

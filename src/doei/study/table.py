@@ -40,12 +40,13 @@ def fixed_beta(baseline_runs: Sequence[Mapping]) -> float:
     return float(betas[int(np.argmax(means))])
 
 
-def paired(row: Mapping[int, float], base: Mapping[int, float], higher_is_better: bool) -> dict:
+def paired(row: Mapping[int, float], base: Mapping[int, float], higher_is_better: bool | None) -> dict:
     """Row − baseline per shared seed: ``{"mean", "std", "n", "wins", "diffs"}``; a win is a strict
-    improvement (higher, or lower when ``higher_is_better`` is False)."""
+    improvement (higher, or lower when ``higher_is_better`` is False; None: a metric with no better direction,
+    ``wins`` is None)."""
     seeds = sorted(set(row) & set(base))
     d = [row[s] - base[s] for s in seeds]
-    wins = sum(1 for x in d if (x > 0 if higher_is_better else x < 0))
+    wins = None if higher_is_better is None else sum(1 for x in d if (x > 0 if higher_is_better else x < 0))
     return {**mean_std(d), "wins": wins, "diffs": d}
 
 
@@ -83,18 +84,38 @@ def summarize(runs: Mapping[int, Mapping], base_runs: Mapping[int, Mapping], bet
     out["best_beta"]["beta"] = mean_std([r["beta"] for r in runs.values() if r["beta"] is not None])
     out["block_stats"] = block_stats_mean(list(runs.values()))
     out["wall_s"] = mean_std([r.get("timing", {}).get("total_wall_s", math.nan) for r in runs.values()])
-    out["classifier_mAP"] = mean_std([r.get("cls_mAP", math.nan) for r in runs.values()])
+    maps = {s: float(r["cls_mAP"]) for s, r in runs.items() if r.get("cls_mAP") is not None}
+    base_maps = {s: float(r["cls_mAP"]) for s, r in base_runs.items() if r.get("cls_mAP") is not None}
+    # {mean, std, n} as before (NaN for a run without it), plus per seed and paired to the baseline (wins: higher)
+    out["classifier_mAP"] = {**mean_std([r.get("cls_mAP", math.nan) for r in runs.values()]), "per_seed": maps,
+                             "vs_baseline": paired(maps, base_maps, True)}
     return out
 
 
-COOC_METRICS = ("IoU", "leak", "context_hit", "object_FN")
-COOC_HIGHER_IS_BETTER = {"IoU": True, "leak": False, "context_hit": False, "object_FN": False}
+COOC_METRICS = ("IoU", "leak", "context_hit", "object_FN", "area")
+# area (predicted pixels as % of object pixels) has no better direction: its paired difference counts no wins
+COOC_HIGHER_IS_BETTER = {"IoU": True, "leak": False, "context_hit": False, "object_FN": False, "area": None}
+
+
+def class_area(iou: float | None, object_fn: float | None) -> float | None:
+    """A class's predicted pixels as a percentage of its object pixels, from its IoU and object FN (percent):
+    with ``R = 1 − object FN`` (= TP / GT) and ``IoU = TP / (GT + pred − TP)``, ``pred / GT = R / IoU − 1 + R``.
+    None when it is not determined (IoU 0: no true positive, or a value missing)."""
+    if iou is None or object_fn is None or not (iou > 0) or math.isnan(object_fn):
+        return None
+    r = 1.0 - object_fn / 100.0
+    return 100.0 * (r / (iou / 100.0) - 1.0 + r)
 
 
 def _cooc_value(r: Mapping, where: tuple[str, str], m: str):
     c = r.get("cooccurrence")
     if not c:
         return None
+    if m == "area":          # per class from IoU and object FN; a group's is the mean over its classes
+        names = c["groups"][where[1]]["classes"] if where[0] == "group" else [where[1]]
+        vals = [a for n in names if (a := class_area(c["per_class"][n]["IoU"], c["per_class"][n]["object_FN"]))
+                is not None]
+        return float(np.mean(vals)) if vals else None
     v = c["groups"][where[1]][m] if where[0] == "group" else c["per_class"][where[1]][m]
     return None if v is None else float(v)
 
@@ -155,10 +176,11 @@ def fmt_ms(d: Mapping, digits: int = 1) -> str:
 
 
 def fmt_diff(d: Mapping, digits: int = 1) -> str:
-    """``+1.2 ± 0.8 (2/3)``: paired mean ± std and wins/seeds."""
+    """``+1.2 ± 0.8 (2/3)``: paired mean ± std and wins/seeds (no wins part when ``wins`` is None)."""
     if d["n"] == 0:
         return "–"
-    return f"{d['mean']:+.{digits}f} ± {d['std']:.{digits}f} ({d['wins']}/{d['n']})"
+    wins = "" if d.get("wins") is None else f" ({d['wins']}/{d['n']})"      # None: no better direction
+    return f"{d['mean']:+.{digits}f} ± {d['std']:.{digits}f}{wins}"
 
 
 def fmt_blocks(stats: Sequence[Mapping]) -> str:
