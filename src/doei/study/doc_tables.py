@@ -1,128 +1,98 @@
 """One source of truth for the numbers in the docs (issue #24): tables generated from committed JSON results.
 
-A table in README.md or docs/*.md that comes from a result file sits between two markers::
+A table in README.md or docs/*.md that comes from result files sits between two markers::
 
-    <!-- table KIND FILE [key=value ...] -->
+    <!-- table KIND FILE[,FILE...] [key=value ...] -->
     | ... generated ... |
     <!-- /table -->
 
 ``FILE`` is a JSON result file committed to the repository (path relative to its root; ``docs/results/`` by
-convention, copied there from a study folder with ``--collect``), ``KIND`` says how to render it:
+convention, copied there from a study or demo folder with ``--collect``), ``KIND`` says how to render it
+(renderers in :mod:`doei.study.doc_render` and :mod:`doei.study.doc_demo`; an option a kind does not read is
+refused):
 
 * ``study``: a ``doei ablate`` ``ablation.json``: one line per row (``rows=a,b,...``, default all), the row
   ``vs=NAME`` (default ``baseline``) absolute and every other row as the paired difference to it with wins, in
-  the columns ``metrics=...`` (default ``mIoU,FP,FN,leak,context_hit,auc_context``; also ``object_FN``,
-  ``IoU``, ``object``, ``context``, ``far``, ``auc_far``: the co-occurrence and threshold-free measures of the
-  class group ``group=context|rest``, default context);
+  the columns ``metrics=...`` (default ``mIoU,FP,FN,leak,context_hit,auc_context``; also ``mAP`` (the
+  classifier's), ``object_FN``, ``IoU``, ``area`` (predicted pixels as % of object pixels; no wins: no better
+  direction), ``object``, ``context``, ``far``, ``auc_far``). Co-occurrence and threshold-free metrics are of
+  the class group ``group=context|rest`` (default context), or of the one a metric names: ``area:rest``;
+* ``sweep``: a ``doei sweep`` ``sweep_<param>.json`` (or a collected ``NAME_sweep.json`` holding several:
+  ``param=NAME`` picks one): the baseline and one line per value (seeds, mIoU, FP, FN, Δ mIoU paired to the
+  baseline, or to the value ``vs=VALUE``, ± std, wins);
+* ``pretrain``: ``python -m doei.study.pretrain``'s ``pretrain.json``: the trunk check on the corpus's
+  held-out split beside the trivial references (``table=wall``: wall seconds per step);
+* ``demo``: one or more ``doei demo`` ``metrics.json`` (one per seed): ``table=results|gains|ceilings|cost``;
 * ``sharpened``: ``python -m doei.study.sharpened``'s ``sharpened.json`` (baseline, area-matched baseline, DOEI);
 * ``bias_curve``: ``python -m doei.study.bias_curve``'s ``bias_curve.json`` (leak against bias).
 
-``python -m doei.study.doc_tables`` rewrites every marked table from its file; ``--check`` changes nothing and
-exits 1 naming each table that differs from its file (tests/test_doc_tables.py runs it on the repository, so
-a hand-edited number or a stale file fails the suite). ``--collect STUDY_DIR NAME`` copies a study folder's
-``ablation.json`` (and ``sharpened.json`` / ``bias_curve.json`` when present) to ``docs/results/NAME*.json``.
+``python -m doei.study.doc_tables`` rewrites every marked table from its files; ``--check`` changes nothing and
+exits 1 naming each table that differs from its files (tests/test_doc_tables.py runs it on the repository, so
+a hand-edited number or a stale file fails the suite); ``--strict`` also fails on every markdown table row with
+a digit outside a marker (:func:`unmarked_tables`). ``--collect DIR NAME`` copies a folder's result files to
+``docs/results/``: ``ablation.json`` → ``NAME.json``, ``sharpened.json`` / ``bias_curve.json`` /
+``pretrain.json`` → ``NAME_<kind>.json``, all ``sweep_<param>.json`` → one ``NAME_sweep.json``
+(``{"sweeps": {param: ...}}``), a demo's ``metrics.json`` → ``NAME.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable
 
+from doei.config import read_json
 from doei.errors import DoeiError
-from doei.study.table import fmt_diff, fmt_ms, mean_std, paired
+from doei.study.doc_demo import render_demo
+from doei.study.doc_json import Node
+from doei.study.doc_render import render_bias_curve, render_pretrain, render_sharpened, render_study, render_sweep
 from doei.utils.io import atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[3]
-MARK = re.compile(r"(<!-- table (?P<kind>\S+) (?P<file>\S+)(?P<opts>(?: [^\s=]+=\S+)*) -->\n)(?P<body>.*?)(?P<end><!-- /table -->)",
-                  re.S)
-LABELS = {"mIoU": "mIoU", "FP": "FP", "FN": "FN", "leak": "leak", "context_hit": "ctx hit", "object_FN": "obj FN",
-          "IoU": "IoU", "object": "CAM obj", "context": "CAM ctx", "far": "CAM far", "auc_context": "AUC obj-ctx",
-          "auc_far": "AUC obj-far"}
-HIGHER = {"mIoU": True, "FP": False, "FN": False, "leak": False, "context_hit": False, "object_FN": False,
-          "IoU": True, "object": True, "context": False, "far": False, "auc_context": True, "auc_far": True}
+MARK = re.compile(r"(<!-- table (?P<kind>\S+) (?P<file>\S+)(?P<opts>(?: [^\s=]+=\S+)*) -->\n)(?P<body>.*?)"
+                  r"(?P<end><!-- /table -->)", re.S)
 
 
-def _per_seed(row: Mapping, metric: str, group: str) -> dict | None:
-    """The per-seed values of ``metric`` in one ablation.json row (None when the row has none)."""
-    if metric in ("mIoU", "FP", "FN"):
-        rec = (row.get("best_beta") or {}).get(metric)
-    elif metric in ("leak", "context_hit", "object_FN", "IoU"):
-        rec = (row.get("cooccurrence") or {}).get(f"group:{group}", {}).get(metric)
-    else:
-        rec = (row.get("localisation") or {}).get(f"group:{group}", {}).get(metric)
-    return None if not rec else {str(k): float(v) for k, v in rec["per_seed"].items()}
+@dataclass(frozen=True)
+class Kind:
+    """A table kind: its renderer (called with one file's :class:`Node`, or with ``multi`` a list of them,
+    and the marker's options) and whether a marker may name several comma-separated files."""
+    render: Callable
+    multi: bool = False
 
 
-def render_study(doc: Mapping, opts: Mapping[str, str]) -> str:
-    rows = doc["rows"]
-    names = opts["rows"].split(",") if "rows" in opts else list(rows)
-    ref = opts.get("vs", "baseline")
-    metrics = opts.get("metrics", "mIoU,FP,FN,leak,context_hit,auc_context").split(",")
-    group = opts.get("group", "context")
-    for n in [*names, ref]:
-        if n not in rows:
-            raise DoeiError(f"row {n!r} is not in the file (it has {sorted(rows)})")
-    bad = [m for m in metrics if m not in LABELS]
-    if bad:
-        raise DoeiError(f"metrics {bad}: expected some of {sorted(LABELS)}")
-    lines = ["| row | seeds | " + " | ".join(LABELS[m] for m in metrics) + " |",
-             "|---|---:|" + "---:|" * len(metrics)]
-    for n in names:
-        r = rows[n]
-        cells = []
-        for m in metrics:
-            v, base = _per_seed(r, m, group), _per_seed(rows[ref], m, group)
-            if v is None:
-                cells.append("–")
-            elif n == ref:
-                cells.append(fmt_ms(mean_std(v.values())))
-            else:
-                cells.append(fmt_diff(paired(v, base or {}, HIGHER[m])) if base else "–")
-        label = f"**{r['label']}** (absolute)" if n == ref else r["label"]
-        lines.append(f"| {label} | {len(r.get('seeds') or [])} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+KINDS: dict[str, Kind] = {"study": Kind(render_study), "sweep": Kind(render_sweep), "pretrain": Kind(render_pretrain),
+                          "sharpened": Kind(render_sharpened), "bias_curve": Kind(render_bias_curve),
+                          "demo": Kind(render_demo, multi=True)}
 
 
-def render_sharpened(doc: Mapping, opts: Mapping[str, str]) -> str:
-    from doei.study.sharpened import render
-
-    text = render(doc)
-    start = text.index("| metric |")
-    return text[start:text.index("\n\n", start)] + "\n"
-
-
-def render_bias_curve(doc, opts: Mapping[str, str]) -> str:
-    from doei.study.bias_curve import render
-
-    text = render(doc)
-    start = text.index("| bias |")
-    return text[start:].rstrip("\n") + "\n"
-
-
-RENDERERS: dict[str, Callable[[Mapping, Mapping[str, str]], str]] = {
-    "study": render_study, "sharpened": render_sharpened, "bias_curve": render_bias_curve}
+def _load(root: Path, file: str) -> Node:
+    path = root / file
+    if not path.is_file():
+        raise DoeiError(f"{file}: result file not found (commit it, e.g. with --collect)")
+    try:
+        return Node(read_json(path, Any), file)
+    except DoeiError as e:              # read_json names the full path: name the file as the marker does
+        raise DoeiError(str(e).replace(str(path), file)) from None
 
 
 def _render(m: re.Match, root: Path, where: str) -> str:
-    kind, file = m["kind"], m["file"]
-    if kind not in RENDERERS:
-        raise DoeiError(f"{where}: table kind {kind!r}; expected one of {sorted(RENDERERS)}")
-    path = root / file
-    if not path.is_file():
-        raise DoeiError(f"{where}: {file}: result file not found (commit it, e.g. with --collect)")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DoeiError(f"{where}: {file}: not JSON ({e})") from None
+    kind, files = m["kind"], m["file"].split(",")
+    if kind not in KINDS:
+        raise DoeiError(f"{where}: table kind {kind!r}; expected one of {sorted(KINDS)}")
+    if len(files) > 1 and not KINDS[kind].multi:
+        raise DoeiError(f"{where}: a {kind} table reads one file; the marker names {len(files)}")
     opts = dict(o.split("=", 1) for o in m["opts"].split())
     try:
-        return RENDERERS[kind](doc, opts)
-    except (KeyError, TypeError, ValueError) as e:
-        raise DoeiError(f"{where}: {file} is not a {kind} result file ({type(e).__name__}: {e})") from None
+        docs = [_load(root, f) for f in files]
+        return KINDS[kind].render(docs if KINDS[kind].multi else docs[0], opts)
     except DoeiError as e:
-        raise DoeiError(f"{where}: {file}: {e}") from None
+        msg = str(e)
+        raise DoeiError(f"{where}: {msg}" if msg.startswith(tuple(files)) else f"{where}: {m['file']}: {msg}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as e:     # sharpened / bias_curve read the raw dict
+        raise DoeiError(f"{where}: {m['file']} is not a {kind} result file ({type(e).__name__}: {e})") from None
 
 
 def update_doc(path: Path, root: Path = REPO, check: bool = False) -> list[str]:
@@ -145,21 +115,60 @@ def update_doc(path: Path, root: Path = REPO, check: bool = False) -> list[str]:
     return stale
 
 
+def unmarked_tables(path: Path) -> list[str]:
+    """``"<doc>:<line>"`` of every markdown table row (a line starting with ``|``) that contains a digit and
+    sits neither inside a ``<!-- table ... -->`` ... ``<!-- /table -->`` marker nor in a code block: a number
+    that no result file backs."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path: expected a path, got {type(path).__name__}")
+    out, marked, fence = [], False, None
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        s = line.strip()
+        if fence is None and s.startswith(("```", "~~~")):
+            fence = s[:3]
+        elif fence is not None:
+            if s.startswith(fence):
+                fence = None
+        elif s.startswith("<!-- table "):
+            marked = True
+        elif s.startswith("<!-- /table -->"):
+            marked = False
+        elif s.startswith("|") and not marked and any(c.isdigit() for c in s):
+            out.append(f"{path}:{i}")
+    return out
+
+
 def default_docs(root: Path = REPO) -> list[Path]:
     return [p for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))] if p.is_file()]
 
 
-def collect(study: Path, name: str, root: Path = REPO) -> list[Path]:
-    """Copy a study folder's result files to ``docs/results/<name>[_sharpened|_bias_curve].json``."""
-    study = Path(study)
+STRICT_DOCS = ("README.md", "docs/results.md", "docs/demo.md")   # every number in these comes from a file
+
+
+def collect(folder: Path, name: str, root: Path = REPO) -> list[Path]:
+    """Copy a study's or demo's result files to ``docs/results/`` (module docstring); returns the files written."""
+    folder = Path(folder)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        raise DoeiError(f"NAME {name!r}: expected letters, digits, '_', '-' or '.' (a file name under docs/results/)")
+    plan: dict[str, Any] = {}
+    for src, suffix in (("ablation.json", ""), ("metrics.json", ""), ("sharpened.json", "_sharpened"),
+                        ("bias_curve.json", "_bias_curve"), ("pretrain.json", "_pretrain")):
+        if (folder / src).is_file():
+            dest = f"{name}{suffix}.json"
+            if dest in plan:
+                raise DoeiError(f"{folder}: both ablation.json and metrics.json; collect them under different names")
+            plan[dest] = read_json(folder / src, Any)
+    sweeps = sorted(folder.glob("sweep_*.json"))
+    if sweeps:
+        docs = {p: read_json(p, dict) for p in sweeps}
+        plan[f"{name}_sweep.json"] = {"sweeps": {Node(d, str(p)).str("param"): d for p, d in docs.items()}}
+    if not plan:
+        raise DoeiError(f"{folder}: no ablation.json, metrics.json, sweep_*.json, sharpened.json, bias_curve.json "
+                        "or pretrain.json to collect")
     out = []
-    for src, suffix in (("ablation.json", ""), ("sharpened.json", "_sharpened"), ("bias_curve.json", "_bias_curve")):
-        if (study / src).is_file():
-            dest = root / "docs" / "results" / f"{name}{suffix}.json"
-            atomic_write_json(dest, json.loads((study / src).read_text()))
-            out.append(dest)
-    if not out:
-        raise DoeiError(f"{study}: no ablation.json, sharpened.json or bias_curve.json to collect")
+    for dest, doc in plan.items():
+        atomic_write_json(root / "docs" / "results" / dest, doc)
+        out.append(root / "docs" / "results" / dest)
     return out
 
 
@@ -167,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m doei.study.doc_tables", description=__doc__.split("\n")[0])
     ap.add_argument("docs", nargs="*", type=Path, help="markdown files (default: README.md and docs/*.md)")
     ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs from its file")
-    ap.add_argument("--collect", nargs=2, metavar=("STUDY_DIR", "NAME"), help="copy a study's result files to docs/results/")
+    ap.add_argument("--strict", action="store_true",
+                    help="also exit 1 on a table row with a digit outside a marker (default docs: "
+                         + ", ".join(STRICT_DOCS) + ")")
+    ap.add_argument("--collect", nargs=2, metavar=("DIR", "NAME"), help="copy a folder's result files to docs/results/")
     a = ap.parse_args(argv)
     try:
         if a.collect:
@@ -175,12 +187,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {p}")
             return 0
         stale = [s for d in (a.docs or default_docs()) for s in update_doc(d, check=a.check)]
+        strict = [REPO / d for d in STRICT_DOCS if (REPO / d).is_file()] if not a.docs else a.docs
+        unmarked = [u for d in strict for u in unmarked_tables(d)] if a.strict else []
     except DoeiError as e:
         print(f"error: {e}")
         return 2
     for s in stale:
         print(("differs from its file: " if a.check else "regenerated: ") + s)
-    return 1 if (stale and a.check) else 0
+    for u in unmarked:
+        print(f"number outside a table marker: {u}")
+    return 1 if ((stale and a.check) or unmarked) else 0
 
 
 if __name__ == "__main__":
