@@ -66,6 +66,17 @@ def test_demo_writes_report_metrics_and_figures(demo_dir):
     assert {"all_background", "uniform_cam"} == set(m["references"])
     report = (demo_dir / "report.md").read_text()
     assert "| all background |" in report and "| MCTformer-V2 + DOEI |" in report
+    # wall and CPU seconds per stage under fixed keys, which the docs' demo tables read (doei.study.doc_demo)
+    from doei.demo.catalog import TIMED_STAGES
+    from doei.study.doc_demo import render_demo
+    from doei.study.doc_json import Node
+
+    assert list(m["timings"]) == [k for k in TIMED_STAGES if k != "ceilings"] + ["total"]
+    assert all(v["wall_s"] >= 0 and v["cpu_s"] >= 0 for v in m["timings"].values())
+    node = Node(m, "metrics.json")
+    assert render_demo([node], {}).splitlines()[2].startswith(f"| baseline | {m['baseline']['mIoU']:.1f} | ")
+    assert render_demo([node], {"table": "cost"}).splitlines()[2].startswith("| benchmark (32 + 8 scenes) | ")
+    assert f"| {TIMED_STAGES['training']} |" in report
 
 
 def test_trivial_references_are_what_they_claim(demo_dir):

@@ -12,7 +12,7 @@ MODELS = {
 }
 REFERENCES = ("all_background", "uniform_cam")
 # metrics.json "timings": wall and CPU seconds per stage, under these keys (in run order), and "total"
-STAGES = {"benchmark": "synthetic benchmark", "training": "training baseline (DOEI off) and doei (DOEI on)",
+TIMED_STAGES = {"benchmark": "synthetic benchmark", "training": "training baseline (DOEI off) and doei (DOEI on)",
           "cams": "CAMs of the held-out split", "evaluation": "evaluation (beta sweep)",
           "pipeline_benchmark": "pipeline benchmark", "pipeline": "pipeline baseline and doei",
           "ceilings": "pipeline ceilings", "report": "figures and report"}

@@ -2,7 +2,7 @@
 what each number means."""
 from __future__ import annotations
 
-from doei.demo.catalog import MODELS, RUNS
+from doei.demo.catalog import MODELS, RUNS, TIMED_STAGES
 
 
 def render_report(metrics: dict) -> str:
@@ -63,7 +63,7 @@ def render_report(metrics: dict) -> str:
         "|---|---:|---:|",
     ]
     for k, v in metrics["timings"].items():
-        lines.append(f"| {k} | {v['wall_s']:.0f} | {v['cpu_s']:.0f} |")
+        lines.append(f"| {TIMED_STAGES.get(k, k)} | {v['wall_s']:.0f} | {v['cpu_s']:.0f} |")
     lines += ["", "Wall times depend on what else runs on the machine; CPU seconds are summed over threads and over "
               "the side-by-side processes.", ""]
     return "\n".join(lines)

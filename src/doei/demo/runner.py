@@ -19,7 +19,7 @@ import torch
 from doei.cam.heldout import evaluate_cams, write_cams, write_reference_cams
 from doei.config import apply_overrides, load_yaml, refuse_owned_overrides
 from doei.data.benchmark import ensure_synth
-from doei.demo.catalog import MODELS, REFERENCES, RUNS
+from doei.demo.catalog import MODELS, REFERENCES, RUNS, TIMED_STAGES
 from doei.demo.ceilings import ORACLE_STRIDE, run_ceilings, run_pipeline_stages
 from doei.demo.figures import figure_overlays, figure_segmentation, figure_sweep
 from doei.demo.report import PIPELINE_ROWS, render_report
@@ -69,12 +69,15 @@ def _cpu_seconds() -> float:
 
 class _Clock:
     """Wall and CPU seconds per stage (the CPU figure, this process and its children, is robust to a
-    shared machine)."""
+    shared machine), recorded under the stage's key (:data:`doei.demo.catalog.TIMED_STAGES`); ``name`` is the
+    header printed."""
 
     def __init__(self) -> None:
         self.stages: dict[str, dict[str, float]] = {}
 
-    def stage(self, name: str):
+    def stage(self, key: str, name: str):
+        if key not in TIMED_STAGES:
+            raise ValueError(f"key: {key!r} is not a demo stage ({list(TIMED_STAGES)})")
         clock = self
 
         class _Ctx:
@@ -83,7 +86,7 @@ class _Clock:
                 print(f"\n== {name}", flush=True)
 
             def __exit__(self, *exc):
-                clock.stages[name] = {"wall_s": round(time.time() - self.w, 1),
+                clock.stages[key] = {"wall_s": round(time.time() - self.w, 1),
                                       "cpu_s": round(_cpu_seconds() - self.c, 1)}
 
         return _Ctx()
@@ -258,49 +261,52 @@ def run_demo(o: DemoOptions) -> str:
     t0 = time.time()
     n_stages = 6 if o.pipeline else 5
     synth_root = o.out / f"synth-{o.n_train}-{o.n_val}-s{o.seed}"
-    with clock.stage(f"1/{n_stages} synthetic benchmark -> {synth_root}"):
+    with clock.stage("benchmark", f"1/{n_stages} synthetic benchmark -> {synth_root}"):
         meta = ensure_synth(synth_root, o.n_train, o.n_val, o.seed)
     class_names = list(meta["classes"])
     cfgs = demo_configs(o, synth_root)
     threads = job_threads(o.jobs)
     cls_metrics = {}
-    with clock.stage(f"2/{n_stages} training baseline (DOEI off) and doei (DOEI on){_side_by_side(o.jobs)}"):
+    with clock.stage("training", f"2/{n_stages} training baseline (DOEI off) and doei (DOEI on)"
+                                 f"{_side_by_side(o.jobs)}"):
         finals = run_jobs([(train_or_reuse, (cfgs[run], o.fresh)) for run in RUNS], o.jobs, threads)
     for run, last in zip(RUNS, finals):
         cls_metrics[run] = {"cls_mAP": last.get("val_mAP", float("nan")), "cls_F1": last.get("val_F1", float("nan")),
                             "cls_mAP_img": last.get("val_mAP_img", float("nan"))}
     cam_root = o.out / "cams"
     ids: list[str] = []
-    with clock.stage(f"3/{n_stages} CAMs of the held-out split"):
+    with clock.stage("cams", f"3/{n_stages} CAMs of the held-out split"):
         for run in RUNS:
             ids = write_cams(Path(cfgs[run].train.out_dir) / "checkpoint.pt", synth_root, cam_root / run,
                              o.cam_layers, o.batch, patch_refine, overwrite=o.fresh)
         write_reference_cams(synth_root, cam_root)
     results = {}
-    with clock.stage(f"4/{n_stages} evaluation (beta sweep)"):
+    with clock.stage("evaluation", f"4/{n_stages} evaluation (beta sweep)"):
         for name in (*RUNS, *REFERENCES):
             results[name] = evaluate_cams(cam_root / name, synth_root, ids, class_names, o.betas)
     pipeline: dict = {}
     proot = synth_root
     if o.pipeline:
-        with clock.stage(f"5/{n_stages} pipeline benchmark ({o.pipeline_px} px)"):
+        with clock.stage("pipeline_benchmark", f"5/{n_stages} pipeline benchmark ({o.pipeline_px} px)"):
             proot, split = pipeline_benchmark(o, synth_root, int(meta["params"]["size"]))
         stride = ORACLE_STRIDE * o.pipeline_px // int(meta["params"]["size"])   # the token grid at this size
         pcfgs = {run: pipeline_config(o, run, proot, split, Path(cfgs[run].train.out_dir) / "checkpoint.pt",
                                       patch_refine) for run in RUNS}
-        with clock.stage(f"5/{n_stages} pipeline baseline and doei: cam -> refine -> train-seg -> infer-seg -> eval"
+        with clock.stage("pipeline", f"5/{n_stages} pipeline baseline and doei: cam -> refine -> train-seg -> "
+                                     "infer-seg -> eval"
                          f"{_side_by_side(o.jobs)}"):
             tables = run_jobs([(run_pipeline_stages, (pcfgs[run],)) for run in RUNS], o.jobs, threads)
         pipeline.update(zip(RUNS, tables))
         if o.ceilings:
-            with clock.stage(f"5/{n_stages} pipeline ceilings: true seeds -> random walk, true masks -> DeepLab"
+            with clock.stage("ceilings", f"5/{n_stages} pipeline ceilings: true seeds -> random walk, true masks "
+                                         "-> DeepLab"
                              f"{_side_by_side(o.jobs)}"):
                 pipeline["ceilings"] = run_ceilings(pcfgs["baseline"], o.out / "pipeline", stride, o.jobs, threads)
         pipeline["settings"] = {"config": str(pipeline_yaml(o)), "px": o.pipeline_px, "root": str(proot),
                                 "oracle_stride": stride,
                                 "overrides": list(o.pipeline_overrides), "pipeline_train": o.pipeline_train,
                                 "split": split, "out": str(o.out / "pipeline")}
-    with clock.stage(f"{n_stages}/{n_stages} figures and report"):
+    with clock.stage("report", f"{n_stages}/{n_stages} figures and report"):
         fig_dir = o.out / "figures"
         figure_overlays(fig_dir / "cam_overlays.png", synth_root, cam_root, class_names, o.overlay_classes)
         figure_sweep(fig_dir / "beta_sweep.png", results)
@@ -315,6 +321,7 @@ def run_demo(o: DemoOptions) -> str:
         "references": {k: results[k] for k in REFERENCES},
         **({"pipeline": pipeline} if pipeline else {}),
         "settings": {"family": o.model, "train_seed": cfgs["baseline"].train.seed, "quick": o.quick, "n_train": o.n_train, "n_val": o.n_val, "seed": o.seed,
+                     "synth_px": int(meta["params"]["size"]),
                      "synth_root": str(synth_root), "config": str(o.config), "overrides": list(o.overrides),
                      "model": c.model.name, "epochs": c.train.epochs, "batch_size": c.train.batch_size,
                      "peak_lr": c.peak_lr(), "cam_layers": o.cam_layers, "patch_refine": patch_refine, "betas": o.betas,

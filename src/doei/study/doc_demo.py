@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from doei.demo.catalog import STAGES
+from doei.demo.catalog import TIMED_STAGES
 from doei.errors import DoeiError
 from doei.study.doc_json import Node
 from doei.study.doc_render import check_opts
@@ -163,13 +163,13 @@ def _seconds(values: list[float]) -> str:
 
 def render_cost(docs: Sequence[Node]) -> str:
     timings = [d["timings"] for d in docs]
-    keys = [k for k in STAGES if k in timings[0]]
+    keys = [k for k in TIMED_STAGES if k in timings[0]]
     if not keys:
-        raise DoeiError(f"{timings[0].where}: none of the stage keys {list(STAGES)} (a metrics.json written before "
-                        "they were recorded: rerun the same doei demo, which reuses its finished work)")
+        raise DoeiError(f"{timings[0].where}: none of the stage keys {list(TIMED_STAGES)} (a metrics.json written "
+                        "before they were recorded: rerun the same doei demo, which reuses its finished work)")
     for t in timings[1:]:
-        if [k for k in STAGES if k in t] != keys:
-            raise DoeiError(f"{t.where}: stages {[k for k in STAGES if k in t]}, {timings[0].where} has {keys}")
+        if [k for k in TIMED_STAGES if k in t] != keys:
+            raise DoeiError(f"{t.where}: stages {[k for k in TIMED_STAGES if k in t]}, {timings[0].where} has {keys}")
     lines = ["| stage | wall s | CPU s |", "|---|---:|---:|"]
     for k in [*keys, "total"]:
         wall, cpu = (_seconds([t[k].num(f) for t in timings]) for f in ("wall_s", "cpu_s"))
