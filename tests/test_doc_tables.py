@@ -114,6 +114,8 @@ def test_unmarked_number_bearing_rows_are_found_and_strict_fails(tmp_path, capsy
     assert main([str(plain), "--check"]) == 0
     assert main([str(plain), "--check", "--strict"]) == 1
     assert f"number outside a table marker: {plain}:3" in capsys.readouterr().out
+    assert main([str(tmp_path / "nope.md"), "--check"]) == 2
+    assert capsys.readouterr().out == f"error: {tmp_path / 'nope.md'}: markdown file not found\n"
 
 
 def test_strict_flag_on_the_repository(capsys):

@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             for p in collect(Path(a.collect[0]), a.collect[1]):
                 print(f"wrote {p}")
             return 0
+        missing = [d for d in a.docs if not d.is_file()]
+        if missing:
+            raise DoeiError(f"{missing[0]}: markdown file not found")
         stale = [s for d in (a.docs or default_docs()) for s in update_doc(d, check=a.check)]
         strict = [REPO / d for d in STRICT_DOCS if (REPO / d).is_file()] if not a.docs else a.docs
         unmarked = [u for d in strict for u in unmarked_tables(d)] if a.strict else []
