@@ -306,6 +306,34 @@ def c_run_dataset_absent(b, t):
     return Case(["run", "--config", cfg], r"nowhere")
 
 
+def _trains_first(model="mctformer_v2_tiny_conv", **cam):
+    """A run that trains its classifier first (train-cls, cam), with these ``cam`` keys."""
+    def edit(c):
+        c["run"].pop("cls_checkpoint")
+        c["run"]["stages"] = ["train-cls", "cam"]
+        c["classifier"] = {"model": {"name": model, "img_size": SIZE,
+                                     "options": {k: v for k, v in TINY.items() if k != "img_size"}},
+                           "data": {"transform": "resize"}, "train": {"epochs": 1, "batch_size": 3}}
+        c["cam"] = {"flip": False, "cam_dtype": "float32", **cam}
+    return edit
+
+
+def c_run_cam_kind_the_model_lacks(b, t):
+    cfg = _pipeline(b, t, _trains_first(kind="gradcam"))
+    return Case(["run", "--config", cfg], r"cam\.kind = 'gradcam': expected one of fused, patchcam, mtatt")
+
+
+def c_run_cam_option_the_model_does_not_read(b, t):
+    cfg = _pipeline(b, t, _trains_first("tscam_tiny_conv", n_layers=2))
+    return Case(["run", "--config", cfg], r"cam\.n_layers = 2: TSCAM .* does not read this CAM option; expected it "
+                                          r"unset \(its CAM options: none\)")
+
+
+def c_run_cam_n_layers_beyond_the_depth(b, t):
+    cfg = _pipeline(b, t, _trains_first(n_layers=3))
+    return Case(["run", "--config", cfg], r"cam\.n_layers = 3: expected 1\.\.2 ")
+
+
 def c_ablate_betas_invalid(b, t):
     from doei.utils.repo_configs import configs_dir
 

@@ -74,12 +74,13 @@ def _model_name(model: nn.Module) -> str:
 
 
 def resolve_cam_settings(model: nn.Module, kind: str | None = None, n_layers: int | None = None,
-                         patch_refine: bool | None = None) -> CamSettings:
+                         patch_refine: bool | None = None, keys: str = "") -> CamSettings:
     """Check a CAM request against what ``model`` declares and fill its defaults.
 
     ``None`` = the family's default. A kind the model does not list, or an option (``n_layers``,
     ``patch_refine``) its family does not read, is a one-line DoeiError naming what it accepts;
-    ``n_layers`` must lie in 1..``model.depth`` (its default is capped at the depth)."""
+    ``n_layers`` must lie in 1..``model.depth`` (its default is capped at the depth). ``keys``: the config
+    prefix the request came from (e.g. ``"cam."``): the messages then name the keys (``cam.kind = ...``)."""
     m = getattr(model, "module", model)
     kinds, options = getattr(m, "cam_kinds", None), getattr(m, "cam_options", None)
     if not isinstance(kinds, Mapping) or not kinds or not isinstance(options, Mapping):
@@ -89,17 +90,20 @@ def resolve_cam_settings(model: nn.Module, kind: str | None = None, n_layers: in
     if kind is None:
         kind = next(iter(kinds))
     elif kind not in kinds:
-        raise DoeiError(f"CAM kind {kind!r}: {name} has {', '.join(kinds)}")
+        raise DoeiError(f"{keys}kind = {kind!r}: expected one of {', '.join(kinds)} (the CAM kinds of {name})" if keys
+                        else f"CAM kind {kind!r}: {name} has {', '.join(kinds)}")
     given = {"n_layers": n_layers, "patch_refine": patch_refine}
     for opt, value in given.items():
         if value is not None and opt not in options:
             takes = ", ".join(options) if options else "none"
-            raise DoeiError(f"CAM option {opt} = {value!r}: {name} does not read it (its CAM options: {takes})")
+            raise DoeiError(f"{keys}{opt} = {value!r}: {name} does not read this CAM option; expected it unset "
+                            f"(its CAM options: {takes})" if keys else
+                            f"CAM option {opt} = {value!r}: {name} does not read it (its CAM options: {takes})")
     if "n_layers" in options:
         depth = int(m.depth)                    # the default is capped at the depth; a given value is checked
         n_layers = min(int(options["n_layers"]), depth) if n_layers is None else int(n_layers)
         if not 1 <= n_layers <= depth:
-            raise DoeiError(f"CAM option n_layers = {n_layers}: expected 1..{depth} ({name}'s depth)")
+            raise DoeiError(f"{keys or 'CAM option '}n_layers = {n_layers}: expected 1..{depth} ({name}'s depth)")
     if "patch_refine" in options:
         patch_refine = bool(options["patch_refine"] if patch_refine is None else patch_refine)
     return CamSettings(kind, n_layers, patch_refine)

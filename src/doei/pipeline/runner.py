@@ -41,7 +41,9 @@ def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]
       model and enough of the expected keys are in it (:mod:`doei.models.initial_weights`; the model is
       built on the meta device, so this costs a file read, not a 100M-parameter net);
     * ``eval.train_split``: its ids are part of the split the CAMs and pseudo masks are made for;
-    * ``data.num_classes``: the dataset's own class count (else the eval would count absent classes as 0).
+    * ``data.num_classes``: the dataset's own class count (else the eval would count absent classes as 0);
+    * ``cam.kind`` / ``cam.n_layers`` / ``cam.patch_refine``, when set: the classifier the train-cls stage
+      trains declares that kind and reads those options (:func:`check_cam_request`).
     """
     r = r or resolve(cfg)
     rt, ri, st, si = cfg.refine.train, cfg.refine.infer, cfg.seg.train, cfg.seg.infer
@@ -67,6 +69,8 @@ def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]
         cov = preflight_initial_weights(st.model, st.model_options, st.init_weights, "seg.train.init_weights",
                                         num_classes=cfg.data.num_classes + 1)
         log(f"seg.train.init_weights: {cov.summary()}")
+    if "cam" in stages:
+        check_cam_request(r)
     es = cfg.eval.train_split
     if "eval" in stages and es and es != cfg.data.train_split:
         have = set(dataset_from_config(cfg.data, cfg.refine.infer.split).ids)
@@ -75,6 +79,29 @@ def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]
         if outside:
             raise DoeiError(f"eval.train_split = {es!r}: {len(outside)} of its {len(ids)} ids (e.g. {outside[0]}) are not "
                             f"in split {cfg.refine.infer.split!r}, which the CAMs and pseudo masks are made for")
+
+
+def check_cam_request(r: Resolved) -> None:
+    """The cam section's CAM kind and options (when set) against the classifier the train-cls stage trains
+    (:func:`doei.models.cam_source.resolve_cam_settings`; one line naming ``cam.<key>``, its value and what
+    the model accepts), so that a request it cannot serve is refused before the training, not after.
+    The network is built with random weights (a second or two for a DeiT-S; the global RNG is left as it
+    was). With ``run.cls_checkpoint`` the cam stage, the first one that works, checks it against the file."""
+    c = r.cam
+    if r.cfg.run.cls_checkpoint or (c.kind is None and c.n_layers is None and c.patch_refine is None):
+        return
+    import torch
+
+    from doei.models.cam_source import resolve_cam_settings
+    from doei.models.registry import create_model
+
+    m = r.classifier.model
+    with torch.random.fork_rng(devices=[]):
+        try:
+            model = create_model(m.name, num_classes=m.num_classes, img_size=m.img_size, **m.options)
+        except (TypeError, ValueError) as e:
+            raise DoeiError(f"classifier.model {m.name!r} with options {m.options}: {e}") from None
+    resolve_cam_settings(model, c.kind, c.n_layers, c.patch_refine, keys="cam.")
 
 
 STAGE_FUNCS: dict[str, Callable[..., dict]] = {   # stage(r: Resolved, log) -> summary
