@@ -357,6 +357,42 @@ def c_ablate_set_data_root(b, t):
                 r"--set data\.root=.*: this command sets data\.root itself")
 
 
+def _pipeline_study(b, t) -> str:
+    """A pipeline config for doei ablate / doei sweep (each row a doei run of train-cls, cam, eval)."""
+    def edit(c):
+        _trains_first(n_layers=2)(c)
+        del c["run"]["out_dir"], c["run"]["stages"]
+        c["study"] = {"rows": ["baseline", "cpdo", "ppdo"], "stats_images": 0, "sweep": {"af_p2c": [1, 3]}}
+    return _pipeline(b, t, edit, "study.yaml")
+
+
+def c_ablate_pipeline_set_a_row_flag(b, t):
+    return Case(["ablate", "--config", _pipeline_study(b, t), "--out", str(t / "out"), "--seeds", "1",
+                 "--set", "classifier.doei.cpdo=false"],
+                r"--set classifier\.doei\.cpdo=false: this command sets classifier\.doei\.cpdo itself.*--rows")
+
+
+def c_ablate_pipeline_set_run_seed(b, t):
+    return Case(["ablate", "--config", _pipeline_study(b, t), "--out", str(t / "out"), "--seeds", "1",
+                 "--set", "run.seed=4"], r"--set run\.seed=4: this command sets run\.seed itself")
+
+
+def c_sweep_pipeline_set_the_swept_parameter(b, t):
+    return Case(["sweep", "--config", _pipeline_study(b, t), "--out", str(t / "out"), "--set",
+                 "classifier.doei.af_p2c=2"],
+                r"--set classifier\.doei\.af_p2c=2: this command sets classifier\.doei\.af_p2c itself.*--param")
+
+
+def c_ablate_set_a_row_flag(b, t):
+    return Case(["ablate", "--out", str(t / "out"), "--quick", "--rows", "baseline,ppdo", "--set", "doei.ppdo=false"],
+                r"--set doei\.ppdo=false: this command sets doei\.ppdo itself.*--rows")
+
+
+def c_sweep_set_the_swept_parameter(b, t):
+    return Case(["sweep", "--out", str(t / "out"), "--quick", "--param", "alpha=0.5", "--set", "doei.alpha=0.3"],
+                r"--set doei\.alpha=0\.3: this command sets doei\.alpha itself.*--param")
+
+
 def c_demo_set_doei_enabled(b, t):
     return Case(["demo", "--quick", "--out", str(t / "out"), "--set", "doei.enabled=false"],
                 r"--set doei\.enabled=false: this command sets doei\.enabled itself")

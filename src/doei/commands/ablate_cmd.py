@@ -25,7 +25,7 @@ from pathlib import Path
 from doei.errors import DoeiError
 from doei.study.ablation import ablation_runs, run_ablation
 from doei.study.grid import select_rows
-from doei.study.runner import check_plan, load_study
+from doei.study.runner import check_plan, load_study, refuse_run_sets
 from doei.utils.outdir import check_out_dir, folder_lock
 from doei.utils.repo_configs import find_config
 
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     rows = None
     if args.rows:
         rows = select_rows([r.strip() for r in args.rows.split(",") if r.strip()], where=f"--rows {args.rows}")
+    refuse_run_sets(study, args.overrides, rows=rows or study.rows)     # a --set the rows would replace
     check_plan(study, ablation_runs(study, seeds, rows))     # bad input: one line, nothing written
     with folder_lock(args.out, "study folder"):
         doc = run_ablation(study, seeds, rows=rows, report_only=args.report_only)

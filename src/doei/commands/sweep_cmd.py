@@ -20,7 +20,7 @@ from pathlib import Path
 
 from doei.errors import DoeiError
 from doei.study.grid import parse_param, sweep_doei
-from doei.study.runner import check_plan, load_study
+from doei.study.runner import check_plan, load_study, refuse_run_sets
 from doei.study.sweep import run_sweep, sweep_runs
 from doei.utils.outdir import check_out_dir, folder_lock
 from doei.utils.repo_configs import find_config
@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if not params:
         raise DoeiError("--param: give at least one NAME=V1,V2,... (e.g. af_p2c=0.1,0.3,1); a pipeline config "
                         "may list them in study.sweep")
+    refuse_run_sets(study, args.overrides, params=[name for name, _ in params])   # a --set the points replace
     for name, values in params:           # every sweep point's DOEI settings, before anything is written
         for v in values:
             sweep_doei(study.base_doei, name, v)

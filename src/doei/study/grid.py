@@ -92,6 +92,13 @@ LOG_AXIS = {"af_p2c", "sf_p2c", "af_c2c", "sf_c2c", "st_p2c", "st_c2c"}
 _DOEI_FIELDS = {f.name for f in fields(DOEIConfig)}
 
 
+def doei_keys_set(rows: Sequence[Row] = (), params: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """The DOEI fields a study's runs set themselves, beyond ``enabled`` (every row and sweep point sets
+    that): ``(the rows' flags, the swept parameters)`` — a ``--set`` of one would be replaced in every run."""
+    flags = sorted({k for r in rows if r.flags for k in r.flags})
+    return flags, sorted(set(params))
+
+
 def row_doei(row: Row, base: dict) -> dict:
     """The DOEI dict of ``row`` on top of ``base``: ``{"enabled": False}`` for the baseline."""
     if row.flags is None:

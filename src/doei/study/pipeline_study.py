@@ -9,7 +9,9 @@ has). Each run is resumable as ``doei run`` is (stage markers, checkpoints, per-
 eval stage is done, ``OUT/runs/<key>/result.json`` is written (rank 0) and the run is skipped from then
 on. ``OUT/runs/<key>/run_spec.json`` records the fingerprint of the settings the run's stages are made
 with; a later call whose settings differ (another ``--set``, an edited config) is refused before
-anything runs, naming the run and the stage. Under ``torchrun`` every rank runs every pipeline (DDP
+anything runs, naming the run and the stage. A ``--set`` of a key the study sets in each run (the run's
+folder, seed and stages, ``classifier.doei.enabled``, a row's DOEI flags, the swept parameter) is refused
+in one line naming the key, as on the synthetic benchmark (``doei.*``). Under ``torchrun`` every rank runs every pipeline (DDP
 training, sharded per-image stages, exactly as ``doei run``); rank 0 alone writes results, logs, tables.
 
 The study section of a pipeline config::
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from doei.config import apply_overrides, read_json
+from doei.config import apply_overrides, read_json, refuse_owned_overrides
 from doei.engine import distributed as dist_util
 from doei.errors import DoeiError
 from doei.pipeline import (describe_change, fingerprint, marker_path, preflight, read_marker, resolve, run_pipeline,
@@ -43,6 +45,10 @@ RUN_SPEC = "run_spec.json"
 # the eval row scored -> the stage that produces its predictions (doei.pipeline.evaluation.eval_rows)
 SCORES = {"Seed": "cam", "Mask": "refine", "Seg": "infer-seg", "Seg+CRF": "infer-seg"}
 PIPELINE_STUDY_KEYS = {"rows": None, "score": "Seed", "stats_images": 8, "sweep": None}
+# keys every run sets itself (whatever the rows): a --set of one would be silently replaced; the seeds of the
+# training stages only where the scored row runs them (refine, train-seg)
+PIPELINE_SETS = ("run.out_dir", "run.seed", "run.stages", "classifier.train.seed", "classifier.doei.enabled")
+STAGE_SEEDS = {"refine": "refine.train.seed", "train-seg": "seg.train.seed"}
 # output paths the study sets per run: a config that fixes one would make every run write to the same place
 _RUN_PATHS = ("refine.train.cam_dir", "refine.train.out_dir", "refine.infer.cam_dir", "refine.infer.out_dir",
               "refine.infer.checkpoint", "seg.train.pseudo_dir", "seg.train.out_dir", "seg.infer.out_dir",
@@ -155,6 +161,9 @@ def load_pipeline_study(config: Path, out: Path, d: dict, overrides: Sequence[st
     s = PipelineStudy(out=Path(out).resolve(), pipeline=d, base_doei=base, score=study["score"], stats_images=n,
                       rows=select_rows(study["rows"], where=f"{config}: study.rows"),
                       sweep=_sweep_params(study["sweep"], config), config_path=str(config))
+    refuse_owned_overrides(overrides, [*PIPELINE_SETS, *(STAGE_SEEDS[st] for st in s.stages if st in STAGE_SEEDS)],
+                           "--set", "each run's folder, seed and stages: use --out, --seeds/--first-seed, study.score;"
+                           " DOEI on/off: the rows")
     if s.score == "Seg+CRF" and not ((d.get("seg") or {}).get("infer") or {}).get("crf", True):
         raise DoeiError(f"{config}: study.score = 'Seg+CRF' but seg.infer.crf is false")
     resolve(s.run_config({**base, "enabled": False}, 0))   # the config builds (typed sections, one-line errors)

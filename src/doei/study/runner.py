@@ -156,6 +156,21 @@ def _check_bias(v, config) -> float | None:
     return float(v)
 
 
+def refuse_run_sets(study, overrides: Sequence[str], rows: Sequence = (), params: Sequence[str] = ()) -> None:
+    """Refuse, in one line naming the key, a ``--set`` of a DOEI field that the study's runs set themselves: a
+    row's flags (``doei ablate``: ``rows``) or a swept parameter (``doei sweep``: ``params``), under ``doei.``
+    (the synthetic benchmark) or ``classifier.doei.`` (a pipeline config). The keys every run sets whatever
+    the rows (``doei.enabled``, the run's folder and seed) are refused when the study is loaded."""
+    from doei.study.grid import doei_keys_set
+
+    prefix = "doei." if isinstance(study, Study) else "classifier.doei."
+    flags, swept = doei_keys_set(rows, params)
+    refuse_owned_overrides(overrides, [prefix + k for k in flags], "--set",
+                           "the ablation's rows set it in each run; choose rows with --rows or study.rows")
+    refuse_owned_overrides(overrides, [prefix + k for k in swept], "--set",
+                           "the sweep sets it at each point; give its values with --param")
+
+
 def check_plan(study, runs: Sequence[tuple[dict, int]]) -> None:
     """Check a study's planned runs before anything is written (a pipeline study:
     :func:`doei.study.pipeline_study.check_plan`; the synthetic benchmark's has nothing to check here)."""
