@@ -205,3 +205,22 @@ def test_find_config_prefers_the_working_directory(tmp_path, monkeypatch):
     (tmp_path / "configs" / "ablate.yaml").write_text("x: 1\n")
     assert find_config("configs/ablate.yaml", "ablate.yaml") == Path("configs/ablate.yaml")  # the user's own
     assert find_config(str(tmp_path / "missing.yaml"), "ablate.yaml") == tmp_path / "missing.yaml"  # load_study says so
+
+
+def test_quick_keeps_the_configs_betas(tmp_path):
+    """``--quick`` shrinks the benchmark and the model, not the evaluation: the config's ``study.betas`` is
+    the β grid of every run (it was silently replaced by 0.1:0.9:0.2, #22), recorded in ``ablation.json``
+    and ``sweep_<param>.json``."""
+    import yaml
+
+    d = yaml.safe_load(Path(CONFIG).read_text())
+    d["study"].update(betas="0.2,0.6", rows=["baseline"])
+    config = tmp_path / "ablate.yaml"
+    config.write_text(yaml.safe_dump(d))
+    out = tmp_path / "out"
+    assert cli_main(["ablate", "--config", str(config), "--out", str(out), "--quick", "--seeds", "1"]) == 0
+    assert json.loads((out / "ablation.json").read_text())["betas"] == "0.2,0.6"
+    for res in (json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")):
+        assert [round(s["beta"], 6) for s in res["sweep"]] == [0.2, 0.6] and res["beta"] in (0.2, 0.6)
+    assert cli_main(["sweep", "--config", str(config), "--out", str(out), "--quick", "--param", "af_p2c=1"]) == 0
+    assert json.loads((out / "sweep_af_p2c.json").read_text())["betas"] == "0.2,0.6"

@@ -25,7 +25,7 @@ from pathlib import Path
 from doei.errors import DoeiError
 from doei.study.ablation import ablation_runs, run_ablation
 from doei.study.grid import select_rows
-from doei.study.runner import check_plan, load_study, refuse_run_sets
+from doei.study.runner import QUICK_HELP, check_plan, load_study, refuse_run_sets
 from doei.utils.outdir import check_out_dir, folder_lock
 from doei.utils.repo_configs import find_config
 
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (runs, benchmark, ablation.json/.md)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per row (default 3)")
     p.add_argument("--first-seed", type=int, default=0, help="first training seed (default 0)")
-    p.add_argument("--quick", action="store_true", help="tiny benchmark and model (seconds per run; tests)")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.add_argument("--rows", default=None, metavar="A,B,...",
                    help="run only these rows of the config's table (names as in study.rows; must include baseline)")
     p.add_argument("--report-only", action="store_true",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from doei.errors import DoeiError
 from doei.study.grid import parse_param, sweep_doei
-from doei.study.runner import check_plan, load_study, refuse_run_sets
+from doei.study.runner import QUICK_HELP, check_plan, load_study, refuse_run_sets
 from doei.study.sweep import run_sweep, sweep_runs
 from doei.utils.outdir import check_out_dir, folder_lock
 from doei.utils.repo_configs import find_config
@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seeds", type=int, default=1, help="training seeds 0..N-1 per value (default 1)")
     p.add_argument("--first-seed", type=int, default=0, help="first training seed (default 0)")
-    p.add_argument("--quick", action="store_true", help="tiny benchmark and model (seconds per run; tests)")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value for every run, e.g. --set doei.suppress=bottom")
     p.add_argument("--smoke", type=int, default=None, metavar="N",

@@ -46,11 +46,17 @@ RUN_SPEC_NAME = "run_spec.json"
 STUDY_CODE = 1      # raised when a run's outputs change meaning for the same settings and files
 LOG_NAME = "study_log.jsonl"
 
-# --quick: a benchmark and a model tiny enough for tests (seconds per run).
-QUICK_STUDY = {"n_train": 16, "n_val": 4, "stats_images": 4, "betas": "0.1:0.9:0.2"}
+# --quick: a benchmark and a model tiny enough for tests (seconds per run). The evaluation's settings
+# (study.betas, cam_layers) stay the config's: they cost little and decide what the numbers mean.
+QUICK_STUDY = {"n_train": 16, "n_val": 4, "stats_images": 4}
 QUICK_OVERRIDES = ["train.epochs=1", "train.batch_size=16", "train.eval_every=1", "optim.warmup_epochs=0"]
 # ... and, for a model that takes size options (the ViTs; TransCAM's synth Conformer takes none), a tiny one
 QUICK_MODEL_OVERRIDES = ["model.options.depth=2", "model.options.embed_dim=32", "model.options.num_heads=2"]
+QUICK_HELP = ("synthetic benchmark only: a tiny benchmark and model, seconds per run (tests, a first look). Sets "
+              + ", ".join(f"study.{k}={v}" for k, v in QUICK_STUDY.items()) + ", " + ", ".join(QUICK_OVERRIDES)
+              + " and, for a model with size options, " + ", ".join(QUICK_MODEL_OVERRIDES)
+              + "; everything else is the config's (study.betas, cam_layers, synth_seed, bias, rows), and --set "
+              "applies after it")
 STUDY_DEFAULTS = {"n_train": 1000, "n_val": 200, "synth_seed": 0, "cam_layers": 3, "betas": "0.05:0.95:0.05",
                   "stats_images": 32, "rows": None, "bias": None}
 # study.bias (the co-occurrence variant, doei.data.cooccurrence): the share of a context class's images that

@@ -40,7 +40,9 @@ def run_sweep(study, params: Sequence[tuple[str, list]], seeds: Sequence[int]) -
         doc = {"param": name, "values": list(values), "seeds": list(seeds), "base_doei": study.base_doei,
                "config": study.config_path, "quick": study.quick, "fixed_beta": beta_fixed,
                "baseline": base_summary, "points": points}
-        if not isinstance(study, Study):
+        if isinstance(study, Study):
+            doc["betas"] = study.betas
+        else:
             doc["pipeline"] = study.describe()
         atomic_write_json(study.out / f"sweep_{name}.json", doc)
         sweep_figure(study.out / f"sweep_{name}.png", doc)
