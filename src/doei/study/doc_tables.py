@@ -37,7 +37,6 @@ a digit outside a marker (:func:`unmarked_tables`). ``--collect DIR NAME`` copie
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
