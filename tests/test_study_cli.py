@@ -101,6 +101,29 @@ def test_sweep_writes_json_and_plot_and_reuses_ablation_runs(ablate_dir):
         png = (ablate_dir / f"sweep_{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert len(list((ablate_dir / "runs").iterdir())) == before + 2   # af 3 and K = 1 only
+
+
+def test_doc_tables_render_the_real_study_files(ablate_dir, tmp_path):
+    """The doc-table kinds read what doei ablate / doei sweep write (--collect, then the study and sweep kinds)."""
+    from doei.study.doc_json import Node
+    from doei.study.doc_render import render_study, render_sweep
+    from doei.study.doc_tables import collect
+
+    if not list(ablate_dir.glob("sweep_*.json")):
+        assert cli_main(["sweep", "--config", CONFIG, "--out", str(ablate_dir), "--quick", "--seeds", "1",
+                         "--param", "af_p2c=1,3"]) == 0
+    names = sorted(p.name for p in collect(ablate_dir, "q", root=tmp_path))
+    assert names == ["q.json", "q_sweep.json"]
+    res = tmp_path / "docs" / "results"
+    study = render_study(Node(json.loads((res / "q.json").read_text()), "q.json"),
+                         {"metrics": "mIoU,mAP,area,area:rest,object_FN:rest", "rows": "baseline,cpdo_ppdo_hfa"})
+    lines = study.splitlines()
+    assert lines[0] == "| row | seeds | mIoU | mAP | area | area rest | obj FN rest |" and len(lines) == 4
+    assert "(absolute)" in lines[2] and lines[3].count("/") >= 3          # mIoU, mAP, obj FN with wins; area none
+    sweeps = json.loads((res / "q_sweep.json").read_text())["sweeps"]
+    sweep = render_sweep(Node(sweeps["af_p2c"], "q_sweep.json"), {}).splitlines()
+    assert sweep[0] == "| af_p2c | seeds | mIoU | FP | FN | Δ mIoU vs baseline |"
+    assert len(sweep) == 3 + len(sweeps["af_p2c"]["points"]) and sweep[3].startswith("| 1.0 | ")
     assert "## af_p2c" in (ablate_dir / "sweep.md").read_text()
 
 
