@@ -100,6 +100,39 @@ def test_study_mAP_and_area_of_a_named_group(tmp_path):
         update_doc(md, tmp_path)
 
 
+def test_study_every_row_absolute_with_delta_columns_row_values_and_fixed_beta(tmp_path):
+    md = _study(tmp_path)
+    doc = json.loads((tmp_path / "docs" / "results" / "s.json").read_text())
+    base, full = doc["rows"]["baseline"], doc["rows"]["cpdo_ppdo_hfa"]
+    base["best_beta"]["beta"], full["best_beta"]["beta"] = {"mean": 0.3, "std": 0.05, "n": 2}, {"mean": 0.25, "std": 0.0, "n": 2}
+    base["wall_s"], full["wall_s"] = {"mean": 12.4, "std": 1.0, "n": 2}, {"mean": float("nan"), "std": 0.0, "n": 2}
+    base["block_stats"] = []
+    full["block_stats"] = [{"block": 1, "k_p2c": 3.0, "k_c2c": None, "delta_ratio_patch": 0.11, "delta_ratio_cls": None}]
+    base["fixed_beta"] = {"mIoU": {"per_seed": {"0": 19.0, "1": 21.0}}}
+    full["fixed_beta"] = {"mIoU": {"per_seed": {"0": 22.0, "1": 25.0}}}
+    (tmp_path / "docs" / "results" / "s.json").write_text(json.dumps(doc))
+    md.write_text("<!-- table study docs/results/s.json metrics=mIoU,FP,beta,wall,blocks deltas=mIoU,FP -->\n"
+                  "<!-- /table -->\n<!-- table study docs/results/s.json metrics=mIoU mode=fixed -->\n<!-- /table -->\n")
+    update_doc(md, tmp_path)
+    lines = md.read_text().splitlines()
+    assert lines[1:5] == [
+        "| row | seeds | mIoU | FP | best β | wall s per run | DOEI per block | Δ mIoU (wins) | Δ FP (wins) |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| **baseline (DOEI off)** | 2 | 21.0 ± 1.4 | 51.0 ± 1.4 | 0.30 ± 0.05 | 12 ± 1 | – | – | – |",
+        # mIoU +4, +3; FP 0, 0 (no win); wall NaN (a run without timing): –
+        "| CPDO + PPDO + HFA | 2 | 24.5 ± 0.7 | 51.0 ± 1.4 | 0.25 ± 0.00 | – | b1 k 3/–, Δ 11/–% | +3.5 ± 0.7 (2/2) "
+        "| +0.0 ± 0.0 (0/2) |"]
+    assert lines[9:11] == ["| **baseline (DOEI off)** (absolute) | 2 | 20.0 ± 1.4 |",
+                           "| CPDO + PPDO + HFA | 2 | +3.5 ± 0.7 (2/2) |"]          # fixed β: +3, +4
+    full["fixed_beta"] = None
+    (tmp_path / "docs" / "results" / "s.json").write_text(json.dumps(doc))
+    with pytest.raises(DoeiError, match=r"s.json: rows.cpdo_ppdo_hfa: no fixed_beta scores"):
+        update_doc(md, tmp_path)
+    md.write_text("<!-- table study docs/results/s.json deltas=beta -->\n<!-- /table -->\n")
+    with pytest.raises(DoeiError, match="have no paired difference"):
+        update_doc(md, tmp_path)
+
+
 def test_unmarked_number_bearing_rows_are_found_and_strict_fails(tmp_path, capsys):
     md = _study(tmp_path)
     md.write_text(md.read_text() + "\n| a | b |\n|---|---|\n| x | 1.5 |\n\n```\n| 1 | in code |\n```\n"

@@ -35,7 +35,7 @@ def _sweep():
     def s(m, fp, fn):
         return {"best_beta": {"mIoU": _ps(*m), "FP": _ps(*fp), "FN": _ps(*fn)}}
 
-    return {"param": "af_p2c", "values": [0.5, 1.0], "seeds": [0, 1],
+    return {"param": "af_p2c", "values": [0.5, 1.0], "seeds": [0, 1], "base_doei": {"af_p2c": 1.0, "layers": None},
             "baseline": s((20.0, 22.0), (50.0, 52.0), (30.0, 26.0)),
             "points": [{"value": 0.5, "summary": s((23.0, 24.0), (45.0, 47.0), (32.0, 29.0))},
                        {"value": 1.0, "summary": s((19.0, 25.0), (50.0, 50.0), (31.0, 25.0))}]}
@@ -59,6 +59,21 @@ def test_sweep_table_hand_computed(tmp_path):
     md = _write(tmp_path, {"c.json": {"sweeps": {"af_p2c": _sweep(), "layers": other}}},
                 "<!-- table sweep docs/results/c.json -->")
     with pytest.raises(DoeiError, match=r"x.md:1: docs/results/c.json: sweeps \['af_p2c', 'layers'\]: name one"):
+        update_doc(md, tmp_path)
+
+
+def test_sweep_knobs_table_one_line_per_parameter(tmp_path):
+    other = {**copy.deepcopy(_sweep()), "param": "layers"}
+    other["points"] = other["points"][:1]
+    other["points"][0]["value"] = 2
+    lines = _table(tmp_path, {"c.json": {"sweeps": {"af_p2c": _sweep(), "layers": other}}},
+                   "<!-- table sweep docs/results/c.json table=knobs -->")
+    assert lines == ["| knob | values → mIoU, Δ mIoU (wins); baseline 21.0 ± 1.4 |", "|---|---|",
+                     # bold: the base setting's value (af_p2c 1.0); layers' base is None (all blocks): no bold
+                     "| `af_p2c` | 0.5: 23.5 ± 0.7, +2.5 ± 0.7 (2/2); **1.0: 22.0 ± 4.2, +1.0 ± 2.8 (1/2)** |",
+                     "| `layers` | 2: 23.5 ± 0.7, +2.5 ± 0.7 (2/2) |"]
+    md = _write(tmp_path, {"s.json": _sweep()}, "<!-- table sweep docs/results/s.json table=knobs param=af_p2c -->")
+    with pytest.raises(DoeiError, match=r"table=knobs shows every parameter; drop \['param'\]"):
         update_doc(md, tmp_path)
 
 

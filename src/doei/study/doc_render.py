@@ -13,7 +13,7 @@ from typing import Mapping
 
 from doei.errors import DoeiError
 from doei.study.doc_json import Node
-from doei.study.table import fmt_diff, fmt_ms, mean_std, paired
+from doei.study.table import fmt_blocks, fmt_diff, fmt_ms, mean_std, paired
 
 LABELS = {"mIoU": "mIoU", "FP": "FP", "FN": "FN", "mAP": "mAP", "leak": "leak", "context_hit": "ctx hit",
           "object_FN": "obj FN", "IoU": "IoU", "area": "area", "object": "CAM obj", "context": "CAM ctx",
@@ -33,24 +33,31 @@ def check_opts(opts: Mapping[str, str], allowed: tuple[str, ...], kind: str) -> 
         raise DoeiError(f"{kind} table: unknown option(s) {bad}; expected some of {list(allowed)}")
 
 
+# columns of one value per row (no per-seed values, no difference): a row summary's seed mean ± std
+ROW_VALUES = {"beta": "best β", "wall": "wall s per run", "blocks": "DOEI per block"}
+
+
 def parse_metrics(spec: str, default_group: str) -> list[tuple[str, str, bool]]:
     """``metrics=mIoU,object_FN:rest,...`` → ``[(metric, group, group given)]``; a ``:GROUP`` suffix
     (context|rest) picks the class group of a co-occurrence / localisation metric."""
     out = []
     for item in spec.split(","):
         m, _, g = item.partition(":")
-        if m not in LABELS:
-            raise DoeiError(f"metric {m!r}: expected one of {sorted(LABELS)}")
-        if g and g not in GROUPS:
-            raise DoeiError(f"metric {item!r}: class group {g!r}; expected one of {sorted(GROUPS)}")
+        if m not in LABELS and m not in ROW_VALUES:
+            raise DoeiError(f"metric {m!r}: expected one of {sorted(LABELS) + sorted(ROW_VALUES)}")
+        if g and (g not in GROUPS or m in ROW_VALUES):
+            raise DoeiError(f"metric {item!r}: class group {g!r}; expected one of {sorted(GROUPS)} (and a metric "
+                            "of a class group)")
         out.append((m, g or default_group, bool(g)))
     return out
 
 
-def _record(row: Node, metric: str, group: str) -> Node | None:
+def _record(row: Node, metric: str, group: str, mode: str) -> Node | None:
     """The summary record (``{mean, std, n, per_seed, vs_baseline}``) of ``metric`` in one ablation row."""
     if metric in ("mIoU", "FP", "FN"):
-        return row["best_beta"].get(metric)
+        if row.get(mode) is None:
+            raise DoeiError(f"{row.where}: no {mode} scores (rows without a β sweep have best_beta only)")
+        return row[mode].get(metric)
     if metric == "mAP":
         return row.get("classifier_mAP")
     place = (row.get("cooccurrence") if metric in COOC else row.get("localisation"))
@@ -58,42 +65,79 @@ def _record(row: Node, metric: str, group: str) -> Node | None:
     return place.get(metric) if place is not None else None
 
 
-def per_seed(row: Node, metric: str, group: str) -> dict[str, float] | None:
-    """The per-seed values of ``metric`` in one ablation.json row (None when the row has none)."""
-    rec = _record(row, metric, group)
+def per_seed(row: Node, metric: str, group: str, mode: str = "best_beta") -> dict[str, float] | None:
+    """The per-seed values of ``metric`` in one ablation.json row (None when the row has none); ``mode``:
+    mIoU/FP/FN at each run's best β (``best_beta``) or at the study's fixed β (``fixed_beta``)."""
+    rec = _record(row, metric, group, mode)
     return None if rec is None or not rec.value else rec.per_seed()
 
 
+def _row_value(row: Node, metric: str) -> str:
+    """A ROW_VALUES cell: best β (2 digits) or wall seconds (seed mean ± std), or the DOEI per-block statistics."""
+    if metric == "blocks":
+        return fmt_blocks([{k: s[k].value for k in ("block", "k_p2c", "k_c2c", "delta_ratio_patch", "delta_ratio_cls")}
+                           for s in row["block_stats"].list()])
+    rec = row["best_beta"]["beta"] if metric == "beta" else row["wall_s"]
+    mean = rec["mean"].value
+    if rec.int("n") == 0 or not isinstance(mean, (int, float)) or mean != mean:     # none, or NaN
+        return "–"
+    return fmt_ms({"mean": rec.num("mean"), "std": rec.num("std"), "n": rec.int("n")}, 2 if metric == "beta" else 0)
+
+
+def _head(m: str, g: str, given: bool) -> str:
+    return ROW_VALUES.get(m) or LABELS[m] + (f" {GROUPS[g]}" if given else "")
+
+
 def render_study(doc: Node, opts: Mapping[str, str]) -> str:
-    """``study``: one line per row (``rows=a,b``, default all); the row ``vs=NAME`` (default baseline)
-    absolute, the others as paired differences to it; columns ``metrics=`` (default
-    ``mIoU,FP,FN,leak,context_hit,auc_context``), each ``METRIC[:GROUP]`` (group default ``group=``, context)."""
-    check_opts(opts, ("rows", "vs", "metrics", "group"), "study")
+    """``study``: one line per row (``rows=a,b``, default all) in the columns ``metrics=`` (default
+    ``mIoU,FP,FN,leak,context_hit,auc_context``), each ``METRIC[:GROUP]`` (group default ``group=``, context),
+    or one of ``beta``, ``wall``, ``blocks`` (a value per row). Without ``deltas=``: the row ``vs=NAME`` (default
+    baseline) absolute, the others as paired differences to it; with ``deltas=mIoU,FP,...``: every row absolute,
+    then a column of paired differences to ``vs`` per metric named. ``mode=fixed``: mIoU/FP/FN at the study's
+    fixed β (default: each run's best β)."""
+    check_opts(opts, ("rows", "vs", "metrics", "group", "deltas", "mode"), "study")
     rows = doc["rows"]
     names = opts["rows"].split(",") if "rows" in opts else rows.keys()
     ref = opts.get("vs", "baseline")
     group = opts.get("group", "context")
     if group not in GROUPS:
         raise DoeiError(f"group={group}: expected one of {sorted(GROUPS)}")
+    mode = {"best": "best_beta", "fixed": "fixed_beta"}.get(opts.get("mode", "best"))
+    if mode is None:
+        raise DoeiError(f"mode={opts['mode']}: expected best or fixed")
     metrics = parse_metrics(opts.get("metrics", "mIoU,FP,FN,leak,context_hit,auc_context"), group)
+    deltas = parse_metrics(opts["deltas"], group) if "deltas" in opts else []
+    if any(m in ROW_VALUES for m, _, _ in deltas):
+        raise DoeiError(f"deltas={opts['deltas']}: {sorted(ROW_VALUES)} have no paired difference")
     for n in [*names, ref]:
         if n not in rows:
             raise DoeiError(f"{doc.where}: row {n!r} is not in the file (it has {sorted(rows.keys())})")
-    heads = [LABELS[m] + (f" {GROUPS[g]}" if given else "") for m, g, given in metrics]
-    lines = ["| row | seeds | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(metrics)]
+    heads = [_head(*m) for m in metrics]
+    heads += [f"Δ {_head(*d)}" + ("" if HIGHER[d[0]] is None else " (wins)") for d in deltas]
+    lines = ["| row | seeds | " + " | ".join(heads) + " |",
+             "|---|---:|" + "".join("---|" if m == "blocks" else "---:|" for m, _, _ in metrics) + "---:|" * len(deltas)]
+
+    def diff(r: Node, m: str, g: str) -> str:
+        v, base = per_seed(r, m, g, mode), per_seed(rows[ref], m, g, mode)
+        return fmt_diff(paired(v, base, HIGHER[m])) if v and base else "–"
+
     for n in names:
         r = rows[n]
         cells = []
         for m, g, _ in metrics:
-            v, base = per_seed(r, m, g), per_seed(rows[ref], m, g)
+            if m in ROW_VALUES:
+                cells.append(_row_value(r, m))
+                continue
+            v = per_seed(r, m, g, mode)
             if v is None:
                 cells.append("–")
-            elif n == ref:
+            elif n == ref or deltas:
                 cells.append(fmt_ms(mean_std(v.values())))
             else:
-                cells.append(fmt_diff(paired(v, base, HIGHER[m])) if base else "–")
+                cells.append(diff(r, m, g))
+        cells += ["–" if n == ref else diff(r, m, g) for m, g, _ in deltas]
         label = r.str("label")
-        label = f"**{label}** (absolute)" if n == ref else label
+        label = f"**{label}**" + ("" if deltas else " (absolute)") if n == ref else label
         lines.append(f"| {label} | {len(r['seeds'].list())} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -119,10 +163,34 @@ def _fmt_value(v) -> str:
     return str(v).replace("|", "/")
 
 
+def render_knobs(doc: Node) -> str:
+    """``sweep`` ``table=knobs``: one line per swept parameter of the file, each value's mIoU (seed mean ±
+    std) and Δ mIoU paired to the baseline (± std, wins); bold: the value of the study's base setting."""
+    sweeps = [doc] if "param" in doc else [d for _, d in doc["sweeps"].items()]
+    base = sweeps[0]["baseline"]["best_beta"]["mIoU"].per_seed()
+    lines = [f"| knob | values → mIoU, Δ mIoU (wins); baseline {fmt_ms(mean_std(base.values()))} |", "|---|---|"]
+    for d in sweeps:
+        name, cells = d.str("param"), []
+        default = d["base_doei"].value.get(name) if isinstance(d["base_doei"].value, dict) else None
+        for p in d["points"].list():
+            v = p["summary"]["best_beta"]["mIoU"].per_seed()
+            cell = f"{_fmt_value(p['value'].value)}: {fmt_ms(mean_std(v.values()))}, {fmt_diff(paired(v, base, True))}"
+            cells.append(f"**{cell}**" if p["value"].value == default else cell)
+        lines.append(f"| `{name}` | " + "; ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_sweep(doc: Node, opts: Mapping[str, str]) -> str:
     """``sweep``: the baseline (absolute) and one line per value of ``param=`` (seeds, mIoU, FP, FN at each
-    run's best β, seed mean ± std) with Δ mIoU paired to the baseline, or to the value ``vs=VALUE`` (± std, wins)."""
-    check_opts(opts, ("param", "vs"), "sweep")
+    run's best β, seed mean ± std) with Δ mIoU paired to the baseline, or to the value ``vs=VALUE`` (± std,
+    wins); ``table=knobs``: every parameter of the file on one line each (:func:`render_knobs`)."""
+    check_opts(opts, ("param", "vs", "table"), "sweep")
+    if opts.get("table", "values") not in ("values", "knobs"):
+        raise DoeiError(f"sweep table: table={opts['table']}; expected values or knobs")
+    if opts.get("table") == "knobs":
+        if set(opts) - {"table"}:
+            raise DoeiError(f"sweep table: table=knobs shows every parameter; drop {sorted(set(opts) - {'table'})}")
+        return render_knobs(doc)
     d = _sweep_doc(doc, opts)
     name = d.str("param")
     points = d["points"].list()

@@ -16,10 +16,13 @@ refused):
   the columns ``metrics=...`` (default ``mIoU,FP,FN,leak,context_hit,auc_context``; also ``mAP`` (the
   classifier's), ``object_FN``, ``IoU``, ``area`` (predicted pixels as % of object pixels; no wins: no better
   direction), ``object``, ``context``, ``far``, ``auc_far``). Co-occurrence and threshold-free metrics are of
-  the class group ``group=context|rest`` (default context), or of the one a metric names: ``area:rest``;
+  the class group ``group=context|rest`` (default context), or of the one a metric names: ``area:rest``; and
+  ``beta``, ``wall``, ``blocks`` (best β, wall s per run, DOEI per block: one value per row). ``deltas=mIoU,FP``:
+  every row absolute, then one column of paired differences to ``vs`` per metric named; ``mode=fixed``:
+  mIoU/FP/FN at the study's fixed β;
 * ``sweep``: a ``doei sweep`` ``sweep_<param>.json`` (or a collected ``NAME_sweep.json`` holding several:
   ``param=NAME`` picks one): the baseline and one line per value (seeds, mIoU, FP, FN, Δ mIoU paired to the
-  baseline, or to the value ``vs=VALUE``, ± std, wins);
+  baseline, or to the value ``vs=VALUE``, ± std, wins); ``table=knobs``: one line per parameter of the file;
 * ``pretrain``: ``python -m doei.study.pretrain``'s ``pretrain.json``: the trunk check on the corpus's
   held-out split beside the trivial references (``table=wall``: wall seconds per step);
 * ``demo``: one or more ``doei demo`` ``metrics.json`` (one per seed): ``table=results|gains|ceilings|cost``;
