@@ -5,8 +5,10 @@ paper configs load and validate. Tiny: a 4-image synthetic set in VOC layout, a 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -116,6 +118,33 @@ def test_changed_settings_are_refused_before_anything_runs(study, capsys):
                      "--set", "cam.n_layers=1"]) == 2
     assert "(cam differ; cam: cam.n_layers was 2, now 1)" in capsys.readouterr().err
     assert _stamps(out) == stamps
+
+
+def test_a_finished_run_whose_input_file_changed_is_refused_not_reused(tmp_path, capsys):
+    """The study recognises its finished runs by their input files too, as ``doei run``'s stage fingerprints
+    do (#22): an image of the scored split replaced after the run is refused in one line naming the run,
+    the stage and the file, before anything runs — also when only ``result.json`` is left of the run."""
+    from PIL import Image
+
+    data = make_synth(tmp_path)
+    config = _study_config(tmp_path, data, rows=["baseline"], stats_images=0)
+    out = tmp_path / "out"
+    argv = ["ablate", "--config", str(config), "--out", str(out), "--seeds", "1"]
+    assert cli_main(argv) == 0
+    img = data / "JPEGImages" / "train_000001.png"
+    Image.fromarray(255 - np.asarray(Image.open(img))).save(img)            # same name, other pixels
+    for gone in (None, out / "runs" / "off-s0" / "run"):
+        if gone is not None:
+            shutil.rmtree(gone)                                             # the run folder deleted
+        stamps = _stamps(out)
+        capsys.readouterr()
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "off-s0: stage train-cls finished with other inputs (data[train].images " \
+            "changed since" in err, err
+        assert _stamps(out) == stamps
+    res = json.loads((out / "runs" / "off-s0" / "result.json").read_text())
+    assert set(res["inputs"]) == {"train-cls", "cam", "eval"}          # what the second refusal read
 
 
 def test_sweep_from_the_config_reuses_the_ablation_runs(study):

@@ -173,14 +173,26 @@ def check_finished(r: Resolved, stage: str, log: Callable[[str], None]) -> Stage
             raise DoeiError(f"{marker}: stage {stage} finished with other settings; {redo}")
         log(f"[{stage}] note: its marker predates input-file fingerprints; its input files are not checked")
         return done
-    settings, files = stage_inputs(r, stage)
-    old_files = done.files or {}
-    seen = {k: (old_files.get(k, v) if v == "missing" else v) for k, v in files.items()}
-    if fingerprint_of(settings, seen) != done.fingerprint:
-        change = describe_change(done.settings or {}, old_files, settings, seen)
+    change = inputs_change(r, stage, done)
+    if change is not None:
         raise DoeiError(f"{marker}: stage {stage} finished with other inputs ({change}); its outputs are not "
                         f"reused; {redo}")
     return done
+
+
+def inputs_change(r: Resolved, stage: str, done: StageMarker) -> str | None:
+    """How ``stage``'s inputs today (settings, files, code: :func:`doei.pipeline.fingerprints.stage_inputs`)
+    differ from those its marker ``done`` records, in words (the first change); None when they are the same.
+    A recorded file that is missing now counts as unchanged (the outputs still describe the file they were
+    made from). A v1 marker (settings only) is compared by its settings."""
+    if done.format == "doei-stage-marker-v1":
+        return None if done.fingerprint == fingerprint(stage_settings(r.cfg, stage)) else "other settings"
+    settings, files = stage_inputs(r, stage)
+    old_files = done.files or {}
+    seen = {k: (old_files.get(k, v) if v == "missing" else v) for k, v in files.items()}
+    if fingerprint_of(settings, seen) == done.fingerprint:
+        return None
+    return describe_change(done.settings or {}, old_files, settings, seen)
 
 
 def _set_aside(r: Resolved, stage: str, started: StageMarker, settings: dict, files: dict, log) -> None:

@@ -9,7 +9,9 @@ has). Each run is resumable as ``doei run`` is (stage markers, checkpoints, per-
 eval stage is done, ``OUT/runs/<key>/result.json`` is written (rank 0) and the run is skipped from then
 on. ``OUT/runs/<key>/run_spec.json`` records the fingerprint of the settings the run's stages are made
 with; a later call whose settings differ (another ``--set``, an edited config) is refused before
-anything runs, naming the run and the stage. A ``--set`` of a key the study sets in each run (the run's
+anything runs, naming the run and the stage, and so is one whose input files changed (an image, a label
+list, initial weights: each finished stage's fingerprint, as ``doei run`` checks it; ``result.json``
+keeps a copy, so a finished run is checked even after its ``run`` folder was deleted). A ``--set`` of a key the study sets in each run (the run's
 folder, seed and stages, ``classifier.doei.enabled``, a row's DOEI flags, the swept parameter) is refused
 in one line naming the key, as on the synthetic benchmark (``doei.*``). Under ``torchrun`` every rank runs every pipeline (DDP
 training, sharded per-image stages, exactly as ``doei run``); rank 0 alone writes results, logs, tables.
@@ -31,11 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from doei.config import apply_overrides, read_json, refuse_owned_overrides
+from doei.config import apply_overrides, from_dict, read_json, refuse_owned_overrides
 from doei.engine import distributed as dist_util
 from doei.errors import DoeiError
-from doei.pipeline import (describe_change, fingerprint, marker_path, preflight, read_marker, resolve, run_pipeline,
-                           stage_settings)
+from doei.pipeline import (describe_change, fingerprint, inputs_change, marker_path, preflight, read_marker, resolve,
+                           run_pipeline, stage_settings)
+from doei.pipeline.markers import StageMarker
 from doei.pipeline.smoke import smoke_config
 from doei.pipeline_config import STAGES, PipelineConfig, pipeline_config_from_dict
 from doei.study.grid import TABLE4, canonical_doei, parse_param, run_key, select_rows, validate_doei
@@ -202,6 +205,31 @@ def check_runs(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
                 what.insert(0, "run.smoke/smoke_batch")
             raise DoeiError(f"{path.parent}: made with other settings ({', '.join(what) or 'stages'} differ"
                             f"{'; ' + first if first else ''}); use another --out or delete {path.parent} to redo it")
+        check_inputs(study, cfg, key)
+
+
+def check_inputs(study: PipelineStudy, cfg: PipelineConfig, key: str) -> None:
+    """Refuse a planned run whose finished stages were made from other inputs (a data file, a label list,
+    initial weights, ... changed since), by the rule of ``doei run``'s stage fingerprints
+    (:func:`doei.pipeline.inputs_change`): each stage's marker, or, where the run folder is gone, the record
+    of the stages' inputs in ``result.json``. One line naming the run, the stage and the first change."""
+    rdir = study.run_dir(key)
+    res_path = rdir / "result.json"
+    recorded = read_json(res_path, dict, what="run result").get("inputs") if res_path.is_file() else None
+    if recorded is not None and not isinstance(recorded, dict):
+        raise DoeiError(f"{res_path}: inputs: expected a mapping, found {type(recorded).__name__}")
+    r = None
+    for st in cfg.run.stages:
+        done = read_marker(marker_path(cfg, st))
+        if done is None and (recorded or {}).get(st) is not None:
+            done = from_dict(StageMarker, recorded[st], where=f"{res_path}: inputs.{st}")
+        if done is None:
+            continue
+        r = r or resolve(cfg)
+        change = inputs_change(r, st, done)
+        if change is not None:
+            raise DoeiError(f"{rdir}: stage {st} finished with other inputs ({change}); its results are not "
+                            f"reused; use another --out or delete {rdir} to redo it")
 
 
 def check_doei_settings(study: PipelineStudy, runs: Sequence[tuple[dict, int]]) -> None:
@@ -300,6 +328,10 @@ def run_one(study: PipelineStudy, doei: dict, seed: int, log: Callable[[str], No
         "timing": {"total_wall_s": round(sum(done), 1), "stage_seconds": seconds, "stage_peak_rss_mb": peak,
                    "wall_s_this_call": round(time.time() - t0, 1)},
         "smoke": cfg.run.smoke,
+        # each stage's inputs as its marker records them: a later study checks them (check_inputs) even
+        # where the run folder is gone
+        "inputs": {st: {k: getattr(m, k) for k in ("stage", "fingerprint", "format", "settings", "files")}
+                   for st, m in markers.items() if m is not None},
     }
     atomic_write_json(res_path, result)
     return result
