@@ -1,7 +1,8 @@
 """Run the bad-input catalogue of issue #22 against a source tree and count what happens.
 
-The cases are ``tests/test_bad_inputs_more.py`` (CLI: stale reuse, files read back, near-miss formats, OS
-paths, late checks, ignored flags) and ``tests/test_api_arguments.py`` (the Python API). Each runs in a
+The cases are ``tests/test_bad_inputs_stale.py`` and ``tests/test_bad_inputs_values.py`` (CLI: stale reuse,
+files read back, ignored overrides and flags; near-miss formats, OS paths, late checks;
+``tests/bad_inputs_common.all_cases``) and ``tests/test_api_arguments.py`` (the Python API). Each runs in a
 forked child in its own temporary folder, with a time limit; outcomes:
 
 * ``clean``: exit 2 (API: the expected exception) with ONE line matching the case's pattern, nothing written;
@@ -44,7 +45,7 @@ def _cli_child(mod, name: str, base: dict, tmp: str, conn) -> None:
     torch.set_num_threads(1)
     t = Path(tmp)
     try:
-        case = mod.CASES[name](base, t)
+        case = mod.all_cases()[name](base, t)
         if case.needs_no_cuda and torch.cuda.is_available():
             conn.send(("n/a", "this machine has CUDA"))
             return
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="regular expression: run the matching case names only")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    more = importlib.import_module("tests.test_bad_inputs_more")
+    more = importlib.import_module("tests.bad_inputs_common")
     api = importlib.import_module("tests.test_api_arguments")
     import doei
     import torch
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         m = create_model("mctformer_v2_tiny_conv", num_classes=3, img_size=32, depth=2, embed_dim=32, num_heads=2)
         torch.save({"model": m.state_dict()}, Path(root) / "w.pth")
         tiny = (m, Path(root) / "w.pth")
-        todo = [("cli", n) for n in sorted(more.CASES)] + [("api", n) for n in api.API_CASES]
+        todo = [("cli", n) for n in sorted(more.all_cases())] + [("api", n) for n in api.API_CASES]
         for kind, name in todo:
             if args.only and not re.search(args.only, name):
                 continue
