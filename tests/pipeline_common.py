@@ -44,6 +44,12 @@ def write_cams_from_masks(data_root: Path, cam_dir: Path, split: str = "train") 
 
 def tiny_config(data_root: Path, out_dir: Path, **sections) -> "object":
     """A pipeline config for the tiny set: width-1/16 nets, crop 72, radius 4, 1-2 epochs, no progress bars."""
+    return pipeline_config_from_dict(tiny_dict(data_root, out_dir, **sections), where="tiny")
+
+
+def tiny_dict(data_root: Path, out_dir: Path | None, **sections) -> dict:
+    """:func:`tiny_config` as the plain dict a YAML file would hold (``out_dir`` None: no ``run.out_dir``, as a
+    study config leaves it). ``sections``: ``sec__sub__key=value`` sets that key (``sec=value``: the section)."""
     d = {
         "run": {"out_dir": str(out_dir), "device": "cpu", "progress": False},
         "data": {"kind": "synth", "root": str(data_root), "train_split": "train", "val_split": "val",
@@ -72,4 +78,6 @@ def tiny_config(data_root: Path, out_dir: Path, **sections) -> "object":
             node[sub.split("__")[-1]] = value
         else:
             d[sec] = value
-    return pipeline_config_from_dict(d, where="tiny")
+    if out_dir is None:
+        del d["run"]["out_dir"]
+    return d

@@ -13,27 +13,19 @@ import pytest
 import yaml
 
 from doei.cli import main as cli_main
-from pipeline_common import make_synth
+from pipeline_common import make_synth, tiny_dict
 
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper"
 ROWS = ["baseline", "cpdo", "cpdo_hfa", "cpdo_ppdo_hfa"]
 
 
-def _study_config(tmp: Path, data_root: Path, **study) -> Path:
-    d = {
-        "run": {"device": "cpu", "progress": False},
-        "data": {"kind": "synth", "root": str(data_root), "train_split": "train", "val_split": "val",
-                 "num_classes": 10},
-        "classifier": {"model": {"name": "mctformer_v2_tiny_conv", "img_size": 64, "drop_path_rate": 0.0,
-                                 "options": {"depth": 2, "embed_dim": 48, "num_heads": 2}},
-                       "data": {"transform": "simple", "crop_scale": [0.6, 1.0]},
-                       "optim": {"lr": 1e-3, "lr_batch_base": None, "warmup_epochs": 0.0},
-                       "doei": {"enabled": True, "st_c2c": 0.3},
-                       "train": {"epochs": 1, "batch_size": 4, "amp": False, "progress": False}},
-        "cam": {"scales": [1.0], "flip": False, "cam_dtype": "float32", "n_layers": 2},
-        "eval": {"seed_betas": [0.1, 0.3, 0.5, 0.7], "workers": 1},
-        "study": {"rows": ROWS, "stats_images": 2, "sweep": {"af_p2c": [1, 3]}, **study},
-    }
+def _study_config(tmp: Path, data_root: Path, tiny: dict | None = None, **study) -> Path:
+    """The tiny pipeline of ``tests/pipeline_common.py`` (``tiny``: its ``sec__key`` edits) as a study config:
+    DOEI on (CPDO's ST 0.3) for the rows to start from, a 4-β seed sweep, ``run.out_dir`` left to the study;
+    ``study`` keys on top of the defaults."""
+    d = tiny_dict(data_root, None, classifier__doei={"enabled": True, "st_c2c": 0.3},
+                  eval={"seed_betas": [0.1, 0.3, 0.5, 0.7], "workers": 1}, **(tiny or {}))
+    d["study"] = {"rows": ROWS, "stats_images": 2, "sweep": {"af_p2c": [1, 3]}, **study}
     path = tmp / "study.yaml"
     path.write_text(yaml.safe_dump(d))
     return path
@@ -192,13 +184,8 @@ def test_a_mask_study_runs_refine_and_tabulates_rows_without_beta(tmp_path):
     (no β: no fixed-β table), the seed reaches every training stage."""
     from doei.study.runner import load_study
 
-    config = _study_config(tmp_path, make_synth(tmp_path), score="Mask", rows=["baseline"], stats_images=0)
-    d = yaml.safe_load(config.read_text())
-    d["refine"] = {"train": {"model": "psa_resnet38_aff_small", "model_options": {"width": 0.0625}, "crf": False,
-                             "crop_size": 72, "radius": 4, "batch_size": 2, "epochs": 1, "lr": 0.01,
-                             "progress": False, "device": "cpu"},
-                   "infer": {"logt": 3, "progress": False, "device": "cpu"}}
-    config.write_text(yaml.safe_dump(d))
+    config = _study_config(tmp_path, make_synth(tmp_path), {"refine__train__epochs": 1}, score="Mask",
+                           rows=["baseline"], stats_images=0)
     s = load_study(config, tmp_path / "o")
     assert s.stages == ["train-cls", "cam", "refine", "eval"]
     cfg = s.run_config({"enabled": False}, 3)
