@@ -111,12 +111,12 @@ def train_yaml(b, t, edit=None) -> str:
     return str(t / "train.yaml")
 
 
-def trains_first(model="mctformer_v2_tiny_conv", **cam):
-    """A run that trains its classifier first (train-cls, cam), with these ``cam`` keys."""
+def trains_first(net="mctformer_v2_tiny_conv", **cam):
+    """A run that trains its classifier ``net`` first (train-cls, cam), with these ``cam`` keys."""
     def edit(c):
         c["run"].pop("cls_checkpoint")
         c["run"]["stages"] = ["train-cls", "cam"]
-        c["classifier"] = {"model": {"name": model, "img_size": SIZE,
+        c["classifier"] = {"model": {"name": net, "img_size": SIZE,
                                      "options": {k: v for k, v in TINY.items() if k != "img_size"}},
                            "data": {"transform": "resize"}, "train": {"epochs": 1, "batch_size": 3}}
         c["cam"] = {"flip": False, "cam_dtype": "float32", **cam}

@@ -128,6 +128,17 @@ def c_run_cam_n_layers_beyond_the_depth(b, t):
     return Case(["run", "--config", cfg], r"cam\.n_layers = 3: expected 1\.\.2 ")
 
 
+def c_run_cam_model_other_than_the_classifier(b, t):
+    cfg = pipeline_yaml(b, t, trains_first("tscam_tiny_conv", model="mctformer_v2_tiny_conv"))
+    return Case(["run", "--config", cfg], r"cam\.model = 'mctformer_v2_tiny_conv': the classifier the train-cls "
+                                          r"stage trains has 'tscam_tiny_conv'")
+
+
+def c_run_cam_doei_other_than_the_classifier(b, t):
+    cfg = pipeline_yaml(b, t, trains_first(doei={"enabled": True}))
+    return Case(["run", "--config", cfg], r"cam\.doei: differs from classifier\.doei.*override_doei")
+
+
 def c_ablate_betas_invalid(b, t):
     from doei.utils.repo_configs import configs_dir
 

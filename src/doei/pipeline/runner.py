@@ -42,8 +42,8 @@ def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]
       built on the meta device, so this costs a file read, not a 100M-parameter net);
     * ``eval.train_split``: its ids are part of the split the CAMs and pseudo masks are made for;
     * ``data.num_classes``: the dataset's own class count (else the eval would count absent classes as 0);
-    * ``cam.kind`` / ``cam.n_layers`` / ``cam.patch_refine``, when set: the classifier the train-cls stage
-      trains declares that kind and reads those options (:func:`check_cam_request`).
+    * the cam section's model keys agree with the classifier the train-cls stage trains, which declares its
+      ``cam.kind`` and reads its ``cam.n_layers`` / ``cam.patch_refine`` (:func:`check_cam_request`).
     """
     r = r or resolve(cfg)
     rt, ri, st, si = cfg.refine.train, cfg.refine.infer, cfg.seg.train, cfg.seg.infer
@@ -82,20 +82,34 @@ def preflight(cfg: PipelineConfig, stages: list[str], log: Callable[[str], None]
 
 
 def check_cam_request(r: Resolved) -> None:
-    """The cam section's CAM kind and options (when set) against the classifier the train-cls stage trains
-    (:func:`doei.models.cam_source.resolve_cam_settings`; one line naming ``cam.<key>``, its value and what
-    the model accepts), so that a request it cannot serve is refused before the training, not after.
-    The network is built with random weights (a second or two for a DeiT-S; the global RNG is left as it
-    was). With ``run.cls_checkpoint`` the cam stage, the first one that works, checks it against the file."""
-    c = r.cam
-    if r.cfg.run.cls_checkpoint or (c.kind is None and c.n_layers is None and c.patch_refine is None):
+    """The cam section against the classifier the train-cls stage trains, so that a request it cannot serve
+    is refused before the training, not after (one line naming ``cam.<key>``, its value and what is expected):
+    its model keys (``model``, ``num_classes``, ``model_kwargs``, ``doei`` without ``override_doei``) must
+    agree with the ``classifier`` section, as the cam stage requires of the checkpoint
+    (:func:`doei.engine.classifier.load_classifier`); its CAM kind and options (when set) must be ones the
+    model declares (:func:`doei.models.cam_source.resolve_cam_settings`; the network is built with random
+    weights, a second or two for a DeiT-S, the global RNG left as it was). With ``run.cls_checkpoint`` the
+    cam stage, the first one that works, checks them against the file."""
+    c, m = r.cam, r.classifier.model
+    if r.cfg.run.cls_checkpoint:
+        return
+    stated = {"model": (c.model, m.name), "num_classes": (c.num_classes, m.num_classes)}
+    for key, value in (c.model_kwargs or {}).items():
+        stated[f"model_kwargs.{key}"] = (value, m.img_size if key == "img_size" else m.options.get(key))
+    for key, (given, trained) in stated.items():
+        if given is not None and given != trained:
+            raise DoeiError(f"cam.{key} = {given!r}: the classifier the train-cls stage trains has {trained!r} "
+                            f"(the classifier section); leave cam.{key} unset to use it")
+    if c.doei is not None and c.doei != r.classifier.doei and not c.override_doei:
+        raise DoeiError("cam.doei: differs from classifier.doei, the DOEI settings the classifier is trained with; "
+                        "leave cam.doei unset, or set cam.override_doei: true to run it with these")
+    if c.kind is None and c.n_layers is None and c.patch_refine is None:
         return
     import torch
 
     from doei.models.cam_source import resolve_cam_settings
     from doei.models.registry import create_model
 
-    m = r.classifier.model
     with torch.random.fork_rng(devices=[]):
         try:
             model = create_model(m.name, num_classes=m.num_classes, img_size=m.img_size, **m.options)
