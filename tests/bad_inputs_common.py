@@ -183,3 +183,23 @@ def all_cases() -> dict[str, Callable]:
             raise ValueError(f"case names in both catalogue files: {sorted(twice)}")
         out.update(cases)
     return out
+
+
+def cases_of(namespace: dict) -> dict[str, Callable]:
+    """The ``c_<name>`` case functions of a test module's namespace, by ``<name>``."""
+    return {name[2:]: fn for name, fn in dict(namespace).items() if name.startswith("c_") and callable(fn)}
+
+
+def assert_clean(cases: dict[str, Callable], name: str, base, tmp_path) -> None:
+    """Run one case through the CLI in this process and require the outcome "clean" (one line, exit 2,
+    nothing written; or exit 0 for an ``accept`` case); skipped where it needs a machine without CUDA."""
+    import pytest
+
+    from doei.cli import main
+
+    torch.set_num_threads(1)
+    case = cases[name](base, tmp_path)
+    if case.needs_no_cuda and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    outcome, err = run_case(case, tmp_path, main)
+    assert outcome == "clean", f"{outcome}: {err}"

@@ -11,8 +11,8 @@ import shutil
 import pytest
 import torch
 
-from tests.bad_inputs_common import (Case, cam_argv, copy_tree, eval_argv, make_base, pipeline_yaml, run_case,
-                                     train_yaml, trains_first)
+from tests.bad_inputs_common import (assert_clean, cases_of, Case, cam_argv, copy_tree, eval_argv, make_base,
+                                     pipeline_yaml, train_yaml, trains_first)
 
 
 # ------------------------------------------------------------ a finished stage reused under changed inputs
@@ -178,7 +178,7 @@ def c_demo_ceilings_without_pipeline(b, t):
                 r"--ceilings acts on the pipeline, which --no-pipeline skips")
 
 
-CASES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("c_") and callable(fn)}
+CASES = cases_of(globals())
 
 
 @pytest.fixture(scope="module")
@@ -188,11 +188,4 @@ def base(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input(name, base, tmp_path):
-    from doei.cli import main
-
-    torch.set_num_threads(1)
-    case = CASES[name](base, tmp_path)
-    if case.needs_no_cuda and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    outcome, err = run_case(case, tmp_path, main)
-    assert outcome == "clean", f"{outcome}: {err}"
+    assert_clean(CASES, name, base, tmp_path)

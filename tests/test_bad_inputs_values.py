@@ -8,12 +8,11 @@ import io
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
-from tests.bad_inputs_common import (SIZE, Case, cam_argv, copy_tree, eval_argv, make_base, pipeline_yaml, run_case,
-                                     train_yaml, trains_first)
+from tests.bad_inputs_common import (assert_clean, cases_of, SIZE, Case, cam_argv, copy_tree, eval_argv, make_base,
+                                     pipeline_yaml, train_yaml, trains_first)
 
 
 # ------------------------------------------------------------ near-miss formats
@@ -162,7 +161,7 @@ def c_demo_train_device_cuda(b, t):
                 r"train\.device = 'cuda': CUDA is not available", needs_no_cuda=True)
 
 
-CASES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("c_") and callable(fn)}
+CASES = cases_of(globals())
 
 
 @pytest.fixture(scope="module")
@@ -172,11 +171,4 @@ def base(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input(name, base, tmp_path):
-    from doei.cli import main
-
-    torch.set_num_threads(1)
-    case = CASES[name](base, tmp_path)
-    if case.needs_no_cuda and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    outcome, err = run_case(case, tmp_path, main)
-    assert outcome == "clean", f"{outcome}: {err}"
+    assert_clean(CASES, name, base, tmp_path)
