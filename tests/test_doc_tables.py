@@ -158,35 +158,11 @@ def test_strict_flag_on_the_repository(capsys):
     assert all(f"number outside a table marker: {u}" in out for u in unmarked)
 
 
-@pytest.mark.xfail(strict=True, reason="docs not yet converted; the lead flips this")
 def test_every_number_in_the_strict_docs_comes_from_a_result_file():
     """README.md, docs/results.md and docs/demo.md: every table row with a digit sits inside a marker
     (and the markers agree with their files, the test below)."""
     unmarked = [u for d in STRICT_DOCS for u in unmarked_tables(REPO / d)]
     assert not unmarked, f"{len(unmarked)} table rows with numbers outside a marker, first {unmarked[:5]}"
-
-
-def test_the_next_demo_page_is_ready_to_swap_in():
-    """docs/_demo_next.txt (the lead swaps it in for docs/demo.md once docs/results/demo_seed{0,1,2}.json are
-    collected): no table row with a number outside a marker, every marker a known kind reading files under
-    docs/results/, every code block runnable or marked. Once swapped (the file gone), docs/demo.md is held to it."""
-    from doei.study.doc_tables import KINDS, MARK
-
-    page = REPO / "docs" / "_demo_next.txt"
-    if not page.is_file():
-        assert unmarked_tables(REPO / "docs" / "demo.md") == []
-        return
-    assert unmarked_tables(page) == []
-    marks = list(MARK.finditer(page.read_text(encoding="utf-8")))
-    assert marks and all(m["kind"] in KINDS for m in marks)
-    assert all(f.startswith("docs/results/demo_") for m in marks for f in m["file"].split(","))
-    import sys
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_docs import blocks
-
-    bad = [b.line for b in blocks(page) if b.lang in ("bash", "python", "") and b.marker is None]
-    assert not bad, f"code blocks of {page} at lines {bad} run in the docs test once swapped: check or mark them"
 
 
 def test_repository_docs_agree_with_their_result_files():
