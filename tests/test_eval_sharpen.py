@@ -84,9 +84,10 @@ def test_study_cli_on_a_tiny_study(tmp_path):
     ratios = [r for r in out["per_seed"]["0"]["area_matched"]["area_ratio"].values() if r is not None]
     assert ratios and all(abs(r - 1) < 0.2 for r in ratios), ratios
     assert "area-matched baseline" in (tmp_path / "st" / "sharpened.md").read_text()
+    from doei.study.doc_json import Node
     from doei.study.doc_tables import render_sharpened
 
-    assert render_sharpened(out, {}).startswith("| metric | baseline | area-matched baseline | DOEI |")
+    assert render_sharpened(Node(out, "sharpened.json"), {}).startswith("| metric | baseline | area-matched baseline | DOEI |")
     assert len(meta["classes"]) == 10
     assert main([str(tmp_path / "nowhere")]) == 2
     assert main([str(tmp_path / "st"), "--powers", "0"]) == 2
