@@ -2,8 +2,8 @@
 values and gradients as the eager path, to float rounding.
 
 Tolerances: float64 1e-8 relative (the paths are the same mathematics; only the summation order
-differs); float32 rtol 1e-4 / atol 1e-5 on outputs and gradients (relative to each gradient tensor's largest
-entry; the Conformer's measured worst is 1e-5 of it, the ViTs' ~1e-6).
+differs); float32 rtol 1e-4 / atol 1e-5 on outputs and gradients (atol relative to each tensor's largest
+entry where that exceeds 1; the Conformer's measured worst is 1e-5 of it, the ViTs' ~1e-6).
 """
 from __future__ import annotations
 
@@ -29,12 +29,16 @@ def _loss_terms(dtype, c, t, d, seed=1):
 
 @pytest.mark.parametrize("kernel", ["cpu", "generic"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-6)])
-@pytest.mark.parametrize("out_rows", [None, slice(0, 4)])   # slice: rows whose output gets no gradient
+# out_rows: rows whose output gets a gradient (the others none: class rows only, class and patch rows, or
+# every row of the first image, as MCTformer-V2's head gives at initialisation)
+@pytest.mark.parametrize("out_rows", [None, slice(0, 4), slice(0, 11), "image"])
 def test_class_attention_equals_eager_values_and_gradients(kernel, dtype, tol, out_rows):
     c, t, d = 4, 23, 8
     q, k, v = _qkv(dtype, t=t, d=d)
     w_out, w_rows, w_cols = _loss_terms(dtype, c, t, d)
-    keep = out_rows or slice(None)
+    if out_rows == "image":
+        w_out[0] = 0
+    keep = out_rows if isinstance(out_rows, slice) else slice(None)
     out, attn = eager_attention(q, k, v, d ** -0.5)
     mean = attn.mean(dim=1)
     ref = (out[:, :, keep] * w_out[:, :, keep]).sum() + (mean[:, :c] * w_rows).sum() + (mean[:, c:, :c] * w_cols).sum()
@@ -48,6 +52,22 @@ def test_class_attention_equals_eager_values_and_gradients(kernel, dtype, tol, o
     torch.testing.assert_close(part.cols, mean[:, c:, :c], rtol=0, atol=tol)
     for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a, b, rtol=0, atol=tol * 5)
+
+
+def test_class_attention_backward_leaves_its_output_untouched():
+    """The CPU backward hands the kernel a modified output in O's own storage and restores it: O is bit for bit
+    the same afterwards, autograd's version of it unchanged, and a second backward (retain_graph) gives the
+    same gradients."""
+    q, k, v = _qkv(torch.float32, t=30, d=8)
+    out, part = class_attention(q, k, v, 0.35, 3, kernel="cpu")
+    before, version = out.detach().clone(), out._version
+    w = [torch.randn(x.shape, generator=torch.Generator().manual_seed(i)) for i, x in enumerate((out, part.rows, part.cols))]
+    loss = sum((x * wi).sum() for x, wi in zip((out, part.rows, part.cols), w))
+    g1 = torch.autograd.grad(loss, (q, k, v), retain_graph=True)
+    assert torch.equal(out.detach(), before) and out._version == version
+    g2 = torch.autograd.grad(loss, (q, k, v))
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
 
 
 def test_class_attention_rows_only_and_argument_checks():
@@ -117,8 +137,8 @@ def test_training_step_fused_equals_eager(name, doei, on):
     model.zero_grad(set_to_none=True)
     out_eager, g_eager = _step(set_attention_impl(model, "eager"), x)
     assert g_auto.keys() == g_eager.keys() and len(g_auto) > 10
-    for a, b in zip(out_auto, out_eager):
-        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(out_auto, out_eager):   # atol scaled by the output's magnitude (Conformer logits reach ~5)
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, float(b.abs().max())))
     for n in g_auto:   # relative to the tensor's largest entry (BatchNorm-cancelled biases have ~0 gradients)
         err = float((g_auto[n] - g_eager[n]).abs().max())
         assert err <= tol["rtol"] * float(g_eager[n].abs().max()) + tol["atol"], (n, err)

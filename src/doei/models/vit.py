@@ -70,8 +70,11 @@ class Attention(nn.Module):
         probabilities or (``source="logits"``) QKᵀ/√d_k, head-mean [B, T, T] or (``heads="each"``)
         per head [B, H, T, T]. Otherwise ``read`` (see the class docstring) and ``num_cls`` (C)."""
         b, t, d = x.shape
-        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # q, k, v [B, H, T, d]: views of the projection (the official code's values); unbind + transpose
+        # (rather than indexing a permuted [3, B, H, T, d]) makes backward one stack of the three gradients
+        # straight into the projection's [B, T, 3, H, d] layout, instead of three zero-filled buffers added up
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
+        q, k, v = (z.transpose(1, 2) for z in qkv.unbind(2))
         if doei_view is None:
             if read not in READS:
                 raise ValueError(f"read must be one of {list(READS)}, got {read!r}")
