@@ -42,10 +42,9 @@ def hybrid_scores(scores: Tensor, g_hat: Tensor | None, alpha: float) -> Tensor:
     when HFA is off."""
     if g_hat is None or alpha == 0:
         return scores
+    s = scores.reshape(scores.shape[0], -1, scores.shape[-1])          # [B, (H·)C, P]
     g = g_hat.transpose(1, 2).to(scores.dtype)
-    if scores.dim() == 4:
-        g = g.unsqueeze(1)
-    return (1.0 - alpha) * scores + alpha * (scores @ g)
+    return torch.baddbmm(s, s, g, beta=1.0 - alpha, alpha=alpha).view(scores.shape)   # one product, fused blend
 
 
 def attention_hfa(attn: Tensor, g_hat: Tensor, alpha: float, num_cls: int) -> Tensor:

@@ -29,11 +29,72 @@ def rank_desc(scores: Tensor) -> Tensor:
     return ranks.scatter_(-1, order, arange)
 
 
-def selection_weights(ranks: Tensor, n: int, k: int, amplify: float, suppress: float, mode: str) -> Tensor:
+def rank_below(scores: Tensor, m: int) -> Tensor:
+    """``(rank_desc(scores) < m)`` as 0/1 in the dtype of ``scores`` [..., n] (float): the m entries of each
+    row that rank first, ties to the lower index. On CPU it needs no sort (:func:`_rank_below_cpu`);
+    elsewhere (CUDA: the sort is one kernel) and for NaN scores (the sort ranks them first) it ranks with
+    :func:`rank_desc`."""
+    n = scores.shape[-1]
+    if m <= 0 or m >= n:
+        return torch.full_like(scores, float(m > 0))
+    mask = _rank_below_cpu(scores, m) if scores.device.type == "cpu" else None
+    return (rank_desc(scores) < m).to(scores.dtype) if mask is None else mask
+
+
+def _rank_below_cpu(scores: Tensor, m: int) -> Tensor | None:
+    """:func:`rank_below` by a partial selection, for 0 < m < n; None where the scores hold NaN.
+
+    The m-th largest value v of each row (v_m, from the m + 1 largest or the n - m + 1 smallest entries,
+    whichever is fewer) splits the row into entries above v (all in), below v (all out) and equal to v, of
+    which the first ``m - #above`` by index are in, as in the stable descending sort. When v_m > v_(m+1) in
+    every row (no tie across the cut: the usual case for float scores) the mask is one comparison."""
+    n = scores.shape[-1]
+    top = m + 1 <= n - m + 1
+    if top:      # the m + 1 largest: their minimum is v_(m+1); NaN (ranked largest) would be among them
+        vals = torch.topk(scores, m + 1, dim=-1, sorted=False).values
+        cut = vals.amin(dim=-1, keepdim=True)
+    else:        # the n - m + 1 smallest: their maximum is v_m
+        if bool(torch.isnan(scores).any()):
+            return None
+        vals = torch.topk(scores, n - m + 1, dim=-1, largest=False, sorted=False).values
+        cut = vals.amax(dim=-1, keepdim=True)
+    rows = vals.numel() // vals.shape[-1]
+    if int((vals == cut).sum()) == rows:      # the cut value occurs once per row: no tie across the cut
+        # (a comparison written to a float tensor is much cheaper here than a bool one and its conversion)
+        return (torch.gt if top else torch.ge)(scores, cut, out=torch.empty_like(scores))
+    if top and bool(torch.isnan(vals).any()):
+        return None
+    # a tie across the cut (then v_m = v_(m+1) = cut): the first ties by index fill the remaining places
+    above = scores > cut
+    tied = scores == cut
+    room = m - above.sum(dim=-1, keepdim=True, dtype=torch.int32)
+    return (above | (tied & (tied.cumsum(dim=-1, dtype=torch.int32) <= room))).to(scores.dtype)
+
+
+def selection_factor(scores: Tensor, n: int, k: int, amplify: float, suppress: float, mode: str,
+                     candidates: Tensor | None = None) -> Tensor:
+    """``selection_weights(rank_desc(scores), n, k, amplify, suppress, mode)`` (the same values) in the dtype
+    of ``scores`` [..., m] (entries that rank >= n are not candidates), by :func:`rank_below` instead of a
+    full ranking. ``candidates``: the 0/1 mask ``rank < n`` where the caller knows it (m > n only)."""
+    if mode == "rest":
+        low = k
+    elif mode == "bottom":
+        low = max(k, n - k)
+    else:
+        raise ValueError(f"unknown suppress mode {mode!r}")
+    confident = rank_below(scores, k)
+    non_confident = 1.0 - (confident if low == k else rank_below(scores, low))
+    if scores.shape[-1] > n:                   # entries ranked >= n are not candidates
+        non_confident = non_confident * (rank_below(scores, n) if candidates is None else candidates)
+    return confident * amplify + non_confident * suppress
+
+
+def selection_weights(ranks: Tensor, n: int, k: int, amplify: float, suppress: float, mode: str,
+                      dtype: torch.dtype = torch.float32) -> Tensor:
     """Per-entry factor ``AF * M_cs + SF * M_ns`` from ranks [..., m] (entries ranked >= n are not candidates).
 
     ``mode="rest"``: M_ns = every candidate not confident; ``"bottom"``: the bottom-k among the
-    non-confident (all n - k others when k > n/2). Returns float32 [..., m].
+    non-confident (all n - k others when k > n/2). Returns [..., m] in ``dtype``.
     """
     confident = ranks < k
     if mode == "rest":
@@ -43,7 +104,7 @@ def selection_weights(ranks: Tensor, n: int, k: int, amplify: float, suppress: f
     else:
         raise ValueError(f"unknown suppress mode {mode!r}")
     non_confident = (ranks >= low) & (ranks < n)
-    return confident.float() * amplify + non_confident.float() * suppress
+    return confident.to(dtype) * amplify + non_confident.to(dtype) * suppress
 
 
 # Control ``select="random"`` (issue #24): the same k_i, candidates ranked by a pseudo-random number that
