@@ -134,20 +134,21 @@ class DefaultUpdate(torch.autograd.Function):
         d_x = d_rows = d_cols = d_g = None
         if need_rows or need_cols or need_g:
             d_wt = _grad_wt(x_cls, dy)                             # [B, C, T]
-            d_rows = torch.zeros_like(wt)
             if f_p is not None:
-                d_sh = d_wt[:, :, c:] * f_p                          # dS̃_p
+                d_sp = d_wt[:, :, c:] * f_p                          # dS̃_p
                 if ctx.hfa:                                          # S̃ = (1-α) S + α S Gᵀ
                     if need_g:
-                        d_g = (alpha * d_sh.transpose(1, 2) @ s_p).to(g.dtype)
-                    torch.baddbmm(d_sh, d_sh, g, beta=1.0 - alpha, alpha=alpha, out=d_rows[:, :, c:])
-                else:
-                    d_rows[:, :, c:] = d_sh
+                        d_g = (alpha * d_sp.transpose(1, 2) @ s_p).to(g.dtype)
+                    d_sp = torch.baddbmm(d_sp, d_sp, g, beta=1.0 - alpha, alpha=alpha)
+            else:
+                d_sp = wt.new_zeros(wt.shape[0], c, wt.shape[2] - c)
             if f_c is not None:
                 d_sc = d_wt[:, :, :c].transpose(1, 2) * f_c           # dS_c
-                torch.add(d_sc, d_sc.transpose(1, 2), out=d_rows[:, :, :c])
-            d_cols = d_rows[:, :, c:].transpose(1, 2).to(cols_dtype) if need_cols else None
-            d_rows = d_rows.to(rows_dtype) if need_rows else None
+                d_sc = d_sc + d_sc.transpose(1, 2)
+            else:
+                d_sc = wt.new_zeros(wt.shape[0], c, c)
+            d_cols = d_sp.transpose(1, 2).to(cols_dtype) if need_cols else None
+            d_rows = torch.cat([d_sc, d_sp], dim=-1).to(rows_dtype) if need_rows else None
         if need_x:
             d_x = _grad_x(dy, grad, wt, c).to(x_dtype)
         return d_x, d_rows, d_cols, d_g, None, None, None, None, None
