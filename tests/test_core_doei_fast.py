@@ -147,9 +147,10 @@ def test_selection_factor_equals_weights_of_ranks(case, mode):
     ranks = rank_desc(s)
     for cand in (n, n - 1, n - 3):
         for k in sorted({0, 1, cand // 2, cand - 1, cand}):
-            got = selection_factor(s, cand, k, 0.7, -0.3, mode)
-            torch.testing.assert_close(got, selection_weights(ranks, cand, k, 0.7, -0.3, mode, s.dtype),
-                                       atol=0, rtol=0)
+            for af, sf in ((0.7, -0.3), (1.0, 0.0), (0.0, -0.5)):
+                got = selection_factor(s, cand, k, af, sf, mode)
+                torch.testing.assert_close(got, selection_weights(ranks, cand, k, af, sf, mode, s.dtype),
+                                           atol=0, rtol=0)
 
 
 def test_class_factor_diagonal_last_even_with_infinite_scores():
@@ -181,6 +182,17 @@ def test_bfloat16_autocast_close_and_finite():
     torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.02)
     got.float().square().sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(a.grad).all()
+    # a backward called inside the autocast region computes as outside it
+    x2, a2 = (t.detach().clone().requires_grad_(True) for t in (x, a))
+    y = doei_update(x2, ClassAttention(a2[:, :c], a2[:, c:, :c]), c, 1, 4, cfg, g)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    want_grads = x2.grad.clone(), a2.grad.clone()
+    x2.grad = a2.grad = None
+    y = doei_update(x2, ClassAttention(a2[:, :c], a2[:, c:, :c]), c, 1, 4, cfg, g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y.backward(dy)
+    torch.testing.assert_close((x2.grad, a2.grad), want_grads, atol=1e-6, rtol=1e-6)
 
 
 def test_incoming_gradient_not_modified():

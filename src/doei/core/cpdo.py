@@ -50,7 +50,7 @@ def class_factor(scores: Tensor, k: int, amplify: float, suppress: float, mode: 
     c = scores.shape[-1]
     eye = torch.eye(c, dtype=torch.bool, device=scores.device)
     candidates = None
-    if scores.device.type == "cpu" and bool(torch.isfinite(scores.sum())):   # (an overflow only costs the shortcut)
+    if suppress != 0 and scores.device.type == "cpu" and bool(torch.isfinite(scores.sum())):   # (overflow: no shortcut)
         candidates = (~eye).to(scores.dtype)     # the diagonal, alone at -inf, is the one entry ranked n
     return selection_factor(scores.masked_fill(eye, float("-inf")), c - 1, k, amplify, suppress, mode, candidates)
 

@@ -17,6 +17,8 @@ backward), Wᵀ and the selection factors are saved.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -50,6 +52,15 @@ def _grad_x(g: Tensor, grad: Tensor, wt: Tensor, num_cls: int) -> Tensor:
     return d_x
 
 
+def _full_precision(backward):
+    """Run a backward in the working dtype also when ``.backward()`` is called inside an autocast region."""
+    @functools.wraps(backward)
+    def run(ctx, grad, *rest):
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            return backward(ctx, grad, *rest)
+    return run
+
+
 class TokenUpdate(torch.autograd.Function):
     """``TokenUpdate.apply(x, wt, w_sup, num_cls)`` = ``X + (Wᵀ)ᵀ @ X_c (+ W_sup ⊙ X_p)``: x [B, T, D],
     wt = Wᵀ [B, C, T], w_sup [B, P] or None; computed in wt's dtype, returned in x's. Saves x itself only
@@ -65,6 +76,7 @@ class TokenUpdate(torch.autograd.Function):
         return out.to(x.dtype)
 
     @staticmethod
+    @_full_precision
     def backward(ctx, grad: Tensor):
         x_cls, wt, w_sup, x = ctx.saved_tensors
         c = ctx.num_cls
@@ -125,6 +137,7 @@ class DefaultUpdate(torch.autograd.Function):
         return out.to(x.dtype), wt
 
     @staticmethod
+    @_full_precision
     def backward(ctx, grad, _unused):
         x_cls, wt, f_p, f_c, g, s_p = ctx.saved_tensors
         c, alpha = ctx.num_cls, ctx.alpha

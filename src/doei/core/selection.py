@@ -83,6 +83,8 @@ def selection_factor(scores: Tensor, n: int, k: int, amplify: float, suppress: f
     else:
         raise ValueError(f"unknown suppress mode {mode!r}")
     confident = rank_below(scores, k)
+    if suppress == 0:                          # (+ 0 · M_ns changes no value)
+        return confident * amplify
     non_confident = 1.0 - (confident if low == k else rank_below(scores, low))
     if scores.shape[-1] > n:                   # entries ranked >= n are not candidates
         non_confident = non_confident * (rank_below(scores, n) if candidates is None else candidates)
