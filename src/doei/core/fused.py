@@ -40,7 +40,10 @@ def _forward(x: Tensor, wt: Tensor, num_cls: int) -> tuple[Tensor, Tensor]:
 
 
 def _grad_wt(x_cls: Tensor, g: Tensor) -> Tensor:
-    """dWᵀ = X_c @ dYᵀ [B, C, T] (computed as (dY @ X_cᵀ)ᵀ: the faster layout for the product here)."""
+    """dWᵀ = X_c @ dYᵀ [B, C, T], in the layout measured faster on CPU (MKL, 1 thread): as written for a
+    few class tokens (C = 1: 2x faster), as (dY @ X_cᵀ)ᵀ from about 16 on (C = 80: 1.2x faster)."""
+    if x_cls.shape[1] < 16:
+        return torch.bmm(x_cls, g.transpose(1, 2))
     return torch.bmm(g, x_cls.transpose(1, 2)).transpose(1, 2)
 
 
