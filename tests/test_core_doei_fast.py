@@ -205,3 +205,12 @@ def test_incoming_gradient_not_modified():
         y.backward(dy)
         assert torch.equal(dy, keep)
         x.grad = None
+
+
+def test_double_backward_refused():
+    x, a, g = _inputs(2)
+    x.requires_grad_(True)
+    y = doei_update(x, a, 2, 1, 4, DOEIConfig(enabled=True), g)
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|does not require grad"):
+        gx.sum().backward()

@@ -13,7 +13,8 @@ backward reads the incoming gradient dY [B, T, D] in three products and copies i
   autograd graph of the scores.
 
 Only the class tokens (a copy [B, C, D], never a view of x: that would keep x's storage alive until
-backward), Wᵀ and the selection factors are saved.
+backward), Wᵀ and the selection factors are saved. The backward passes are not themselves differentiable
+(``once_differentiable``: a double backward raises instead of missing terms).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import functools
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from doei.core.cpdo import class_factor
 from doei.core.ppdo import class_tokens
@@ -79,6 +81,7 @@ class TokenUpdate(torch.autograd.Function):
         return out.to(x.dtype)
 
     @staticmethod
+    @once_differentiable
     @_full_precision
     def backward(ctx, grad: Tensor):
         x_cls, wt, w_sup, x = ctx.saved_tensors
@@ -140,6 +143,7 @@ class DefaultUpdate(torch.autograd.Function):
         return out.to(x.dtype), wt
 
     @staticmethod
+    @once_differentiable
     @_full_precision
     def backward(ctx, grad, _unused):
         x_cls, wt, f_p, f_c, g, s_p = ctx.saved_tensors
