@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from doei.core import DOEIConfig
+from doei.core import attention
 from doei.core.attention import ClassAttention, class_attention, eager_attention
 from doei.models.registry import create_model
 from doei.models.vit import Attention, merge_reads, set_attention_impl
@@ -30,14 +31,19 @@ def _loss_terms(dtype, c, t, d, seed=1):
 @pytest.mark.parametrize("kernel", ["cpu", "generic"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-6)])
 # out_rows: rows whose output gets a gradient (the others none: class rows only, class and patch rows, or
-# every row of the first image, as MCTformer-V2's head gives at initialisation)
-@pytest.mark.parametrize("out_rows", [None, slice(0, 4), slice(0, 11), "image"])
-def test_class_attention_equals_eager_values_and_gradients(kernel, dtype, tol, out_rows):
+# every row of the first image, as MCTformer-V2's head gives at initialisation; "entry0": the first entry of
+# every output row of the first image gets none, the entry the CPU backward's fold uses)
+@pytest.mark.parametrize("out_rows", [None, slice(0, 4), slice(0, 11), "image", "entry0"])
+@pytest.mark.parametrize("block_diag", [True, False])     # the two ways of forming the class products
+def test_class_attention_equals_eager_values_and_gradients(kernel, dtype, tol, out_rows, block_diag, monkeypatch):
+    monkeypatch.setattr(attention, "BLOCK_DIAG_MAX_ROWS", 10 ** 6 if block_diag else 0)
     c, t, d = 4, 23, 8
     q, k, v = _qkv(dtype, t=t, d=d)
     w_out, w_rows, w_cols = _loss_terms(dtype, c, t, d)
     if out_rows == "image":
         w_out[0] = 0
+    if out_rows == "entry0":
+        w_out[0, ..., 0] = 0
     keep = out_rows if isinstance(out_rows, slice) else slice(None)
     out, attn = eager_attention(q, k, v, d ** -0.5)
     mean = attn.mean(dim=1)

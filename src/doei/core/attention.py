@@ -63,19 +63,61 @@ def class_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, num_cls: int,
     return out, ClassAttention(rows, col if cols else None)
 
 
-def _flat(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """[B, H, T, d] contiguous -> [B·H, T, d] of ``dtype`` (a view for float32 inputs)."""
-    return t.to(dtype).reshape(-1, t.shape[-2], t.shape[-1])
+# Two ways to form the class products on q, k [B, H, T, d] without copying them (they are views of the
+# projection's [B, T, 3, H, d] output, whose memory order is [B, T, H, d]):
+# * per head: one batched [B] product per head (H calls per product);
+# * block-diagonal: the C class-token rows of all heads as one block-diagonal [H·C, H·d] matrix against the
+#   tokens in their own [B, T, H·d] order: one product, outputs written straight into the gradients' order,
+#   at H times the multiply-adds (zeros), which is cheaper while H·C is small (TS-CAM's and TransCAM's C = 1).
+BLOCK_DIAG_MAX_ROWS = 24     # H·C up to which the block-diagonal form is used
 
 
-def _class_probs(q3: Tensor, k3: Tensor, lse_p: Tensor | None, scale: float, c: int):
-    """Per head: the class rows softmax(s·q_c kᵀ) [BH, C, T] (the whole row is here, so its own softmax) and,
-    given ``lse_p`` [BH, P] (the patch rows' normaliser), the columns exp(s·q_p k_cᵀ - lse_p) [BH, P, C]."""
-    rows = torch.bmm(q3[:, :c] * scale, k3.transpose(1, 2)).softmax(dim=-1)
-    if lse_p is None:
-        return rows, None
-    cols = torch.bmm(q3[:, c:], k3[:, :c].transpose(1, 2)).mul_(scale).sub_(lse_p.unsqueeze(-1))
-    return rows, cols.exp_()
+def _natural(x: Tensor) -> Tensor:
+    """[B, H, T, d] -> [B, T, H·d] in the projection's memory order (a view where x is one)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def _block_diag(x: Tensor) -> Tensor:
+    """x [B, H, C, d] -> [B, H·C, H·d]: row (h, c) holds x[:, h, c] in columns h·d .. (h+1)·d, zeros elsewhere."""
+    b, h, c, d = x.shape
+    out = x.new_zeros(b, h, c, h, d)
+    out.diagonal(dim1=1, dim2=3).copy_(x.permute(0, 2, 3, 1))
+    return out.view(b, h * c, h * d)
+
+
+def _head_diagonal(y: Tensor, h: int) -> Tensor:
+    """y [B, H·C, H·d] (every head's rows against every head's columns) -> the same-head blocks as [B, C, H·d]."""
+    b, hc, hd = y.shape
+    return torch.diagonal(y.view(b, h, hc // h, h, hd // h), dim1=1, dim2=3).permute(0, 1, 3, 2).reshape(b, hc // h, hd)
+
+
+def _class_logits(q: Tensor, k: Tensor, c: int, want_cols: bool) -> tuple[Tensor, Tensor | None]:
+    """Unscaled logits of the class rows q_c kᵀ [B, H, C, T] and columns q_p k_cᵀ [B, H, P, C] (float32/64)."""
+    b, h, t, _ = q.shape
+    acc = torch.promote_types(q.dtype, torch.float32)
+    if h * c <= BLOCK_DIAG_MAX_ROWS:
+        rows = torch.bmm(_block_diag(q[:, :, :c].to(acc)), _natural(k.to(acc)).transpose(1, 2)).view(b, h, c, t)
+        cols = (torch.bmm(_natural(q.to(acc))[:, c:], _block_diag(k[:, :, :c].to(acc)).transpose(1, 2))
+                .view(b, t - c, h, c).transpose(1, 2) if want_cols else None)
+        return rows, cols
+    rows = torch.empty(b, h, c, t, dtype=acc, device=q.device)
+    cols = torch.empty(b, h, t - c, c, dtype=acc, device=q.device) if want_cols else None
+    for i in range(h):
+        qi, ki = q[:, i].to(acc), k[:, i].to(acc)
+        torch.bmm(qi[:, :c], ki.transpose(1, 2), out=rows[:, i])
+        if cols is not None:
+            torch.bmm(qi[:, c:], ki[:, :c].transpose(1, 2), out=cols[:, i])
+    return rows, cols
+
+
+def _class_probs(q: Tensor, k: Tensor, lse_p: Tensor | None, scale: float, c: int):
+    """The class rows softmax(s·q_c kᵀ) [B, H, C, T] per head (the whole row is here, so its own softmax) and,
+    given ``lse_p`` [B, H, P] (the patch rows' normaliser), the columns exp(s·q_p k_cᵀ - lse_p) [B, H, P, C]."""
+    rows, cols = _class_logits(q, k, c, lse_p is not None)
+    rows = torch.softmax(rows.mul_(scale), dim=-1)
+    if cols is not None:
+        cols.mul_(scale).sub_(lse_p.to(cols.dtype).unsqueeze(-1)).exp_()
+    return rows, cols
 
 
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -98,8 +140,8 @@ class _ClassAttention(torch.autograd.Function):
     G = cols_h ⊙ ∂cols/H (the gradient w.r.t. the logits S through the exponent), each patch row's
     normaliser receives ∂lse_p = -Σ_c G_pc, whose gradient w.r.t. S_pj is ∂lse_p · p_pj. A flash backward
     computes ∂S_ij = p_ij (∂O_i·v_j - D_i) with D_i = ∂O_i·O_i read from the output it is given; handing it
-    an output O' with ∂O_i·O'_i = D_i - ∂lse_i adds exactly ∂lse_i · p_ij (O' = O - (∂lse_i/|∂O_i|²) ∂O_i;
-    rows with ∂O_i = 0 get their term computed explicitly, image by image). The direct terms (the rows'
+    an output O' with ∂O_i·O'_i = D_i - ∂lse_i adds exactly ∂lse_i · p_ij (one entry of each row changed,
+    see :func:`_cpu_backward`). The direct terms (the rows'
     softmax backward dS_r, and s·G) then add dS k to ∂q and dSᵀ q to ∂k.
     """
 
@@ -109,105 +151,120 @@ class _ClassAttention(torch.autograd.Function):
         b, h, t, _ = q.shape
         acc = torch.promote_types(q.dtype, torch.float32)      # float32, or float64 for float64 inputs
         with torch.autocast(device_type=q.device.type, enabled=False):
-            # contiguous copies of q, k, v [B, H, T, d], saved instead of the views (whose [B, T, 3, H, d] buffer
-            # is then freed, so memory stays that of a fused block): the class products below are then single
-            # batched products, and backward needs no further copy
-            q, k, v = (x.contiguous() for x in (q, k, v))
             if kernel == "cpu":
                 out, lse = _FLASH_CPU(q, k, v, 0.0, False, scale=scale)
                 lse_p = lse[:, :, c:] if want_cols else None
             else:
                 out = F.scaled_dot_product_attention(q, k, v, scale=scale)
                 lse_p = _lse_chunked(q[:, :, c:], k, scale, chunk) if want_cols else None
-            lse3 = lse_p.to(acc).reshape(b * h, t - c) if want_cols else None
-            rows_h, cols_h = _class_probs(_flat(q, acc), _flat(k, acc), lse3, scale, c)
-        # rows_h / cols_h are recomputed in backward (2·C·T·d products), not saved: at 448² they would be
-        # ~3 % of a fused block's saved activations for MCTformer-V2's C = 20
-        ctx.save_for_backward(q, k, v, out, lse if kernel == "cpu" else lse_p)
+            rows_h, cols_h = _class_probs(q, k, lse_p, scale, c)
+        # rows_h / cols_h (H·C·(T + P) values per image) are kept while H·C is small (C = 1: ~2 % of a [T, D]
+        # token tensor) and recomputed in backward otherwise (2·C·T·d products): at 448² they would be ~3 % of
+        # a fused block's saved activations for MCTformer-V2's C = 20
+        keep = h * c <= BLOCK_DIAG_MAX_ROWS
+        ctx.save_for_backward(q, k, v, out, lse if kernel == "cpu" else lse_p,
+                              *((rows_h, cols_h) if keep and want_cols else ()))
         ctx.scale, ctx.num_cls, ctx.kernel, ctx.chunk, ctx.want_cols = scale, c, kernel, chunk, want_cols
-        rows = rows_h.view(b, h, c, t).mean(dim=1)
+        rows = rows_h.mean(dim=1)
         if not want_cols:
             cols = rows.new_zeros(())
             ctx.mark_non_differentiable(cols)
         else:
-            cols = cols_h.view(b, h, t - c, c).mean(dim=1)
+            cols = cols_h.mean(dim=1)
         return out, rows, cols
 
     @staticmethod
     def backward(ctx, dout, drows, dcols):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, *probs = ctx.saved_tensors
         s, c, kernel = ctx.scale, ctx.num_cls, ctx.kernel
         b, h, t, _ = q.shape
         acc = torch.promote_types(q.dtype, torch.float32)
         with torch.autocast(device_type=q.device.type, enabled=False):
-            q3, k3 = _flat(q, acc), _flat(k, acc)
             lse_p = (lse[:, :, c:] if kernel == "cpu" else lse) if ctx.want_cols else None
             need_cols = dcols is not None and lse_p is not None and dcols.dim() == 3
-            rows_h, cols_h = _class_probs(q3, k3, lse_p.to(acc).reshape(b * h, t - c) if need_cols else None, s, c)
+            rows_h, cols_h = (probs[0].clone(), probs[1].clone()) if probs else \
+                _class_probs(q, k, lse_p if need_cols else None, s, c)
             ds_r = g_c = dlse = None
-            if drows is not None:       # softmax backward of the class rows, times s: [BH, C, T]
-                g = (rows_h.view(b, h, c, t) * (drows.to(acc) * (s / h)).unsqueeze(1)).view(b * h, c, t)
+            if drows is not None:       # softmax backward of the class rows, times s: [B, H, C, T]
+                g = rows_h * (drows.to(acc) * (s / h)).unsqueeze(1)
                 ds_r = g.sub_(rows_h.mul_(g.sum(dim=-1, keepdim=True)))     # p ⊙ d - p Σ(p ⊙ d)
-            if need_cols:               # s·G [BH, P, C] and the patch rows' ∂lse [B, H, P]
-                g_c = cols_h.view(b, h, t - c, c).mul_((dcols.to(acc) * (s / h)).unsqueeze(1)).view(b * h, t - c, c)
-                dlse = g_c.sum(dim=-1).mul_(-1.0 / s).view(b, h, t - c)
+            if need_cols:               # s·G [B, H, P, C] and the patch rows' ∂lse [B, H, P]
+                g_c = cols_h.mul_((dcols.to(acc) * (s / h)).unsqueeze(1))
+                dlse = g_c.sum(dim=-1).mul_(-1.0 / s)
             if dout is None:
                 dout = torch.zeros_like(out)
             if kernel == "cpu":
                 dq, dk, dv = _cpu_backward(dout, q, k, v, out, lse, dlse, s, c)
             else:
                 dq, dk, dv = _generic_backward(dout, q, k, v, lse_p, dlse, s, c, ctx.chunk)
-            _add_direct_terms(dq, dk, q3, k3, ds_r, g_c, c)
+            _add_direct_terms(dq, dk, q, k, ds_r, g_c, c)
         return dq, dk, dv, None, None, None, None, None
 
 
-def _add_direct_terms(dq: Tensor, dk: Tensor, q3: Tensor, k3: Tensor, ds_r: Tensor | None, g_c: Tensor | None,
+def _add_direct_terms(dq: Tensor, dk: Tensor, q: Tensor, k: Tensor, ds_r: Tensor | None, g_c: Tensor | None,
                       c: int) -> None:
-    """dq += [dS_r k ; G k_c], dk += dS_rᵀ q_c + [Gᵀ q_p ; 0] (dS_r [BH, C, T], G [BH, P, C], both already
-    times s), in place into dq, dk [B, H, T, d] (the flash backward returns them in [B, T, H, d] memory order:
-    each product goes to one fresh [B·H] batch, added once)."""
+    """dq += [dS_r k ; G k_c], dk += dS_rᵀ q_c + [Gᵀ q_p ; 0] (dS_r [B, H, C, T], G [B, H, P, C], both already
+    times s), in place into dq, dk [B, H, T, d] (the flash backward returns them in [B, T, H, d] memory order)."""
     b, h, t, dh = dq.shape
-    tk = None
-    if ds_r is not None:
-        dq[:, :, :c] += torch.bmm(ds_r, k3).view(b, h, c, dh).to(dq.dtype)
-        tk = torch.bmm(ds_r.transpose(1, 2), q3[:, :c])                                     # [BH, T, d]
-    if g_c is not None:
-        dq[:, :, c:] += torch.bmm(g_c, k3[:, :c]).view(b, h, t - c, dh).to(dq.dtype)
-        tkc = torch.bmm(g_c.transpose(1, 2), q3[:, c:])                                      # [BH, C, d]
-        if tk is None:
-            dk[:, :, :c] += tkc.view(b, h, c, dh).to(dk.dtype)
-        else:
-            tk[:, :c] += tkc
+    acc = ds_r.dtype if ds_r is not None else g_c.dtype
+    dqn, dkn = _natural(dq), _natural(dk)
+    if h * c <= BLOCK_DIAG_MAX_ROWS and dq.dtype == acc and dqn._base is not None and dkn._base is not None:
+        qn, kn = _natural(q.to(acc)), _natural(k.to(acc))
+        if ds_r is not None:
+            r = ds_r.reshape(b, h * c, t)
+            dkn.baddbmm_(r.transpose(1, 2), _block_diag(q[:, :, :c].to(acc)))
+            dqn[:, :c] += _head_diagonal(torch.bmm(r, kn), h)
+        if g_c is not None:
+            gn = torch.zeros(b, t, h * c, dtype=acc, device=dq.device)
+            gn[:, c:] = g_c.transpose(1, 2).reshape(b, t - c, h * c)
+            dqn.baddbmm_(gn, _block_diag(k[:, :, :c].to(acc)))
+            dkn[:, :c] += _head_diagonal(torch.bmm(gn[:, c:].transpose(1, 2), qn[:, c:]), h)
+        return
+    tq = torch.zeros(b, h, t, dh, dtype=acc, device=dq.device) if ds_r is None or g_c is None else \
+        torch.empty(b, h, t, dh, dtype=acc, device=dq.device)
+    tk = torch.empty(b, h, t, dh, dtype=acc, device=dq.device) if ds_r is not None else None
+    for i in range(h):
+        qi, ki = q[:, i].to(acc), k[:, i].to(acc)
+        if ds_r is not None:
+            torch.bmm(ds_r[:, i], ki, out=tq[:, i, :c])
+            torch.bmm(ds_r[:, i].transpose(1, 2), qi[:, :c], out=tk[:, i])
+        if g_c is not None:
+            torch.bmm(g_c[:, i], ki[:, :c], out=tq[:, i, c:])
+            tkc = torch.bmm(g_c[:, i].transpose(1, 2), qi[:, c:])
+            if tk is not None:
+                tk[:, i, :c] += tkc
+            else:
+                dk[:, i, :c] += tkc.to(dk.dtype)
+    dq += tq.to(dq.dtype)
     if tk is not None:
-        dk += tk.view(b, h, t, dh).to(dk.dtype)
+        dk += tk.to(dk.dtype)
 
 
 def _cpu_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None,
                   scale: float, c: int) -> tuple[Tensor, Tensor, Tensor]:
     """The flash CPU backward, with the patch rows' ∂lse [B, H, P] (or None) folded in (class docstring).
 
-    The output handed to the kernel differs from O in one entry per patch row: O'_im = O_im - ∂lse_i / ∂O_im
-    at m = the entry of ∂O_i largest in magnitude, so ∂O_i·O'_i = D_i - ∂lse_i. It is written into O's own
-    storage for the kernel call and the original entries are put back right after (exactly: they were
-    kept), through ``.data`` so that autograd's version of O is untouched: no [B, H, T, d] copy of O."""
+    The output handed to the kernel differs from O in the first entry of each patch row: O'_i0 = O_i0 -
+    ∂lse_i / ∂O_i0, so ∂O_i·O'_i = D_i - ∂lse_i (the kernel reads O only for D). The rounding of that entry
+    costs ~eps·|∂lse_i| in D whatever the size of ∂O_i0, so any nonzero entry serves; rows whose ∂O_i0 is 0
+    (or so small that the quotient would overflow: e.g. rows without any output gradient) get their term
+    explicitly, image by image. O' is written into O's own storage for the kernel call and the kept entries
+    are put back right after, through ``.data`` so that autograd's version of O is untouched: no [B, H, T, d]
+    copy of O."""
     if dlse is None:
         return _FLASH_CPU_BWD(dout, q, k, v, out, lse, 0.0, False, scale=scale)
     acc = dlse.dtype
-    dp = dout[:, :, c:]
-    hi, i_hi = dp.max(dim=-1, keepdim=True)
-    lo, i_lo = dp.min(dim=-1, keepdim=True)
-    use_hi = hi.abs() >= lo.abs()
-    m, dm = torch.where(use_hi, i_hi, i_lo), torch.where(use_hi, hi, lo).to(acc)          # [B, H, P, 1]
-    ok = dm != 0                                                     # False: ∂O_i = 0 (the whole row)
-    lam = dlse.unsqueeze(-1) / torch.where(ok, dm, torch.ones((), dtype=acc, device=dm.device))
-    o_p = out.data[:, :, c:]
-    orig = o_p.gather(-1, m)
-    o_p.scatter_(-1, m, torch.where(ok, orig.to(acc) - lam, orig.to(acc)).to(out.dtype))
+    d0 = dout[:, :, c:, 0].to(acc)                                              # [B, H, P]
+    ok = d0.abs() > dlse.abs() * 1e-30
+    lam = dlse / torch.where(ok, d0, torch.ones((), dtype=acc, device=d0.device))
+    o0 = out.data[:, :, c:, 0]
+    orig = o0.clone()
+    o0.copy_(torch.where(ok, orig.to(acc) - lam, orig.to(acc)))
     try:
         dq, dk, dv = _FLASH_CPU_BWD(dout, q, k, v, out, lse, 0.0, False, scale=scale)
     finally:
-        o_p.scatter_(-1, m, orig)
-    stuck = (~ok[..., 0]) & (dlse != 0)     # patch rows whose output gets no gradient: ∂lse · p_ij explicitly
+        o0.copy_(orig)
+    stuck = (~ok) & (dlse != 0)
     if bool(stuck.any()):
         imgs = stuck.flatten(1).any(dim=1).nonzero().flatten()          # only the images that have such rows
         qf, kf = q[imgs].to(acc), k[imgs].to(acc)
