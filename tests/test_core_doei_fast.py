@@ -214,3 +214,14 @@ def test_double_backward_refused():
     (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|double backward|does not require grad"):
         gx.sum().backward()
+
+
+def test_mixed_dtypes_keep_each_input_dtype():
+    """float64 tokens with float32 attention and Ĝ: computed in float64, each gradient in its input's dtype."""
+    x, a, g = _inputs(3)
+    x = x.requires_grad_(True)
+    a32, g32 = (t.float().requires_grad_(True) for t in (a, g))
+    y = doei_update(x, ClassAttention(a32[:, :3], a32[:, 3:, :3]), 3, 1, 4, DOEIConfig(enabled=True), g32)
+    y.sum().backward()
+    assert y.dtype == x.grad.dtype == torch.float64
+    assert a32.grad.dtype == g32.grad.dtype == torch.float32

@@ -138,7 +138,8 @@ class DefaultUpdate(torch.autograd.Function):
         out, x_cls = _forward(x, wt, c)
         keep_s = hfa and g_hat.requires_grad
         ctx.save_for_backward(x_cls, wt, f_p, f_c, g if hfa else None, s_p if keep_s else None)
-        ctx.num_cls, ctx.alpha, ctx.hfa, ctx.dtypes = c, alpha, hfa, (x.dtype, rows.dtype, cols.dtype)
+        ctx.num_cls, ctx.alpha, ctx.hfa = c, alpha, hfa
+        ctx.dtypes = (x.dtype, rows.dtype, cols.dtype, g_hat.dtype if g_hat is not None else None)
         ctx.mark_non_differentiable(wt)
         return out.to(x.dtype), wt
 
@@ -148,7 +149,7 @@ class DefaultUpdate(torch.autograd.Function):
     def backward(ctx, grad, _unused):
         x_cls, wt, f_p, f_c, g, s_p = ctx.saved_tensors
         c, alpha = ctx.num_cls, ctx.alpha
-        x_dtype, rows_dtype, cols_dtype = ctx.dtypes
+        x_dtype, rows_dtype, cols_dtype, g_dtype = ctx.dtypes
         need_x, need_rows, need_cols, need_g = ctx.needs_input_grad[:4]
         dy = grad.to(wt.dtype)
         d_x = d_rows = d_cols = d_g = None
@@ -158,7 +159,7 @@ class DefaultUpdate(torch.autograd.Function):
                 d_sp = d_wt[:, :, c:] * f_p                          # dS̃_p
                 if ctx.hfa:                                          # S̃ = (1-α) S + α S Gᵀ
                     if need_g:
-                        d_g = (alpha * d_sp.transpose(1, 2) @ s_p).to(g.dtype)
+                        d_g = (alpha * d_sp.transpose(1, 2) @ s_p).to(g_dtype)
                     d_sp = torch.baddbmm(d_sp, d_sp, g, beta=1.0 - alpha, alpha=alpha)
             else:
                 d_sp = wt.new_zeros(wt.shape[0], c, wt.shape[2] - c)
