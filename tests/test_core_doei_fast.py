@@ -147,7 +147,7 @@ def test_selection_factor_equals_weights_of_ranks(case, mode):
     ranks = rank_desc(s)
     for cand in (n, n - 1, n - 3):
         for k in sorted({0, 1, cand // 2, cand - 1, cand}):
-            for af, sf in ((0.7, -0.3), (1.0, 0.0), (0.0, -0.5)):
+            for af, sf in ((0.7, -0.3), (1.0, 0.0), (0.0, -0.5), (0.3, -0.7)):   # float64: (0.3 + 0.7) - 0.7 != 0.3
                 got = selection_factor(s, cand, k, af, sf, mode)
                 torch.testing.assert_close(got, selection_weights(ranks, cand, k, af, sf, mode, s.dtype),
                                            atol=0, rtol=0)

@@ -7,6 +7,7 @@ descending sort, so ties go to the lower index, deterministically.
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 from torch import Tensor
@@ -82,13 +83,24 @@ def selection_factor(scores: Tensor, n: int, k: int, amplify: float, suppress: f
         low = max(k, n - k)
     else:
         raise ValueError(f"unknown suppress mode {mode!r}")
-    confident = rank_below(scores, k)
+    confident = rank_below(scores, k)          # a fresh tensor
     if suppress == 0:                          # (+ 0 · M_ns changes no value)
-        return confident * amplify
+        return confident.mul_(amplify)
+    if low == k and scores.shape[-1] == n and _blend_is_exact(amplify, suppress, scores.dtype):
+        return confident.mul_(amplify - suppress).add_(suppress)     # AF·M + SF·(1 - M), the same values
     non_confident = 1.0 - (confident if low == k else rank_below(scores, low))
     if scores.shape[-1] > n:                   # entries ranked >= n are not candidates
         non_confident = non_confident * (rank_below(scores, n) if candidates is None else candidates)
     return confident * amplify + non_confident * suppress
+
+
+def _blend_is_exact(amplify: float, suppress: float, dtype: torch.dtype) -> bool:
+    """Whether ``(AF - SF) + SF`` rounds to AF in ``dtype`` (float32 or float64), i.e. whether
+    ``M·(AF - SF) + SF`` gives exactly AF and SF for M = 1 and 0 (it does for the defaults 1 and -0.5)."""
+    if dtype == torch.float64:
+        return (amplify - suppress) + suppress == amplify
+    f32 = (lambda v: struct.unpack("f", struct.pack("f", v))[0])
+    return dtype == torch.float32 and f32(f32(amplify - suppress) + f32(suppress)) == f32(amplify)
 
 
 def selection_weights(ranks: Tensor, n: int, k: int, amplify: float, suppress: float, mode: str,
