@@ -100,14 +100,14 @@ def _class_logits(q: Tensor, k: Tensor, c: int, want_cols: bool) -> tuple[Tensor
         cols = (torch.bmm(_natural(q.to(acc))[:, c:], _block_diag(k[:, :, :c].to(acc)).transpose(1, 2))
                 .view(b, t - c, h, c).transpose(1, 2) if want_cols else None)
         return rows, cols
-    rows = torch.empty(b, h, c, t, dtype=acc, device=q.device)
-    cols = torch.empty(b, h, t - c, c, dtype=acc, device=q.device) if want_cols else None
+    rows = torch.empty(h, b, c, t, dtype=acc, device=q.device)       # head-major: each head's [B, ...] slice
+    cols = torch.empty(h, b, t - c, c, dtype=acc, device=q.device) if want_cols else None    # is one block
     for i in range(h):
         qi, ki = q[:, i].to(acc), k[:, i].to(acc)
-        torch.bmm(qi[:, :c], ki.transpose(1, 2), out=rows[:, i])
+        torch.bmm(qi[:, :c], ki.transpose(1, 2), out=rows[i])
         if cols is not None:
-            torch.bmm(qi[:, c:], ki[:, :c].transpose(1, 2), out=cols[:, i])
-    return rows, cols
+            torch.bmm(qi[:, c:], ki[:, :c].transpose(1, 2), out=cols[i])
+    return rows.transpose(0, 1), cols.transpose(0, 1) if cols is not None else None
 
 
 def _class_probs(q: Tensor, k: Tensor, lse_p: Tensor | None, scale: float, c: int):
@@ -220,24 +220,28 @@ def _add_direct_terms(dq: Tensor, dk: Tensor, q: Tensor, k: Tensor, ds_r: Tensor
             dqn.baddbmm_(gn, _block_diag(k[:, :, :c].to(acc)))
             dkn[:, :c] += _head_diagonal(torch.bmm(gn[:, c:].transpose(1, 2), qn[:, c:]), h)
         return
-    tq = torch.zeros(b, h, t, dh, dtype=acc, device=dq.device) if ds_r is None or g_c is None else \
-        torch.empty(b, h, t, dh, dtype=acc, device=dq.device)
-    tk = torch.empty(b, h, t, dh, dtype=acc, device=dq.device) if ds_r is not None else None
+    # head-major buffers [H, B, ...] (each head's products write one contiguous block), added once each
+    new = (lambda *shape: torch.empty(h, b, *shape, dtype=acc, device=dq.device))
+    tq_c, tk = (new(c, dh), new(t, dh)) if ds_r is not None else (None, None)
+    tq_p, tk_c = (new(t - c, dh), new(c, dh)) if g_c is not None else (None, None)
     for i in range(h):
         qi, ki = q[:, i].to(acc), k[:, i].to(acc)
         if ds_r is not None:
-            torch.bmm(ds_r[:, i], ki, out=tq[:, i, :c])
-            torch.bmm(ds_r[:, i].transpose(1, 2), qi[:, :c], out=tk[:, i])
+            torch.bmm(ds_r[:, i], ki, out=tq_c[i])
+            torch.bmm(ds_r[:, i].transpose(1, 2), qi[:, :c], out=tk[i])
         if g_c is not None:
-            torch.bmm(g_c[:, i], ki[:, :c], out=tq[:, i, c:])
-            tkc = torch.bmm(g_c[:, i].transpose(1, 2), qi[:, c:])
-            if tk is not None:
-                tk[:, i, :c] += tkc
-            else:
-                dk[:, i, :c] += tkc.to(dk.dtype)
-    dq += tq.to(dq.dtype)
+            torch.bmm(g_c[:, i], ki[:, :c], out=tq_p[i])
+            torch.bmm(g_c[:, i].transpose(1, 2), qi[:, c:], out=tk_c[i])
     if tk is not None:
-        dk += tk.to(dk.dtype)
+        if tk_c is not None:
+            tk[:, :, :c] += tk_c
+        dk += tk.transpose(0, 1).to(dk.dtype)
+    elif tk_c is not None:
+        dk[:, :, :c] += tk_c.transpose(0, 1).to(dk.dtype)
+    if tq_c is not None:
+        dq[:, :, :c] += tq_c.transpose(0, 1).to(dq.dtype)
+    if tq_p is not None:
+        dq[:, :, c:] += tq_p.transpose(0, 1).to(dq.dtype)
 
 
 def _cpu_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dlse: Tensor | None,
