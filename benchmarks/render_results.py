@@ -43,6 +43,21 @@ def training() -> None:
         print(f"\n{key}: {machine_line(r['machine'])}; `{r['command']}`")
 
 
+def block() -> None:
+    d = load("doei_block.json")
+    if not d:
+        return
+    print("| shapes (224², batch 8, 6 heads) | C | fused ms | class ms | eager ms | update ms "
+          "| class − fused ms | eager − fused ms | noise floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key, r in d["results"].items():
+        ms, ex = r["ms_per_block"], r["extra_ms_over_fused"]
+        print(f"| {key} | {r['class_tokens']} | {ms['fused']['median']:.2f} | {ms['class']['median']:.2f} | "
+              f"{ms['eager']['median']:.2f} | {ms['update']['median']:.2f} | {ex['class']['median']:+.2f} | "
+              f"{ex['eager']['median']:+.2f} | ±{r['noise_floor']:.3f} |")
+    print(f"\n{machine_line(d['machine'])}; {d['repeats']} rounds; `{d['command']}`")
+
+
 def memory() -> None:
     rows = []
     for m in ("mctformer", "tscam", "transcam"):
@@ -89,7 +104,7 @@ def cam() -> None:
 
 
 if __name__ == "__main__":
-    for fn in (training, memory, cam):
+    for fn in (training, block, memory, cam):
         fn()
         print()
     sys.exit(0)
