@@ -22,8 +22,8 @@ def machine_line(m: dict) -> str:
             f"load average {load[0]:.1f} at the start, {m['time_utc']}, git {m['git']}" if load else m["cpu"])
 
 
-def training() -> None:
-    d = load("doei_overhead.json")
+def training(name: str = "doei_overhead.json") -> None:
+    d = load(name)
     if not d:
         return
     print("| model | clock, threads, rounds | off eager s | off fused s | on eager s | on fused s | noise floor "
@@ -104,7 +104,7 @@ def cam() -> None:
 
 
 if __name__ == "__main__":
-    for fn in (training, block, memory, cam):
+    for fn in (training, lambda: training("doei_overhead_run2.json"), block, memory, cam):
         fn()
         print()
     sys.exit(0)
