@@ -72,17 +72,22 @@ def _rank_below_cpu(scores: Tensor, m: int) -> Tensor | None:
     return (above | (tied & (tied.cumsum(dim=-1, dtype=torch.int32) <= room))).to(scores.dtype)
 
 
+def _lowest_suppressed_rank(n: int, k: int, mode: str) -> int:
+    """The first rank the suppression factor SF applies to: k (``mode="rest"``: every non-confident
+    candidate) or max(k, n - k) (``"bottom"``: the bottom k of the n candidates)."""
+    if mode == "rest":
+        return k
+    if mode == "bottom":
+        return max(k, n - k)
+    raise ValueError(f"unknown suppress mode {mode!r}")
+
+
 def selection_factor(scores: Tensor, n: int, k: int, amplify: float, suppress: float, mode: str,
                      candidates: Tensor | None = None) -> Tensor:
     """``selection_weights(rank_desc(scores), n, k, amplify, suppress, mode)`` (the same values) in the dtype
     of ``scores`` [..., m] (entries that rank >= n are not candidates), by :func:`rank_below` instead of a
     full ranking. ``candidates``: the 0/1 mask ``rank < n`` where the caller knows it (m > n only)."""
-    if mode == "rest":
-        low = k
-    elif mode == "bottom":
-        low = max(k, n - k)
-    else:
-        raise ValueError(f"unknown suppress mode {mode!r}")
+    low = _lowest_suppressed_rank(n, k, mode)
     confident = rank_below(scores, k)          # a fresh tensor
     if suppress == 0:                          # (+ 0 · M_ns changes no value)
         return confident.mul_(amplify)
@@ -111,12 +116,7 @@ def selection_weights(ranks: Tensor, n: int, k: int, amplify: float, suppress: f
     non-confident (all n - k others when k > n/2). Returns [..., m] in ``dtype``.
     """
     confident = ranks < k
-    if mode == "rest":
-        low = k
-    elif mode == "bottom":
-        low = max(k, n - k)
-    else:
-        raise ValueError(f"unknown suppress mode {mode!r}")
+    low = _lowest_suppressed_rank(n, k, mode)
     non_confident = (ranks >= low) & (ranks < n)
     return confident.to(dtype) * amplify + non_confident.to(dtype) * suppress
 
