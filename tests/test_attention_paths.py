@@ -71,9 +71,12 @@ def test_class_attention_backward_leaves_its_output_untouched():
     loss = sum((x * wi).sum() for x, wi in zip((out, part.rows, part.cols), w))
     g1 = torch.autograd.grad(loss, (q, k, v), retain_graph=True)
     assert torch.equal(out.detach(), before) and out._version == version
-    g2 = torch.autograd.grad(loss, (q, k, v))
+    g2 = torch.autograd.grad(loss, (q, k, v), retain_graph=True)
     for a, b in zip(g1, g2):
         assert torch.equal(a, b)
+    g3 = torch.autograd.grad(loss, q, create_graph=True)[0]     # its backward is not differentiable: refused
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(g3.sum(), q)
 
 
 def test_class_attention_rows_only_and_argument_checks():
