@@ -104,7 +104,8 @@ def cam() -> None:
 
 
 if __name__ == "__main__":
-    for fn in (training, lambda: training("doei_overhead_run2.json"), block, memory, cam):
+    for fn in (training, lambda: training("doei_overhead_run2.json"), lambda: training("doei_overhead_run3.json"),
+               block, memory, cam):
         fn()
         print()
     sys.exit(0)
