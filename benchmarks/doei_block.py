@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleaved_times, machine, noise_floor, paired_ratio, spread, write_result  # noqa: E402
 
 from doei.core import DOEIConfig, doei_update  # noqa: E402
-from doei.core.attention import class_attention, eager_attention, fused_attention  # noqa: E402
+from doei.core.attention import ClassAttention, class_attention, eager_attention, fused_attention  # noqa: E402
 
 # name: (class tokens C, DOEI parts) at B = 8, H = 6, d = 64, P = 196, DOEI after block 3 of 12
 SHAPES = {"mctformer": (20, dict(ppdo=True, cpdo=True, hfa=True)),
@@ -72,7 +72,7 @@ def contenders(c: int, parts: dict) -> dict:
     g_x = torch.randn(B, t, H * D_HEAD, generator=g)
 
     def update():
-        doei_update(x, type(part)(rows, cols), c, 3, 12, cfg, g_hat).backward(g_x)
+        doei_update(x, ClassAttention(rows, cols), c, 3, 12, cfg, g_hat).backward(g_x)
         x.grad = rows.grad = cols.grad = None
 
     return {"fused": fused, "fused_copy": fused, "class": class_, "eager": eager, "update": update}

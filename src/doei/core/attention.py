@@ -143,15 +143,13 @@ class _ClassAttention(torch.autograd.Function):
     normaliser receives ∂lse_p = -Σ_c G_pc, whose gradient w.r.t. S_pj is ∂lse_p · p_pj. A flash backward
     computes ∂S_ij = p_ij (∂O_i·v_j - D_i) with D_i = ∂O_i·O_i read from the output it is given; handing it
     an output O' with ∂O_i·O'_i = D_i - ∂lse_i adds exactly ∂lse_i · p_ij (one entry of each row changed,
-    see :func:`_cpu_backward`). The direct terms (the rows'
-    softmax backward dS_r, and s·G) then add dS k to ∂q and dSᵀ q to ∂k.
+    see :func:`_cpu_backward`). The direct terms (the rows' softmax backward dS_r, and s·G) then add dS k to
+    ∂q and dSᵀ q to ∂k.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, scale, num_cls, want_cols, kernel, chunk):
-        c = num_cls
-        b, h, t, _ = q.shape
-        acc = torch.promote_types(q.dtype, torch.float32)      # float32, or float64 for float64 inputs
+        c, h = num_cls, q.shape[1]
         with torch.autocast(device_type=q.device.type, enabled=False):
             if kernel == "cpu":
                 out, lse = _FLASH_CPU(q, k, v, 0.0, False, scale=scale)
@@ -180,19 +178,19 @@ class _ClassAttention(torch.autograd.Function):
     def backward(ctx, dout, drows, dcols):
         q, k, v, out, lse, *probs = ctx.saved_tensors
         s, c, kernel = ctx.scale, ctx.num_cls, ctx.kernel
-        b, h, t, _ = q.shape
-        acc = torch.promote_types(q.dtype, torch.float32)
+        h = q.shape[1]
+        acc = torch.promote_types(q.dtype, torch.float32)      # float32, or float64 for float64 inputs
         with torch.autocast(device_type=q.device.type, enabled=False):
             lse_p = (lse[:, :, c:] if kernel == "cpu" else lse) if ctx.want_cols else None
             need_cols = dcols is not None and lse_p is not None and dcols.dim() == 3
-            rows_h, cols_h = (probs[0].clone(), probs[1].clone()) if probs else \
-                _class_probs(q, k, lse_p if need_cols else None, s, c)
+            # kept probabilities are read, never written (a second backward with retain_graph reads them again)
+            rows_h, cols_h = probs if probs else _class_probs(q, k, lse_p if need_cols else None, s, c)
             ds_r = g_c = dlse = None
             if drows is not None:       # softmax backward of the class rows, times s: [B, H, C, T]
                 g = rows_h * (drows.to(acc) * (s / h)).unsqueeze(1)
-                ds_r = g.sub_(rows_h.mul_(g.sum(dim=-1, keepdim=True)))     # p ⊙ d - p Σ(p ⊙ d)
+                ds_r = g.sub_(rows_h * g.sum(dim=-1, keepdim=True))         # p ⊙ d - p Σ(p ⊙ d)
             if need_cols:               # s·G [B, H, P, C] and the patch rows' ∂lse [B, H, P]
-                g_c = cols_h.mul_((dcols.to(acc) * (s / h)).unsqueeze(1))
+                g_c = cols_h * (dcols.to(acc) * (s / h)).unsqueeze(1)
                 dlse = g_c.sum(dim=-1).mul_(-1.0 / s)
             if dout is None:
                 dout = torch.zeros_like(out)
