@@ -114,7 +114,12 @@ def machine() -> dict:
         rev = ""
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg_at_start": load,
-            "git": rev, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "git": rev, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "environment": {k: v for k, v in sorted(os.environ.items()) if k in TIMING_ENV or k.startswith("MALLOC_")}}
+
+
+# environment variables that change what a timing measures (threads, allocator), recorded with every result
+TIMING_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LD_PRELOAD", "GLIBC_TUNABLES")
 
 
 def write_result(name: str, payload: dict, out: str | os.PathLike | None = None) -> Path:

@@ -26,21 +26,27 @@ def training(name: str = "doei_overhead.json") -> None:
     d = load(name)
     if not d:
         return
-    print("| model | clock, threads, rounds | off eager s | off fused s | on eager s | on fused s | noise floor "
-          "| on fused / off eager (≤ 1.00) | on fused / off fused (≤ 1.05) | on eager / off eager | on fused / on eager |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | clock, threads, rounds | off official s | off eager s | off fused s | on eager s | on fused s "
+          "| noise floor | on fused / off official (≤ 1.00) | on fused / off eager (≤ 1.00) "
+          "| on fused / off fused (≤ 1.05) | on eager / off eager | on fused / on eager | off eager / off official |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in d["models"].values():
         s, q = r["step_s"], r["ratios"]
 
         def f(k):
-            x = q[k]
-            return f"{x['median']:.3f} [{x['q1']:.3f}–{x['q3']:.3f}]"
-        print(f"| {r['model']} | {r['clock']}, {r['threads']}, {r['repeats']} | {s['off_eager']['median']:.3f} | "
-              f"{s['off_fused']['median']:.3f} | {s['on_eager']['median']:.3f} | {s['on_fused']['median']:.3f} | "
-              f"±{r['noise_floor']:.3f} | {f('on_fused/off_eager')} | {f('on_fused/off_fused')} | "
-              f"{f('on_eager/off_eager')} | {f('on_fused/on_eager')} |")
+            x = q.get(k)
+            return f"{x['median']:.3f} [{x['q1']:.3f}–{x['q3']:.3f}]" if x else "–"
+
+        def t(k):
+            return f"{s[k]['median']:.3f}" if k in s else "–"
+        print(f"| {r['model']} | {r['clock']}, {r['threads']}, {r['repeats']} | " + " | ".join(
+            t(k) for k in ("off_official", "off_eager", "off_fused", "on_eager", "on_fused"))
+            + f" | ±{r['noise_floor']:.3f} | " + " | ".join(
+            f(k) for k in ("on_fused/off_official", "on_fused/off_eager", "on_fused/off_fused", "on_eager/off_eager",
+                           "on_fused/on_eager", "off_eager/off_official")) + " |")
     for key, r in d["models"].items():
-        print(f"\n{key}: {machine_line(r['machine'])}; `{r['command']}`")
+        env = " ".join(f"{k}={v}" for k, v in r["machine"].get("environment", {}).items())
+        print(f"\n{key}: {machine_line(r['machine'])}; `{(env + ' ') if env else ''}{r['command']}`")
 
 
 def block() -> None:
@@ -104,7 +110,7 @@ def cam() -> None:
 
 
 if __name__ == "__main__":
-    for fn in (training, lambda: training("doei_overhead_run2.json"), lambda: training("doei_overhead_run3.json"),
+    for fn in (training, lambda: training("doei_overhead_run2.json"), lambda: training("doei_overhead_malloc.json"),
                block, memory, cam):
         fn()
         print()
