@@ -91,6 +91,10 @@ def fmt_ratio(r: dict) -> str:
     return f"{r['median']:.3f} [IQR {r['q1']:.3f}-{r['q3']:.3f}]"
 
 
+# environment variables that change what a timing measures (threads, allocator), recorded with every result
+TIMING_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LD_PRELOAD", "GLIBC_TUNABLES")
+
+
 def machine() -> dict:
     """The machine and software a result was measured on."""
     import torch
@@ -116,10 +120,6 @@ def machine() -> dict:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg_at_start": load,
             "git": rev, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "environment": {k: v for k, v in sorted(os.environ.items()) if k in TIMING_ENV or k.startswith("MALLOC_")}}
-
-
-# environment variables that change what a timing measures (threads, allocator), recorded with every result
-TIMING_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LD_PRELOAD", "GLIBC_TUNABLES")
 
 
 def write_result(name: str, payload: dict, out: str | os.PathLike | None = None) -> Path:

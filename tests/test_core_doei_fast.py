@@ -225,3 +225,27 @@ def test_mixed_dtypes_keep_each_input_dtype():
     y.sum().backward()
     assert y.dtype == x.grad.dtype == torch.float64
     assert a32.grad.dtype == g32.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("hfa", [False, True])
+def test_per_part_deltas_equal_the_update_doei_applies(hfa):
+    """doei.core.ppdo.ppdo_delta / doei.core.cpdo.cpdo_delta (each part's Δ written as its own tensor) give the
+    patch and class parts of what doei_update adds, float64."""
+    from doei.core.cpdo import cpdo_delta
+    from doei.core.ppdo import ppdo_delta
+
+    gen = torch.Generator().manual_seed(7)
+    c, p, depth, block = 4, 9, 6, 2
+    x = torch.randn(2, c + p, 5, generator=gen, dtype=torch.float64)
+    a = torch.softmax(torch.randn(2, c + p, c + p, generator=gen, dtype=torch.float64), dim=-1)
+    g = torch.softmax(torch.randn(2, p, p, generator=gen, dtype=torch.float64), dim=-1) if hfa else None
+    cfg = DOEIConfig(enabled=True, ppdo=True, cpdo=True, hfa=hfa, st_c2c=0.1, sf_c2c=-0.3)    # CPDO acts at block 2
+    moved = doei_update(x, a, c, block, depth, cfg, g) - x
+    d_p, k_p = ppdo_delta(x, a, c, block, depth, cfg.st_p2c, cfg.af_p2c, cfg.sf_p2c, cfg.suppress, g,
+                          cfg.alpha if hfa else 0.0)
+    d_c, k_c = cpdo_delta(x, a, c, block, depth, cfg.st_c2c, cfg.af_c2c, cfg.sf_c2c, cfg.suppress)
+    assert (k_p, k_c) == (num_selected(block, depth, cfg.st_p2c, p), num_selected(block, depth, cfg.st_c2c, c - 1))
+    assert d_p.dtype == d_c.dtype == torch.float64
+    torch.testing.assert_close(d_p, moved[:, c:], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(d_c, moved[:, :c], rtol=1e-12, atol=1e-12)
+    assert d_p.abs().max() > 1e-3 and d_c.abs().max() > 1e-3     # both parts act
